@@ -1,0 +1,62 @@
+"""The ``finsent`` command line: one entry point, one sub-command per job.
+
+Each group of sub-commands lives in a module of ``pipeline/commands/`` exposing
+``register(subparsers)``; handlers import what they need lazily, so ``finsent --help`` and
+the light commands start fast and never import torch. Settings come from ``FINSENT_*``
+variables; a flag given on the command line overrides its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.commands import core, model, retrain, stream
+from pipeline.commands import alerts as alerts_commands
+from pipeline.errors import FinsentError
+
+GROUPS = (core, stream, model, retrain, alerts_commands)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finsent",
+        description="Streaming financial-sentiment monitoring: Kafka in, ONNX topic and "
+        "sentiment classifier with per-key recurrent memory, PostgreSQL out, alerts.",
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: FINSENT_LOG_LEVEL or INFO)")
+    parser.add_argument("--database-url", default=None, help="overrides FINSENT_DATABASE_URL")
+    parser.add_argument("--kafka-bootstrap", default=None, help="overrides FINSENT_KAFKA_BOOTSTRAP")
+    parser.add_argument("--model-dir", default=None, help="overrides FINSENT_MODEL_DIR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from pipeline.commands.common import settings_from_args
+
+        settings = settings_from_args(args)
+        logging.basicConfig(
+            level=(args.log_level or settings.log_level).upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if logging.getLogger().level > logging.DEBUG:
+            for noisy in ("alembic", "kafka"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+        return int(args.func(args, settings) or 0)
+    except FinsentError as exc:
+        print(f"finsent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

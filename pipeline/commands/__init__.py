@@ -1,0 +1,1 @@
+"""Sub-command groups of the ``finsent`` CLI; each module owns its commands."""

@@ -1,0 +1,209 @@
+"""The one settings object of finsent.
+
+Every field can be set by an environment variable ``FINSENT_<FIELD NAME IN CAPITALS>``
+(for example ``FINSENT_DATABASE_URL``); a command-line flag overrides its variable by
+passing the value to :func:`get_settings` as an override. The object is frozen: code
+that needs a different value builds a new object with ``settings.model_copy(update=...)``
+rather than mutating a shared one.
+
+Grouped knobs are value objects (``BatchPolicy``, ``KafkaTimeouts``, ``SmtpSettings``,
+``WebhookSettings``); nested fields are set with a double underscore, e.g.
+``FINSENT_BATCH__MAX_SIZE=64`` or ``FINSENT_SMTP__HOST=mail.example.com``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigurationError
+
+ENV_PREFIX = "FINSENT_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class BatchPolicy(BaseModel):
+    """How the stream workers cut micro-batches: whichever limit is reached first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_size: int = Field(32, ge=1, le=4096, description="documents per batch at most")
+    max_wait_ms: int = Field(200, ge=1, le=60_000, description="wait for a fuller batch at most this long")
+
+
+class KafkaTimeouts(BaseModel):
+    """Consumer-group timing. Group join takes about session_timeout_ms / 2 on the
+    embedded broker (see notes/broker.md), so the demo and tests use short values."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+    poll_timeout_ms: int = Field(500, ge=10)
+
+
+class SmtpSettings(BaseModel):
+    """Outgoing mail for alert notifications."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(25, ge=1, le=65535)
+    security: Literal["none", "starttls", "ssl"] = "none"
+    username: str | None = None
+    password: str | None = None
+    sender: str = "finsent@localhost"
+    recipients: tuple[str, ...] = ()
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class WebhookSettings(BaseModel):
+    """Outgoing signed webhooks for alert notifications."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str | None = None
+    secret: str | None = Field(None, description="shared HMAC-SHA256 secret for the signature header")
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class DeliveryPolicy(BaseModel):
+    """Retries of the alert outbox: exponential backoff with jitter, bounded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_attempts: int = Field(8, ge=1)
+    base_delay_s: float = Field(2.0, gt=0)
+    max_delay_s: float = Field(600.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything finsent reads from its environment. See the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of PostgreSQL (postgresql+psycopg://...). Empty: "
+        "127.0.0.1:5432 if a server answers there, else an embedded PostgreSQL (pgserver).",
+    )
+    embedded_pg_dir: Path = Field(
+        Path.home() / ".finsent" / "pgdata",
+        description="data directory of the embedded PostgreSQL, when it is used",
+    )
+    kafka_bootstrap: str | None = Field(
+        None, description="comma-separated host:port list. Empty: start the embedded broker."
+    )
+    kafka_partitions: int = Field(4, ge=1, le=1024, description="partitions of the project's Kafka topics when finsent creates them")
+    kafka_topic_documents: str = "finsent.documents"
+    kafka_topic_scored: str = "finsent.scored"
+    kafka_topic_dlq: str = "finsent.dlq"
+    kafka: KafkaTimeouts = KafkaTimeouts()
+    batch: BatchPolicy = BatchPolicy()
+
+    model_dir: Path = Field(PROJECT_ROOT / "models", description="directory of the champion model")
+    model_registry_dir: Path = Field(
+        Path.home() / ".finsent" / "models", description="where retraining writes new model versions"
+    )
+    ort_providers: tuple[str, ...] = Field(
+        ("CUDAExecutionProvider", "CPUExecutionProvider"),
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
+    )
+    ort_intra_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime's default)")
+    ort_inter_threads: int = Field(1, ge=0)
+    max_text_chars: int = Field(20_000, ge=100, description="documents are truncated to this many characters")
+    max_tokens: int = Field(128, ge=8, le=512, description="tokenizer truncation length")
+
+    rules: Path | None = Field(None, description="alert rules YAML")
+    watchlist: Path | None = Field(None, description="entity watchlist YAML (ticker: [names, aliases])")
+    alert_interval_s: float = Field(30.0, gt=0, description="how often alert rules are evaluated")
+    smtp: SmtpSettings = SmtpSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    delivery: DeliveryPolicy = DeliveryPolicy()
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP ingest, /healthz and /metrics")
+    http_token: str | None = Field(None, description="bearer token required by HTTP ingest when set")
+    http_max_body_bytes: int = Field(5_000_000, ge=1024)
+    shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM: finish the batch in hand within this")
+
+    train_sentiment_csv: Path | None = Field(None, description="labelled sentiment training CSV (text,label)")
+    train_topic_csv: Path | None = Field(None, description="labelled topic training CSV (text,label)")
+    retrain_promote_margin: float = Field(0.005, ge=0, description="challenger may be this much worse in macro-F1 and still win")
+    retrain_max_recall_drop: float = Field(0.05, ge=0, description="no class's recall may drop more than this")
+
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip()
+        if not value.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ValueError(
+                "FINSENT_DATABASE_URL must be a PostgreSQL URL such as "
+                "postgresql+psycopg://user:password@host:5432/dbname"
+            )
+        from sqlalchemy.engine import make_url
+
+        try:
+            url = make_url(value)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the variable's name
+            raise ValueError(f"FINSENT_DATABASE_URL is not a valid URL: {exc}") from exc
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        return url.render_as_string(hide_password=False)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"FINSENT_KAFKA_BOOTSTRAP entry {server.strip()!r} is not host:port; "
+                    "give a comma-separated list such as kafka1:9092,kafka2:9092"
+                )
+        return value.strip()
+
+    @property
+    def kafka_topics(self) -> tuple[str, str, str]:
+        """The project's three Kafka topics: documents, scored, dead letters."""
+        return (self.kafka_topic_documents, self.kafka_topic_scored, self.kafka_topic_dlq)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment plus explicit overrides (CLI flags).
+
+    Raises ConfigurationError naming the ``FINSENT_*`` variable that is wrong.
+    """
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = "__".join(str(part) for part in err["loc"])
+            problems.append(f"{ENV_PREFIX}{loc.upper()}: {err['msg']}")
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (cached; tests call
+    ``get_settings.cache_clear()`` after changing the environment)."""
+    return load_settings()
