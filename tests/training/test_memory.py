@@ -1,0 +1,52 @@
+"""The memory cell's contract: its state round-trips through ONNX exactly as in PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from pipeline.memory_features import feature_dim, memory_features
+from training.memory import MemoryExportError, MemoryNet, export_memory_onnx
+
+
+def test_memory_state_round_trips_through_onnx_like_torch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    d = 8
+    net = MemoryNet(feature_dim(d))
+    path = tmp_path / "memory.onnx"
+    report = export_memory_onnx(net, path, feature_dim(d))
+    assert report["max_abs_diff"] <= 1e-5
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["state", "features"]
+    assert [o.name for o in session.get_outputs()] == ["new_state", "outputs"]
+    rng = np.random.default_rng(1)
+    n = 5  # a batch size the export never saw: the N axis is dynamic
+    o_state = np.zeros((n, net.state_dim), dtype=np.float32)
+    t_state = torch.zeros(n, net.state_dim)
+    for step in range(6):
+        feats = np.stack([
+            memory_features(*rng.dirichlet([1, 1, 1]), float(rng.random()), rng.normal(size=d),
+                            None if step == 0 else float(rng.exponential(3600)))
+            for _ in range(n)
+        ])
+        o_state, o_out = session.run(None, {"state": o_state, "features": feats})
+        with torch.no_grad():
+            t_state, t_out = net(t_state, torch.from_numpy(feats))
+        np.testing.assert_allclose(o_state, t_state.numpy(), atol=1e-5)
+        np.testing.assert_allclose(o_out, t_out.numpy(), atol=1e-5)
+        assert o_out.shape == (n, 2)
+        assert np.all((o_out[:, 0] >= 0) & (o_out[:, 0] <= 1)), "expected negative rate is a probability"
+
+
+def test_export_refuses_a_feature_dim_the_network_was_not_built_for(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="feature_dim"):
+        export_memory_onnx(MemoryNet(10), tmp_path / "m.onnx", 11)
+
+
+def test_export_error_is_a_runtime_error() -> None:
+    assert issubclass(MemoryExportError, RuntimeError)
