@@ -76,7 +76,8 @@ def check_model_dir(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ModelError(f"{manifest_path} is unreadable ({exc}); re-export the model") from exc
     files = [manifest.get("tokenizer", "tokenizer.json")]
-    files += list((manifest.get("classifier") or {}).values())
+    classifier = manifest.get("classifier") or {}
+    files += [classifier[k] for k in ("cpu", "gpu") if classifier.get(k)]
     memory = manifest.get("memory") or {}
     if memory.get("file"):
         files.append(memory["file"])

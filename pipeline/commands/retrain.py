@@ -28,6 +28,8 @@ def register(sub: Any) -> None:
                         "a 6-field form with leading seconds is accepted too)")
     p.add_argument("--sentiment-csv", default=None, help="overrides FINSENT_TRAIN_SENTIMENT_CSV")
     p.add_argument("--topic-csv", default=None, help="overrides FINSENT_TRAIN_TOPIC_CSV")
+    p.add_argument("--train-config", default=None, metavar="JSON",
+                   help="TrainConfig overrides as a JSON object, e.g. '{\"epochs\": 1}' for a shorter run")
     p.set_defaults(func=retrain)
 
     p = sub.add_parser("models", help="model versions: list | promote V | rollback")
@@ -67,11 +69,12 @@ def retrain(args: argparse.Namespace, settings: Settings) -> int:
         from pipeline.errors import ConfigurationError
 
         raise ConfigurationError(f"retraining needs the train extra ({exc}); pip install 'finsent[train]'") from exc
+    config = job.train_config_from_json(args.train_config)
     if args.schedule:
-        job.run_schedule(settings, args.schedule)
+        job.run_schedule(settings, args.schedule, config=config)
         return 0
     try:
-        outcome = job.run_retraining(settings, trigger="manual")
+        outcome = job.run_retraining(settings, trigger="manual", config=config)
     except job.RetrainLocked as exc:
         print(f"finsent: {exc}")
         return EXIT_LOCKED
