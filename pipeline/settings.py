@@ -61,6 +61,7 @@ class SmtpSettings(BaseModel):
     sender: str = "finsent@localhost"
     recipients: tuple[str, ...] = ()
     timeout_s: float = Field(10.0, gt=0)
+    tls_ca_file: Path | None = Field(None, description="CA bundle to trust for STARTTLS/SSL (default: the system's)")
 
 
 class WebhookSettings(BaseModel):
@@ -81,6 +82,8 @@ class DeliveryPolicy(BaseModel):
     max_attempts: int = Field(8, ge=1)
     base_delay_s: float = Field(2.0, gt=0)
     max_delay_s: float = Field(600.0, gt=0)
+    lease_s: float = Field(120.0, gt=0, description="a claimed ('sending') delivery is retried after this if its dispatcher died")
+    poll_interval_s: float = Field(1.0, gt=0, description="how often the dispatcher looks for due deliveries")
 
 
 class Settings(BaseSettings):

@@ -154,6 +154,26 @@ CREATE TABLE silences (
 );
 CREATE INDEX silences_active_idx ON silences (ends_at);
 
+-- Alerts a backtest (`finsent alerts backtest --store`) says would have fired: kept apart
+-- from live alerts so a replay never notifies anyone nor blocks a live episode.
+CREATE TABLE alert_backtests (
+    id             bigserial PRIMARY KEY,
+    run_id         text NOT NULL,
+    fingerprint    text NOT NULL,
+    rule_name      text NOT NULL,
+    key            text NOT NULL,
+    labels         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    severity       text NOT NULL,
+    state          text NOT NULL CHECK (state IN ('pending', 'firing', 'resolved')),
+    value          double precision,
+    figures        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    pending_since  timestamptz NOT NULL,
+    fired_at       timestamptz,
+    resolved_at    timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX alert_backtests_run_idx ON alert_backtests (run_id);
+
 -- Human feedback for retraining.
 CREATE TABLE labels (
     id                    bigserial PRIMARY KEY,
@@ -271,6 +291,7 @@ DROP TABLE IF EXISTS feed_cursors;
 DROP TABLE IF EXISTS model_versions;
 DROP TABLE IF EXISTS training_runs;
 DROP TABLE IF EXISTS labels;
+DROP TABLE IF EXISTS alert_backtests;
 DROP TABLE IF EXISTS silences;
 DROP TABLE IF EXISTS alert_deliveries;
 DROP TABLE IF EXISTS alerts;

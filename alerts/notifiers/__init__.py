@@ -1,0 +1,42 @@
+"""Notifiers: one class per channel, each with one ``send(payload, idempotency_key)``.
+
+``payload`` is the outbox row's JSON (event, notifier name, the alert with its labels,
+annotations and window figures, the most negative headlines). ``send`` returns on
+acknowledgement and raises :class:`alerts.errors.DeliveryError` (retry later) or
+:class:`alerts.errors.PermanentDeliveryError` (retrying cannot help).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from alerts.rules import EmailNotifierConfig, RuleSet, WebhookNotifierConfig
+from pipeline.settings import Settings
+
+
+class Notifier(Protocol):
+    channel: str
+
+    def send(self, payload: dict[str, Any], idempotency_key: str) -> None:
+        """Deliver once; return on acknowledgement, raise DeliveryError otherwise."""
+
+
+def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None, settings: Settings) -> Notifier:
+    """The notifier for an outbox row. The row's target wins (it is what was promised
+    when the alert fired); the rules file supplies secrets and timeouts when it still
+    defines the notifier, the settings otherwise."""
+    from alerts.notifiers.email import EmailNotifier
+    from alerts.notifiers.webhook import WebhookNotifier
+
+    config = ruleset.notifiers.get(name) if ruleset is not None else None
+    if channel == "email":
+        recipients = tuple(a for a in target.split(",") if a)
+        if isinstance(config, EmailNotifierConfig):
+            recipients = recipients or config.to
+        return EmailNotifier(settings.smtp, recipients)
+    secret = settings.webhook.secret
+    timeout = settings.webhook.timeout_s
+    if isinstance(config, WebhookNotifierConfig):
+        secret = config.resolved_secret(settings)
+        timeout = config.timeout_s or timeout
+    return WebhookNotifier(target, secret=secret, timeout_s=timeout, receiver=name)
