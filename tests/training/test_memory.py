@@ -50,3 +50,24 @@ def test_export_refuses_a_feature_dim_the_network_was_not_built_for(tmp_path: Pa
 
 def test_export_error_is_a_runtime_error() -> None:
     assert issubclass(MemoryExportError, RuntimeError)
+
+
+def test_memory_trained_briefly_on_synthetic_streams_exports_and_reports(tmp_path: Path) -> None:
+    import json
+
+    from training.memory import MemoryTrainConfig, train_and_evaluate
+    from training.simulate import synthetic_feature_bank
+
+    bank = synthetic_feature_bank(n=300, doc_vector_dim=4, seed=0)
+    train_bank, eval_bank = bank.halves(0)
+    result = train_and_evaluate(train_bank, eval_bank, tmp_path, MemoryTrainConfig.quick(seed=1))
+
+    for name in ("memory.onnx", "memory_report.md", "memory_report.json", "memory_detection.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "memory_report.json").read_text())
+    assert saved["feature_dim"] == bank.feature_dim and saved["state_dim"] == 32
+    assert saved["export"]["max_abs_diff"] <= 1e-5
+    table = result["sets"]["held-out streams"]["table"]
+    assert [row["false_alarms_per_1000"] for row in table] == [0.5, 1.0, 2.0, 5.0, 10.0]
+    assert {"memory", "ewma_z", "cusum"} <= set(table[-1])
+    assert "Verdict" in (tmp_path / "memory_report.md").read_text()
