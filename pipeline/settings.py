@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     http_token: str | None = Field(None, description="bearer token required by HTTP ingest when set")
     http_max_body_bytes: int = Field(5_000_000, ge=1024)
     shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM: finish the batch in hand within this")
+    model_poll_s: float = Field(5.0, gt=0, description="stream workers check model_versions for a new champion this often")
+    lateness_horizon_s: float = Field(
+        86_400.0, ge=0, description="trends: a record older than its key's newest by more than this is "
+        "applied in arrival order (logged) instead of rewinding the key's memory",
+    )
 
     train_sentiment_csv: Path | None = Field(None, description="labelled sentiment training CSV (text,label)")
     train_topic_csv: Path | None = Field(None, description="labelled topic training CSV (text,label)")

@@ -69,7 +69,11 @@ CREATE TABLE key_state (
     expected_negative_rate  real,
     surge_score             real,
     model_version           text,
-    updated_at              timestamptz NOT NULL DEFAULT now()
+    updated_at              timestamptz NOT NULL DEFAULT now(),
+    -- the key's newest document in its canonical order (order_at, document_id): the
+    -- trends worker rewinds when a record sorts before it (see README, "Trends")
+    last_order_at           timestamptz,
+    last_document_id        text
 );
 
 -- One point per (key, document) the memory applied: the key's figures after it.
@@ -85,10 +89,20 @@ CREATE TABLE trend_points (
     doc_count               bigint NOT NULL,
     negative_count          bigint NOT NULL,
     created_at              timestamptz NOT NULL DEFAULT now(),
+    -- what a rewind needs to replay this point: its position in the key's canonical
+    -- order, the memory's inputs and the state after it (trends worker)
+    order_at                timestamptz,
+    p_neutral               real,
+    p_bullish               real,
+    topic_confidence        real,
+    doc_vector              real[],
+    state                   real[],
+    model_version           text,
     UNIQUE (key, document_id)
 );
 CREATE INDEX trend_points_key_event_idx ON trend_points (key, event_at);
 CREATE INDEX trend_points_event_idx ON trend_points (event_at);
+CREATE INDEX trend_points_key_order_idx ON trend_points (key, order_at);
 
 -- The applied-document ledger: a document moves a key's memory once, ever.
 CREATE TABLE applied_documents (

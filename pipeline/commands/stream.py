@@ -1,40 +1,290 @@
-"""``finsent demo | run | worker | ingest``: the streaming data path (issue 4)."""
+"""``finsent demo | run | worker | ingest``: the streaming data path (issue 4).
+
+* ``finsent run``: every role in one process (producers from configuration, HTTP ingest
+  with /healthz and /metrics, scorer, trends, alerts when the alert engine is installed),
+  with the embedded broker and database when none are configured.
+* ``finsent worker scorer|trends``: one role, for scale-out against a shared Kafka
+  cluster (``FINSENT_KAFKA_BOOTSTRAP``) and PostgreSQL.
+* ``finsent demo``: embedded everything, the shipped sample stream, a summary.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from pipeline.commands.common import not_implemented
-from pipeline.settings import Settings
+from pipeline.settings import KafkaTimeouts, Settings
+
+log = logging.getLogger(__name__)
 
 ISSUE = "the streaming pipeline, issue 4"
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample"
+SAMPLE_STREAM = SAMPLE_DIR / "stream.jsonl"
+SAMPLE_WATCHLIST = SAMPLE_DIR / "watchlist.yaml"
+SAMPLE_RULES = SAMPLE_DIR / "rules.yaml"
+WORKER_ROLES = ("scorer", "trends")
+#: Consumer-group timing for one-process runs (demo): the embedded broker's group join
+#: waits about session_timeout_ms / 2 (see the broker notes).
+QUICK_KAFKA = KafkaTimeouts(session_timeout_ms=2000, heartbeat_interval_ms=600, max_poll_interval_ms=10_000,
+                            request_timeout_ms=10_000, poll_timeout_ms=200)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="embedded everything, a sample stream, a summary")
+    p.add_argument("--sample", type=Path, default=None, help=f"JSONL stream to replay (default: {SAMPLE_STREAM.name})")
+    p.add_argument("--timeout", type=float, default=110.0, help="give up after this many seconds")
     p.set_defaults(func=demo)
     p = sub.add_parser("run", help="the daemon: every role in one process")
-    p.set_defaults(func=not_implemented(ISSUE))
+    p.set_defaults(func=run)
     p = sub.add_parser("worker", help="run one role: scorer or trends")
-    p.add_argument("role", choices=["scorer", "trends"])
-    p.set_defaults(func=not_implemented(ISSUE))
-    p = sub.add_parser("ingest", help="produce documents: rss URL… | replay FILE | http")
-    p.add_argument("source", choices=["rss", "replay", "http"])
-    p.add_argument("inputs", nargs="*")
-    p.set_defaults(func=not_implemented(ISSUE))
+    p.add_argument("role", choices=list(WORKER_ROLES))
+    p.set_defaults(func=worker)
 
 
-def demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Until the pipeline lands: start the embedded services, migrate, print status."""
-    from pipeline.commands.core import collect_status
+# -- roles -------------------------------------------------------------------------------
+
+def stream_role(name: str, settings: Settings, services: Any) -> Any:
+    """The scorer or trends role on ``services``' broker and database."""
+    if name == "scorer":
+        from consumers.scorer import Scorer
+
+        return Scorer(settings, services.bootstrap, services.engine)
+    if name == "trends":
+        from consumers.trends import Trends
+
+        return Trends(settings, services.bootstrap, services.engine)
+    raise ValueError(f"unknown role {name!r}")
+
+
+def alerts_roles(settings: Settings, services: Any) -> list[Any]:
+    """The alert engine's roles when ``alerts/`` provides them (``alerts.role.build_roles``);
+    none otherwise, so the stream runs without it."""
+    try:
+        from alerts.role import build_roles  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        log.info("alert engine not installed (no alerts.role); running without alerts")
+        return []
+    return list(build_roles(settings, services))
+
+
+def http_role(settings: Settings, services: Any, daemon: Any, *, ingest: bool) -> Any | None:
+    """The HTTP server (ingest when asked, /healthz, /metrics) when pipeline.http_server
+    exists; None otherwise."""
+    try:
+        from pipeline import http_server  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        log.info("HTTP server not installed (no pipeline.http_server); no /healthz or /metrics")
+        return None
+    build = getattr(http_server, "build_role", None)
+    if build is None:
+        return None
+    return build(settings, services, daemon=daemon, ingest=ingest)
+
+
+def producer_roles(settings: Settings, services: Any) -> list[Any]:
+    """Producers given by configuration (e.g. FINSENT_FEEDS), when pipeline.producers offers them."""
+    try:
+        from pipeline.producers import roles_from_settings  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        return []
+    return list(roles_from_settings(settings, services))
+
+
+# -- commands ----------------------------------------------------------------------------
+
+def worker(args: argparse.Namespace, settings: Settings) -> int:
+    """One role until SIGTERM. Needs a shared broker: a lone worker on its own embedded
+    broker would never see anyone's documents."""
+    from pipeline.daemon import Daemon
+    from pipeline.errors import ConfigurationError
+    from pipeline.services import start_services
+
+    if not settings.kafka_bootstrap:
+        raise ConfigurationError(
+            "'finsent worker' joins a consumer group on a shared Kafka cluster: set FINSENT_KAFKA_BOOTSTRAP "
+            "(or --kafka-bootstrap); to run every role in one process with an embedded broker use 'finsent run'"
+        )
+    with start_services(settings) as services:
+        daemon = Daemon([stream_role(args.role, settings, services)], shutdown_grace_s=settings.shutdown_grace_s)
+        http = http_role(settings, services, daemon, ingest=False)
+        if http is not None:
+            daemon.roles.append(http)
+        return daemon.run()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Every role in one process until SIGTERM."""
+    from pipeline.daemon import Daemon
     from pipeline.services import start_services
 
     with start_services(settings) as services:
-        print(f"broker:   {services.descriptions['broker']}")
-        print(f"database: {services.descriptions['database']}")
-        for name, value in collect_status(settings).items():
-            if name not in ("broker", "database"):
-                print(f"{name}: {value}")
-    print("the streaming pipeline (issue 4) has not landed yet: nothing is replayed or scored")
+        roles: list[Any] = producer_roles(settings, services)
+        roles += [stream_role(name, settings, services) for name in WORKER_ROLES]
+        roles += alerts_roles(settings, services)
+        daemon = Daemon(roles, shutdown_grace_s=settings.shutdown_grace_s)
+        http = http_role(settings, services, daemon, ingest=True)
+        if http is not None:
+            daemon.roles.append(http)
+        log.info("finsent run: broker %s; database %s", services.descriptions["broker"],
+                 services.descriptions["database"])
+        return daemon.run()
+
+
+def demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay the sample stream through every role on embedded services; print a summary."""
+    return run_demo(settings, sample=args.sample, timeout_s=args.timeout)
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's settings: an embedded broker with quick group timing, the sample
+    watchlist and rules unless the user set their own."""
+    update: dict[str, Any] = {"kafka_bootstrap": None, "kafka": QUICK_KAFKA, "model_poll_s": 2.0}
+    if settings.watchlist is None:
+        update["watchlist"] = SAMPLE_WATCHLIST
+    if settings.rules is None and SAMPLE_RULES.is_file():
+        update["rules"] = SAMPLE_RULES
+    return settings.model_copy(update=update)
+
+
+def wait_processed(bootstrap: str, settings: Settings, *, produced: int, timeout_s: float,
+                   stop: threading.Event | None = None) -> bool:
+    """Until the scorer has committed every document and trends every scored record."""
+    from consumers.progress import GroupProgress
+    from consumers.scorer import GROUP_ID as SCORER
+    from consumers.trends import GROUP_ID as TRENDS
+
+    deadline = time.monotonic() + timeout_s
+    with GroupProgress(bootstrap) as progress:
+        if not progress.wait_caught_up(SCORER, settings.kafka_topic_documents, min_records=produced,
+                                       timeout_s=max(0.0, deadline - time.monotonic())):
+            return False
+        return progress.wait_caught_up(TRENDS, settings.kafka_topic_scored,
+                                       timeout_s=max(0.0, deadline - time.monotonic()))
+
+
+def load_sample(path: Path) -> list[Any]:
+    """The sample stream's documents (JSONL rows in the ingest shape: text, title,
+    published_at, id, url, ...). A bad row is an error: the file ships with finsent."""
+    import json
+
+    from pipeline.errors import InputError
+    from pipeline.producers.base import incoming_from_mapping
+
+    documents = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                incoming = incoming_from_mapping(json.loads(line))
+                documents.append(incoming.to_document(source=incoming.source or "sample"))
+            except (ValueError, InputError) as exc:
+                raise InputError(f"{path} line {number}: {exc}") from None
+    return documents
+
+
+def run_demo(settings: Settings, *, sample: Path | None = None, timeout_s: float = 110.0,
+             out: Any = None) -> int:
+    """Replay ``sample`` through scorer and trends (and alerts when installed) on embedded
+    services, wait until everything is applied, print what happened and the SQL to dig."""
+    import sys
+
+    import sqlalchemy as sa
+
+    from pipeline.daemon import Daemon
+    from pipeline.entities import load_watchlist
+    from pipeline.errors import FinsentError, ModelError
+    from pipeline.inference import read_manifest
+    from pipeline.producers.base import produce_documents
+    from pipeline.services import start_services
+
+    out = out or sys.stdout
+    started = time.monotonic()
+    settings = demo_settings(settings)
+    try:
+        read_manifest(settings.model_dir)
+    except ModelError as exc:
+        raise ModelError(f"{exc}. The demo needs a model: the shipped one lives in models/, or set "
+                         "FINSENT_MODEL_DIR to a model directory") from None
+    documents = load_sample(sample or SAMPLE_STREAM)
+    ids = [d.id for d in documents]
+    with start_services(settings) as services:
+        roles = [stream_role(name, settings, services) for name in WORKER_ROLES]
+        roles += alerts_roles(settings, services)
+        daemon = Daemon(roles, shutdown_grace_s=settings.shutdown_grace_s)
+        runner = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, daemon=True)
+        runner.start()
+        try:
+            sent = produce_documents(settings, services.bootstrap, documents,
+                                     watchlist=load_watchlist(settings.watchlist), stage="ingest:demo")
+            print(f"replayed {sent} documents of {sample or SAMPLE_STREAM} into {services.bootstrap}", file=out)
+            remaining = timeout_s - (time.monotonic() - started)
+            done = wait_processed(services.bootstrap, settings, produced=sent, timeout_s=max(1.0, remaining))
+            if daemon.failed:
+                raise FinsentError(f"a role failed: {daemon.failed}; see the log above")
+            if not done:
+                raise FinsentError(f"the demo did not finish within {timeout_s:.0f}s (a loaded machine?); "
+                                   "run it again with --timeout 300")
+            if len(roles) > 2:  # the alert engine evaluates on its schedule: give it one round
+                time.sleep(min(5.0, settings.alert_interval_s * 1.5))
+        finally:
+            daemon.stop.set()
+            runner.join(timeout=settings.shutdown_grace_s)
+        print_summary(services.engine, ids, time.monotonic() - started, out)
     return 0
+
+
+def print_summary(engine: Any, ids: list[str], elapsed_s: float, out: Any) -> None:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        scored = conn.execute(sa.text(
+            "SELECT count(DISTINCT document_id) FROM predictions WHERE document_id = ANY(:ids)"), {"ids": ids}).scalar()
+        versions = conn.execute(sa.text(
+            "SELECT string_agg(DISTINCT model_version, ', ') FROM predictions WHERE document_id = ANY(:ids)"),
+            {"ids": ids}).scalar()
+        sentiment = conn.execute(sa.text(
+            "SELECT sentiment, count(*) FROM latest_predictions WHERE document_id = ANY(:ids) GROUP BY 1 ORDER BY 1"),
+            {"ids": ids}).all()
+        keys = conn.execute(sa.text(
+            "SELECT k.key, k.doc_count, k.negative_count, k.expected_negative_rate, k.surge_score "
+            "FROM key_state k WHERE k.key IN (SELECT DISTINCT key FROM applied_documents WHERE document_id = ANY(:ids)) "
+            "AND k.doc_count >= 3 ORDER BY k.surge_score DESC NULLS LAST, k.key LIMIT 8"), {"ids": ids}).all()
+        has_alerts = conn.execute(sa.text("SELECT to_regclass('alerts') IS NOT NULL")).scalar()
+        alerts = conn.execute(sa.text(
+            "SELECT rule_name, key, state, severity, value FROM alerts "
+            "WHERE key IN (SELECT DISTINCT key FROM applied_documents WHERE document_id = ANY(:ids)) "
+            "ORDER BY created_at DESC LIMIT 10"), {"ids": ids}).all() if has_alerts else []
+    print(f"\ndocuments scored: {scored} of {len(ids)} (model {versions}) in {elapsed_s:.1f}s", file=out)
+    print("sentiment: " + ", ".join(f"{s} {n}" for s, n in sentiment), file=out)
+    print("\ntop negative keys (by the memory's surge score):", file=out)
+    print(f"  {'key':34} {'docs':>5} {'negative':>9} {'exp. neg. rate':>15} {'surge':>7}", file=out)
+    for row in keys:
+        share = row.negative_count / row.doc_count if row.doc_count else 0.0
+        print(f"  {row.key[:34]:34} {row.doc_count:5d} {share:9.0%} {row.expected_negative_rate or 0:15.3f} "
+              f"{row.surge_score or 0:7.2f}", file=out)
+    if alerts:
+        print("\nalerts raised:", file=out)
+        for a in alerts:
+            print(f"  [{a.state}] {a.rule_name} on {a.key} ({a.severity}, value {a.value})", file=out)
+    else:
+        print("\nalerts raised: none", file=out)
+    print(SUMMARY_SQL, file=out)
+
+
+SUMMARY_SQL = """
+look further (psql, pandas, Grafana) with SQL such as:
+  -- hourly sentiment of a watched ticker
+  SELECT * FROM entity_sentiment_hourly WHERE entity = 'NVLX' ORDER BY hour;
+  -- how a key's memory moved, document by document
+  SELECT event_at, sentiment, expected_negative_rate, surge_score FROM trend_points
+   WHERE key = 'entity:NVLX' ORDER BY order_at, document_id;
+  -- every key's current memory
+  SELECT key, doc_count, negative_count, expected_negative_rate, surge_score FROM key_state ORDER BY surge_score DESC;
+  -- open alerts
+  SELECT * FROM open_alerts;"""

@@ -1,0 +1,270 @@
+"""The scorer (``finsent worker scorer``): documents in, predictions stored, one scored
+record per key out.
+
+Per micro-batch (``Settings.batch``) read from the documents Kafka topic by the consumer
+group ``finsent-scorer``:
+
+1. parse each record into a :class:`~pipeline.documents.Document`; a record that is not
+   one goes to the dead-letter topic with the reason and its Kafka topic/partition/offset;
+2. classify the batch with the ONNX classifier (:mod:`pipeline.inference`);
+3. in ONE transaction, upsert the documents and their predictions (model version, batch
+   latency). Both inserts are ``ON CONFLICT DO NOTHING``: a redelivered document keeps
+   the prediction stored first, and the stored values (read back in the same
+   transaction) are what is forwarded, so every copy of a document's scored records
+   carries the same numbers whatever batch it was re-scored in;
+4. produce one record per key (``topic:<name>``, ``entity:<TICKER>``) to the scored Kafka
+   topic, keyed by the key so one trends worker owns each key; flush;
+5. only then commit the offsets.
+
+Delivery: at-least-once from Kafka plus idempotent writes, so a crash at any step either
+redoes the batch harmlessly or finds it done. PostgreSQL down: the transaction is retried
+with capped backoff (:func:`pipeline.db.retry_db`) until it is back. A row PostgreSQL
+refuses (e.g. a NUL byte in an author field) is found by retrying the batch one document
+at a time and goes to the dead-letter topic; the rest are stored.
+
+Between batches the worker checks ``model_versions`` every ``Settings.model_poll_s`` and
+hot-reloads a new champion (:mod:`consumers.model_watch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from consumers.batching import run_consumer_loop
+from consumers.model_watch import ModelWatcher
+from pipeline import metrics
+from pipeline.db import retry_db
+from pipeline.dlq import DeadLetter, send_dead_letter
+from pipeline.documents import Document
+from pipeline.errors import BrokerError, InputError
+from pipeline.inference import Classifier, Prediction
+from pipeline.kafka_io import json_bytes, make_consumer, make_producer
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "finsent-scorer"
+ROLE = "scorer"
+
+INSERT_DOCUMENTS = sa.text("""
+    INSERT INTO documents (id, source, kind, published_at, title, text, url, author, language, entities)
+    VALUES (:id, :source, :kind, :published_at, :title, :text, :url, :author, :language, :entities)
+    ON CONFLICT (id) DO NOTHING
+""")
+INSERT_PREDICTIONS = sa.text("""
+    INSERT INTO predictions (document_id, model_version, topic_id, topic, topic_confidence, sentiment,
+                             p_bearish, p_neutral, p_bullish, doc_vector, latency_ms)
+    VALUES (:document_id, :model_version, :topic_id, :topic, :topic_confidence, :sentiment,
+            :p_bearish, :p_neutral, :p_bullish, :doc_vector, :latency_ms)
+    ON CONFLICT (document_id, model_version) DO NOTHING
+""")
+STORED_PREDICTIONS = sa.text("""
+    SELECT document_id, topic_id, topic, topic_confidence, sentiment, p_bearish, p_neutral, p_bullish,
+           doc_vector
+    FROM predictions WHERE model_version = :model_version AND document_id = ANY(:ids)
+""")
+
+
+def keys_of(topic: str, entities: tuple[str, ...] | list[str]) -> list[str]:
+    """The memory keys a document moves: its predicted topic and every entity it names."""
+    keys = [f"topic:{topic}"]
+    seen: set[str] = set()
+    for entity in entities:
+        ticker = str(entity).strip().upper()
+        if ticker and ticker not in seen:
+            seen.add(ticker)
+            keys.append(f"entity:{ticker}")
+    return keys
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    document: Document
+    kafka_topic: str
+    partition: int
+    offset: int
+    raw: bytes
+
+
+class Scorer:
+    """The scorer role. ``run(stop)`` serves until ``stop`` is set, then drains the batch
+    in hand, commits and returns."""
+
+    name = ROLE
+
+    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str = GROUP_ID) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.engine = engine
+        self.group_id = group_id
+        self.watcher: ModelWatcher[Classifier] = ModelWatcher(
+            settings, engine, lambda path: Classifier.load(Path(path), settings), ROLE
+        )
+        self._ready = False
+        self._producer: Any = None
+        self.documents_scored = 0
+
+    def ready(self) -> bool:
+        return self._ready
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        classifier = retry_db(lambda: self.watcher.load_initial(), what="scorer: model lookup", stop=stop.is_set)
+        metrics.MODEL_INFO.labels(version=classifier.version).set(1)
+        self._producer = make_producer(self.settings, self.bootstrap)
+        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_documents])
+        self._ready = True
+        log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
+                 self.settings.kafka_topic_documents)
+        try:
+            run_consumer_loop(
+                role=ROLE, consumer=consumer, policy=self.settings.batch,
+                poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
+                process=lambda records: self.process(records, stop), between_batches=self._between_batches,
+            )
+        finally:
+            self._ready = False
+            consumer.close(autocommit=False)
+            self._producer.close(timeout=self.settings.shutdown_grace_s)
+
+    def _between_batches(self) -> None:
+        old = self.watcher.model
+        if self.watcher.maybe_reload() and old is not None and self.watcher.model is not None:
+            metrics.MODEL_INFO.labels(version=old.version).set(0)
+            metrics.MODEL_INFO.labels(version=self.watcher.model.version).set(1)
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def process(self, records: list[Any], stop: threading.Event) -> None:
+        """Score, store and forward one batch; raises only when the batch is not stored."""
+        classifier = self.watcher.model
+        assert classifier is not None
+        futures: list[Any] = []
+        parsed: dict[str, ParsedRecord] = {}
+        for record in records:
+            try:
+                if record.value is None:
+                    raise InputError("record has no value (tombstone)")
+                document = Document.from_json_bytes(record.value)
+            except InputError as exc:
+                futures.append(self._dead_letter(str(exc), record.topic, record.partition, record.offset,
+                                                 record.value, record.key))
+                continue
+            # A document twice in one batch is scored once (ids are stable).
+            parsed[document.id] = ParsedRecord(document, record.topic, record.partition, record.offset,
+                                               record.value)
+        if parsed:
+            items = list(parsed.values())
+            started = time.perf_counter()
+            predictions = classifier.classify([p.document.content for p in items])
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            stored = self._store(items, predictions, classifier.version, latency_ms, stop, futures)
+            for item in items:
+                row = stored.get(item.document.id)
+                if row is not None:
+                    futures.extend(self._forward(item.document, row, classifier.version))
+            self.documents_scored += len(stored)
+            metrics.DOCUMENTS_SCORED.inc(len(stored))
+        self._flush(futures)
+
+    def _store(self, items: list[ParsedRecord], predictions: list[Prediction], version: str, latency_ms: float,
+               stop: threading.Event, futures: list[Any]) -> dict[str, Any]:
+        """Upsert documents + predictions in one transaction; returns the stored prediction
+        row per document id. Rows PostgreSQL refuses go to the dead-letter topic."""
+        pairs = list(zip(items, predictions, strict=True))
+
+        def write(batch: list[tuple[ParsedRecord, Prediction]]) -> dict[str, Any]:
+            with self.engine.begin() as conn:
+                return _write_batch(conn, batch, version, latency_ms)
+
+        try:
+            return retry_db(lambda: write(pairs), what="scorer: storing a batch", stop=stop.is_set)
+        except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
+            log.warning("scorer: PostgreSQL refused a batch (%s); storing its documents one at a time",
+                        getattr(exc, "orig", exc))
+        stored: dict[str, Any] = {}
+        for pair in pairs:
+            try:
+                stored.update(retry_db(lambda p=pair: write([p]), what="scorer: storing a document",
+                                       stop=stop.is_set))
+            except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
+                item = pair[0]
+                futures.append(self._dead_letter(
+                    f"PostgreSQL refused the document: {getattr(exc, 'orig', exc)}", item.kafka_topic,
+                    item.partition, item.offset, item.raw, item.document.id.encode("utf-8")))
+        return stored
+
+    def _forward(self, document: Document, row: Any, version: str) -> list[Any]:
+        payload = {
+            "document_id": document.id,
+            "event_at": document.published_at.isoformat(),
+            "source": document.source,
+            "model_version": version,
+            "topic_id": row.topic_id,
+            "topic": row.topic,
+            "topic_confidence": row.topic_confidence,
+            "sentiment": row.sentiment,
+            "p_bearish": row.p_bearish,
+            "p_neutral": row.p_neutral,
+            "p_bullish": row.p_bullish,
+            "doc_vector": list(row.doc_vector or ()),
+        }
+        sends = []
+        for key in keys_of(row.topic, document.entities):
+            value = json_bytes({"key": key, **payload})
+            sends.append(self._producer.send(self.settings.kafka_topic_scored, key=key.encode("utf-8"), value=value))
+        return sends
+
+    def _dead_letter(self, reason: str, kafka_topic: str, partition: int, offset: int, payload: bytes | None,
+                     key: bytes | None) -> Any:
+        log.warning("scorer: dead letter from %s[%d]@%d: %s", kafka_topic, partition, offset, reason[:300])
+        metrics.DEAD_LETTERS.labels(stage=ROLE).inc()
+        letter = DeadLetter.build(reason, ROLE, payload, source_kafka_topic=kafka_topic, partition=partition,
+                                  offset=offset)
+        return send_dead_letter(self._producer, self.settings.kafka_topic_dlq, letter, key=key)
+
+    def _flush(self, futures: list[Any]) -> None:
+        """Wait until every record of the batch is acknowledged; BrokerError otherwise
+        (the batch then stays uncommitted and is redone: the DB writes are idempotent)."""
+        if not futures:
+            return
+        self._producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000.0)
+        for future in futures:
+            try:
+                future.get(timeout=self.settings.kafka.request_timeout_ms / 1000.0)
+            except Exception as exc:  # noqa: BLE001 - kafka-python raises several types
+                raise BrokerError(f"scorer: the broker did not acknowledge a record ({exc}); "
+                                  "check FINSENT_KAFKA_BOOTSTRAP") from exc
+
+
+def _write_batch(conn: Connection, batch: list[tuple[ParsedRecord, Prediction]], version: str,
+                 latency_ms: float) -> dict[str, Any]:
+    conn.execute(INSERT_DOCUMENTS, [
+        {
+            "id": d.id, "source": d.source, "kind": d.kind, "published_at": d.published_at, "title": d.title,
+            "text": d.text, "url": d.url, "author": d.author, "language": d.language,
+            "entities": [str(e).strip().upper() for e in d.entities],
+        }
+        for d in (item.document for item, _ in batch)
+    ])
+    conn.execute(INSERT_PREDICTIONS, [
+        {
+            "document_id": item.document.id, "model_version": version, "topic_id": p.topic_id,
+            "topic": p.topic, "topic_confidence": min(max(p.topic_confidence, 0.0), 1.0),
+            "sentiment": p.sentiment, "p_bearish": p.p_bearish, "p_neutral": p.p_neutral,
+            "p_bullish": p.p_bullish, "doc_vector": list(p.doc_vector), "latency_ms": latency_ms,
+        }
+        for item, p in batch
+    ])
+    rows = conn.execute(STORED_PREDICTIONS, {"model_version": version,
+                                             "ids": [item.document.id for item, _ in batch]}).all()
+    return {row.document_id: row for row in rows}

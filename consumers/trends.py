@@ -1,0 +1,386 @@
+"""The trends worker (``finsent worker trends``): each key's recurrent memory, exactly once
+per (key, document), in a deterministic order.
+
+Consumer group ``finsent-trends`` on the scored Kafka topic (keyed by memory key, so one
+worker owns a key). For each micro-batch, in ONE PostgreSQL transaction:
+
+* lock the batch's keys (``key_state`` rows, ``FOR UPDATE``, in key order), read the
+  applied-documents ledger and drop every (key, document) already applied: redeliveries
+  after a crash, a rebalance or a re-scored document change nothing;
+* step the ONNX memory cell (:class:`pipeline.inference.MemoryCell`) over the key's new
+  documents, write a trend point per document, the ledger rows and the new ``key_state``.
+  Offsets are committed after the transaction; a crash before it redoes the batch, a
+  crash after it finds everything in the ledger.
+
+Event-time order. A key's memory is defined as the cell applied to the key's documents in
+**canonical order** ``(order_at, document_id)``, where ``order_at`` is the document's event
+time. Records reach a key out of that order all the time (documents of one key come from
+several partitions of the documents topic, and a killed scorer re-sends a batch later), so
+when a batch holds a document that sorts before the key's newest applied one the worker
+**rewinds**: it starts from the state stored with the trend point just before the
+insertion position and replays the key's later points (inputs kept in ``trend_points``)
+with the new documents merged in, rewriting those points. The result is the same state as
+one clean run in canonical order, whatever the arrival order was.
+
+Rewinds are bounded by ``Settings.lateness_horizon_s``: a document older than its key's
+newest by more than the horizon is not slotted into the past; it is applied at the key's
+current position (``order_at`` = the key's newest ``order_at``) and logged. Within the
+horizon the result is deterministic; beyond it, it depends on arrival.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from consumers.batching import run_consumer_loop
+from consumers.model_watch import ModelWatcher
+from pipeline import metrics
+from pipeline.db import retry_db
+from pipeline.dlq import DeadLetter, send_dead_letter
+from pipeline.errors import BrokerError, InputError
+from pipeline.inference import MemoryCell, read_manifest
+from pipeline.kafka_io import make_consumer, make_producer
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "finsent-trends"
+ROLE = "trends"
+SENTIMENTS = ("bearish", "neutral", "bullish")
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The memory cell a trends worker serves and the model version it came from."""
+
+    cell: MemoryCell
+    version: str
+
+
+def load_memory(model_dir: Path, settings: Settings) -> Memory:
+    return Memory(MemoryCell.load(Path(model_dir), settings), str(read_manifest(Path(model_dir))["version"]))
+
+
+@dataclass
+class ScoredItem:
+    """One (key, document) to apply: the scorer's record, or a stored trend point to replay."""
+
+    key: str
+    document_id: str
+    event_at: datetime
+    sentiment: str
+    p_bearish: float
+    p_neutral: float
+    p_bullish: float
+    topic_confidence: float
+    doc_vector: list[float]
+    order_at: datetime | None = None
+    stored: bool = False  # an existing trend point being replayed by a rewind
+
+    @property
+    def position(self) -> tuple[datetime, str]:
+        assert self.order_at is not None
+        return (self.order_at, self.document_id)
+
+
+def parse_scored(raw: bytes | None) -> ScoredItem:
+    """A scored record's value; InputError with the reason when it is not one."""
+    if raw is None:
+        raise InputError("record has no value (tombstone)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"scored record is not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError("scored record must be a JSON object")
+    try:
+        key = str(data["key"])
+        if not key.startswith(("topic:", "entity:")) or len(key) > 300:
+            raise InputError(f"scored record key {key[:80]!r} is not topic:<name> or entity:<TICKER>")
+        event_at = datetime.fromisoformat(str(data["event_at"]))
+        if event_at.tzinfo is None:
+            raise InputError("scored record event_at has no time zone")
+        sentiment = str(data["sentiment"])
+        if sentiment not in SENTIMENTS:
+            raise InputError(f"scored record sentiment {sentiment!r} is not one of {SENTIMENTS}")
+        vector = [float(x) for x in data.get("doc_vector") or []]
+        item = ScoredItem(
+            key=key, document_id=str(data["document_id"]), event_at=event_at, sentiment=sentiment,
+            p_bearish=float(data["p_bearish"]), p_neutral=float(data["p_neutral"]),
+            p_bullish=float(data["p_bullish"]), topic_confidence=float(data["topic_confidence"]),
+            doc_vector=vector,
+        )
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"scored record is missing or has a bad field: {exc!r}") from None
+    if not item.document_id:
+        raise InputError("scored record has an empty document_id")
+    return item
+
+
+@dataclass
+class KeyPlan:
+    """What one key's memory does in this batch."""
+
+    key: str
+    start_state: np.ndarray
+    prev_order_at: datetime | None
+    doc_count: int
+    negative_count: int
+    items: list[ScoredItem] = field(default_factory=list)  # to apply, in canonical order
+    states: np.ndarray | None = None  # after each item
+    outputs: np.ndarray | None = None
+
+
+class Trends:
+    """The trends role. ``run(stop)`` serves until ``stop`` is set, then drains the batch
+    in hand, commits and returns."""
+
+    name = ROLE
+
+    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str = GROUP_ID) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.engine = engine
+        self.group_id = group_id
+        self.watcher: ModelWatcher[Memory] = ModelWatcher(settings, engine, lambda p: load_memory(p, settings), ROLE)
+        self.horizon = timedelta(seconds=settings.lateness_horizon_s)
+        self._ready = False
+        self._producer: Any = None
+        self.applied = 0
+        self.rewinds = 0
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def run(self, stop: threading.Event) -> None:
+        memory = retry_db(lambda: self.watcher.load_initial(), what="trends: model lookup", stop=stop.is_set)
+        self._producer = make_producer(self.settings, self.bootstrap)
+        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_scored])
+        self._ready = True
+        log.info("trends: memory cell of model %s on %s (lateness horizon %.0fs)", memory.version,
+                 self.settings.kafka_topic_scored, self.horizon.total_seconds())
+        try:
+            run_consumer_loop(
+                role=ROLE, consumer=consumer, policy=self.settings.batch,
+                poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
+                process=lambda records: self.process(records, stop), between_batches=self.watcher.maybe_reload,
+            )
+        finally:
+            self._ready = False
+            consumer.close(autocommit=False)
+            self._producer.close(timeout=self.settings.shutdown_grace_s)
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def process(self, records: list[Any], stop: threading.Event) -> None:
+        futures: list[Any] = []
+        by_key: dict[str, dict[str, ScoredItem]] = {}
+        for record in records:
+            try:
+                item = parse_scored(record.value)
+            except InputError as exc:
+                futures.append(self._dead_letter(str(exc), record))
+                continue
+            by_key.setdefault(item.key, {})[item.document_id] = item
+        if by_key:
+            memory = self.watcher.model
+            assert memory is not None
+
+            def transaction() -> int:
+                with self.engine.begin() as conn:
+                    return self.apply(conn, memory, by_key)
+
+            applied = retry_db(transaction, what="trends: applying a batch", stop=stop.is_set)
+            self.applied += applied
+            metrics.TREND_UPDATES.inc(applied)
+        if futures:
+            self._producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000.0)
+            for future in futures:
+                try:
+                    future.get(timeout=self.settings.kafka.request_timeout_ms / 1000.0)
+                except Exception as exc:  # noqa: BLE001 - kafka-python raises several types
+                    raise BrokerError(f"trends: the broker did not acknowledge a dead letter ({exc})") from exc
+
+    def _dead_letter(self, reason: str, record: Any) -> Any:
+        log.warning("trends: dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset,
+                    reason[:300])
+        metrics.DEAD_LETTERS.labels(stage=ROLE).inc()
+        letter = DeadLetter.build(reason, ROLE, record.value, source_kafka_topic=record.topic,
+                                  partition=record.partition, offset=record.offset)
+        return send_dead_letter(self._producer, self.settings.kafka_topic_dlq, letter, key=record.key)
+
+    def apply(self, conn: Connection, memory: Memory, by_key: dict[str, dict[str, ScoredItem]]) -> int:
+        """Apply a batch in the caller's transaction; returns the (key, document) pairs applied."""
+        cell = memory.cell
+        keys = sorted(by_key)
+        initial = cell.initial_state()
+        conn.execute(sa.text(
+            "INSERT INTO key_state (key, key_kind, state) VALUES (:key, :kind, :state) ON CONFLICT (key) DO NOTHING"
+        ), [{"key": k, "kind": k.split(":", 1)[0], "state": initial.tolist()} for k in keys])
+        rows = conn.execute(sa.text(
+            "SELECT key, state, last_order_at, last_document_id, doc_count, negative_count "
+            "FROM key_state WHERE key = ANY(:keys) ORDER BY key FOR UPDATE"
+        ), {"keys": keys}).all()
+        key_rows = {row.key: row for row in rows}
+        all_ids = sorted({doc_id for items in by_key.values() for doc_id in items})
+        done = {(r.key, r.document_id) for r in conn.execute(sa.text(
+            "SELECT key, document_id FROM applied_documents WHERE key = ANY(:keys) AND document_id = ANY(:ids)"
+        ), {"keys": keys, "ids": all_ids})}
+
+        plans: list[KeyPlan] = []
+        for key in keys:
+            new = [item for doc_id, item in by_key[key].items() if (key, doc_id) not in done]
+            if new:
+                plans.append(self._plan(conn, cell, key, key_rows[key], new))
+        if not plans:
+            return 0
+        _step_all(cell, plans)
+        return self._write(conn, memory, plans)
+
+    def _plan(self, conn: Connection, cell: MemoryCell, key: str, row: Any, new: list[ScoredItem]) -> KeyPlan:
+        last_order: datetime | None = row.last_order_at
+        last_pos = (last_order, row.last_document_id or "") if last_order is not None else None
+        for item in new:
+            item.order_at = item.event_at
+            if last_order is not None and item.event_at < last_order - self.horizon:
+                log.warning("trends: %s is %.0fs older than key %s's newest document, beyond the lateness "
+                            "horizon; applied at the key's current position", item.document_id,
+                            (last_order - item.event_at).total_seconds(), key)
+                item.order_at = last_order
+        new.sort(key=lambda i: i.position)
+        if last_pos is None or new[0].position > last_pos:
+            state = _state_or_initial(row.state, cell, key)
+            return KeyPlan(key, state, last_order, int(row.doc_count), int(row.negative_count), new)
+        # Rewind: replay from the point just before the first new document.
+        self.rewinds += 1
+        start = new[0].order_at
+        before = conn.execute(sa.text(
+            "SELECT order_at, state, doc_count, negative_count FROM trend_points "
+            "WHERE key = :key AND order_at < :start "
+            "ORDER BY order_at DESC, document_id COLLATE \"C\" DESC LIMIT 1"
+        ), {"key": key, "start": start}).first()
+        tail = conn.execute(sa.text(
+            "SELECT document_id, event_at, order_at, sentiment, p_bearish, p_neutral, p_bullish, "
+            "topic_confidence, doc_vector FROM trend_points WHERE key = :key AND order_at >= :start"
+        ), {"key": key, "start": start}).all()
+        replay = [
+            ScoredItem(key=key, document_id=r.document_id, event_at=r.event_at, sentiment=r.sentiment,
+                       p_bearish=r.p_bearish, p_neutral=r.p_neutral, p_bullish=r.p_bullish,
+                       topic_confidence=r.topic_confidence, doc_vector=list(r.doc_vector or ()),
+                       order_at=r.order_at, stored=True)
+            for r in tail
+        ]
+        merged = sorted(replay + new, key=lambda i: i.position)
+        log.debug("trends: rewinding key %s over %d stored points for %d late documents", key, len(replay), len(new))
+        if before is None:
+            return KeyPlan(key, cell.initial_state(), None, 0, 0, merged)
+        return KeyPlan(key, _state_or_initial(before.state, cell, key), before.order_at,
+                       int(before.doc_count), int(before.negative_count), merged)
+
+    def _write(self, conn: Connection, memory: Memory, plans: list[KeyPlan]) -> int:
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        ledger: list[dict[str, Any]] = []
+        key_updates: list[dict[str, Any]] = []
+        for plan in plans:
+            assert plan.states is not None and plan.outputs is not None
+            doc_count, negative_count = plan.doc_count, plan.negative_count
+            for i, item in enumerate(plan.items):
+                doc_count += 1
+                negative_count += item.sentiment == "bearish"
+                figures = {
+                    "key": plan.key, "document_id": item.document_id,
+                    "expected_negative_rate": float(plan.outputs[i, 0]), "surge_score": float(plan.outputs[i, 1]),
+                    "doc_count": doc_count, "negative_count": negative_count,
+                    "state": plan.states[i].tolist(), "model_version": memory.version,
+                }
+                if item.stored:
+                    updates.append(figures)
+                else:
+                    inserts.append({
+                        **figures, "event_at": item.event_at, "order_at": item.order_at,
+                        "sentiment": item.sentiment, "p_bearish": item.p_bearish, "p_neutral": item.p_neutral,
+                        "p_bullish": item.p_bullish, "topic_confidence": item.topic_confidence,
+                        "doc_vector": item.doc_vector,
+                    })
+                    ledger.append({"key": plan.key, "document_id": item.document_id})
+            last = plan.items[-1]
+            key_updates.append({
+                "key": plan.key, "state": plan.states[-1].tolist(), "last_event_at": last.event_at,
+                "last_order_at": last.order_at, "last_document_id": last.document_id, "doc_count": doc_count,
+                "negative_count": negative_count, "expected_negative_rate": float(plan.outputs[-1, 0]),
+                "surge_score": float(plan.outputs[-1, 1]), "model_version": memory.version,
+            })
+        if inserts:
+            conn.execute(sa.text(
+                "INSERT INTO trend_points (key, event_at, document_id, sentiment, p_bearish, expected_negative_rate, "
+                "surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, topic_confidence, "
+                "doc_vector, state, model_version) VALUES (:key, :event_at, :document_id, :sentiment, :p_bearish, "
+                ":expected_negative_rate, :surge_score, :doc_count, :negative_count, :order_at, :p_neutral, "
+                ":p_bullish, :topic_confidence, :doc_vector, :state, :model_version)"
+            ), inserts)
+        if updates:
+            conn.execute(sa.text(
+                "UPDATE trend_points SET expected_negative_rate = :expected_negative_rate, surge_score = :surge_score, "
+                "doc_count = :doc_count, negative_count = :negative_count, state = :state, "
+                "model_version = :model_version WHERE key = :key AND document_id = :document_id"
+            ), updates)
+        if ledger:
+            conn.execute(sa.text("INSERT INTO applied_documents (key, document_id) VALUES (:key, :document_id)"),
+                         ledger)
+        conn.execute(sa.text(
+            "UPDATE key_state SET state = :state, last_event_at = :last_event_at, last_order_at = :last_order_at, "
+            "last_document_id = :last_document_id, doc_count = :doc_count, negative_count = :negative_count, "
+            "expected_negative_rate = :expected_negative_rate, surge_score = :surge_score, "
+            "model_version = :model_version, updated_at = now() WHERE key = :key"
+        ), key_updates)
+        return len(ledger)
+
+
+def _state_or_initial(stored: Any, cell: MemoryCell, key: str) -> np.ndarray:
+    state = np.asarray(stored if stored is not None else [], dtype=np.float32)
+    if state.shape != (cell.state_dim,):
+        if state.size:
+            log.warning("trends: key %s has a state of %d values but the memory cell has %d (new model); "
+                        "starting its memory afresh", key, state.size, cell.state_dim)
+        return cell.initial_state()
+    return state
+
+
+def _step_all(cell: MemoryCell, plans: list[KeyPlan]) -> None:
+    """Run every plan's items through the cell, keys in lockstep (one onnxruntime call
+    per step across all keys); fills ``plan.states`` and ``plan.outputs``."""
+    feats: list[np.ndarray] = []
+    for plan in plans:
+        rows = []
+        prev = plan.prev_order_at
+        for item in plan.items:
+            assert item.order_at is not None
+            dt = None if prev is None else (item.order_at - prev).total_seconds()
+            rows.append(cell.features(item.p_bearish, item.p_neutral, item.p_bullish, item.topic_confidence,
+                                      item.doc_vector, dt))
+            prev = item.order_at
+        feats.append(np.stack(rows))
+        plan.states = np.empty((len(plan.items), cell.state_dim), dtype=np.float32)
+        plan.outputs = np.empty((len(plan.items), 2), dtype=np.float32)
+    current = np.stack([p.start_state for p in plans]).astype(np.float32)
+    steps = max(len(p.items) for p in plans)
+    for step in range(steps):
+        active = [i for i, p in enumerate(plans) if len(p.items) > step]
+        new_states, outputs = cell.update(current[active], np.stack([feats[i][step] for i in active]))
+        for row, i in enumerate(active):
+            current[i] = new_states[row]
+            plans[i].states[step] = new_states[row]  # type: ignore[index]
+            plans[i].outputs[step] = outputs[row]  # type: ignore[index]

@@ -1,0 +1,1 @@
+"""The sample stream, watchlist and alert rules that ``finsent demo`` replays."""
