@@ -13,11 +13,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pipeline.commands import core, model, retrain, stream
+from pipeline.commands import core, ingest, model, retrain, stream
 from pipeline.commands import alerts as alerts_commands
 from pipeline.errors import FinsentError
 
-GROUPS = (core, stream, model, retrain, alerts_commands)
+GROUPS = (core, stream, ingest, model, retrain, alerts_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,5 +37,9 @@ DELIVERIES = Counter(
     "finsent_alert_deliveries_total", "alert delivery attempts by outcome", ["channel", "outcome"],
     registry=REGISTRY,
 )
+FEED_POLLS = Counter(
+    "finsent_feed_polls_total", "RSS/Atom feed polls by outcome (new, not_modified, error)", ["outcome"],
+    registry=REGISTRY,
+)
 MODEL_INFO = Gauge("finsent_model_loaded", "1 for the model version this process serves", ["version"],
                    registry=REGISTRY)

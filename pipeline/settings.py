@@ -86,6 +86,18 @@ class DeliveryPolicy(BaseModel):
     poll_interval_s: float = Field(1.0, gt=0, description="how often the dispatcher looks for due deliveries")
 
 
+class FeedPolicy(BaseModel):
+    """RSS/Atom polling: how often, how long to wait, how far to back off a failing feed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    urls: tuple[str, ...] = Field((), description="feeds `finsent run` polls (FINSENT_FEEDS__URLS as a JSON list)")
+    interval_s: float = Field(60.0, gt=0, description="seconds between polls of one feed")
+    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one fetch")
+    max_backoff_s: float = Field(900.0, gt=0, description="a failing feed is retried at most this far apart")
+    max_seen_ids: int = Field(5000, ge=10, description="ids remembered per feed so a restart does not re-send")
+
+
 class Settings(BaseSettings):
     """Everything finsent reads from its environment. See the README's settings table."""
 
@@ -134,6 +146,8 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     webhook: WebhookSettings = WebhookSettings()
     delivery: DeliveryPolicy = DeliveryPolicy()
+
+    feeds: FeedPolicy = FeedPolicy()
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP ingest, /healthz and /metrics")
