@@ -1,0 +1,116 @@
+"""``finsent retrain --schedule``: the job store lives in PostgreSQL, a scheduled run fires at
+its time and records a training run, the schedule survives a restart, and a fire time
+missed while the scheduler was down runs once when it comes back within the grace."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline.errors import ConfigurationError
+from pipeline.settings import Settings
+from tests.training.test_retrain import (
+    BAD_STEPS,
+    retrain_settings,
+    runs,
+    tiny_config,
+    write_easy_data,
+)
+from training.retrain import SCHEDULE_JOB_ID, SCHEDULE_TABLE, parse_cron
+
+
+def start_scheduler(s: Settings, cron: str) -> tuple[threading.Thread, threading.Event]:
+    from training.retrain import run_schedule
+
+    stop = threading.Event()
+    thread = threading.Thread(target=run_schedule, args=(s, cron),
+                              kwargs={"config": tiny_config(BAD_STEPS), "stop_event": stop}, daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def stored_job(engine: sa.Engine) -> tuple[float, dict[str, Any]] | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(f"select next_run_time, job_state from {SCHEDULE_TABLE} where id = :i"),
+                           {"i": SCHEDULE_JOB_ID}).first()
+    return (row.next_run_time, pickle.loads(row.job_state)) if row else None
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def finished_scheduled_runs(engine: sa.Engine) -> list[Any]:
+    return [r for r in runs(engine) if r.trigger == "schedule" and r.status != "running"]
+
+
+def test_cron_expressions_are_checked() -> None:
+    assert "hour='2', minute='0'" in str(parse_cron("0 2 * * *"))
+    assert "second='5'" in str(parse_cron("5 * * * * *"))
+    with pytest.raises(ConfigurationError, match="5 fields"):
+        parse_cron("every day")
+    with pytest.raises(ConfigurationError, match="not a valid cron"):
+        parse_cron("0 25 * * *")
+
+
+def test_scheduled_run_fires_at_its_time_and_the_schedule_survives_restarts(
+        engine: sa.Engine, settings: Settings, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    s = retrain_settings(settings, write_easy_data(tmp_path / "data"), tmp_path)
+    fire_at = (datetime.now(UTC) + timedelta(seconds=6)).replace(microsecond=0)
+    cron = f"{fire_at.second} * * * * *"  # once a minute, at that second
+    thread, stop = start_scheduler(s, cron)
+    try:
+        (run,) = wait_until(lambda: finished_scheduled_runs(engine), 120, "the scheduled run")
+        assert run.status == "promoted" and run.started_at >= fire_at
+        assert run.started_at - fire_at < timedelta(seconds=5)
+        next_time, state = stored_job(engine)  # type: ignore[misc]
+        assert next_time >= (fire_at + timedelta(seconds=59)).timestamp()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+    # restart with the same schedule: the stored job (and its next fire time) is kept
+    thread, stop = start_scheduler(s, cron)
+    time.sleep(1.5)
+    assert stored_job(engine)[0] == next_time  # type: ignore[index]
+    stop.set()
+    thread.join(timeout=30)
+
+    # the scheduler was "down" when the job was due 20 s ago (within the grace): on start it
+    # runs once; then a new schedule replaces the stored one
+    missed = datetime.now(UTC) - timedelta(seconds=20)
+    state["next_run_time"] = missed
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"update {SCHEDULE_TABLE} set next_run_time = :t, job_state = :s where id = :i"),
+                     {"t": missed.timestamp(), "s": pickle.dumps(state), "i": SCHEDULE_JOB_ID})
+    restarted = datetime.now(UTC)
+    thread, stop = start_scheduler(s, cron)
+    try:
+        second = wait_until(lambda: finished_scheduled_runs(engine)[1:], 120, "the missed run to run once")[0]
+        # at once on start, not at the next regular slot (fire_at + 60 s)
+        assert second.started_at - restarted < timedelta(seconds=10)
+        assert second.started_at < fire_at + timedelta(seconds=58)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    thread, stop = start_scheduler(s, "0 3 * * *")
+    time.sleep(1.5)
+    stop.set()
+    thread.join(timeout=30)
+    assert "hour='3'" in str(stored_job(engine)[1]["trigger"])  # type: ignore[index]
+    assert len(runs(engine)) == 2
