@@ -147,14 +147,14 @@ def _open_binary(path: Path) -> IO[bytes]:
         raise InputError(f"{path} does not exist") from None
     except OSError as exc:
         raise InputError(f"cannot open {path}: {exc.strerror}") from None
+    if path.suffix.lower() != ".gz":
+        return raw
     magic = raw.read(2)
     raw.seek(0)
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if path.suffix.lower() == ".gz":
+    if magic != b"\x1f\x8b":
         raw.close()
         raise InputError(f"{path} is named .gz but is not gzip-compressed")
-    return raw
+    return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
 
 
 class ReplaySource(Source):
@@ -205,6 +205,7 @@ class ReplaySource(Source):
             if not line.strip():
                 continue
             self.rows += 1
+            line = line.rstrip(b"\r\n")
             text = line.decode("utf-8", errors="replace")
             try:
                 data = json.loads(text)
@@ -225,7 +226,7 @@ class ReplaySource(Source):
         if csv.field_size_limit() < CSV_FIELD_LIMIT:
             csv.field_size_limit(CSV_FIELD_LIMIT)
         text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline="")
-        reader = csv.reader(text, delimiter=delimiter)
+        reader = csv.reader(text, delimiter=delimiter, strict=False)
         try:
             header = next(reader)
         except StopIteration:
@@ -331,8 +332,8 @@ def _describe(exc: Exception, columns: Mapping[str, str]) -> str:
 
 def _csv_line(row: list[str], delimiter: str) -> str:
     out = io.StringIO()
-    csv.writer(out, delimiter=delimiter).writerow(row)
-    return out.getvalue()
+    csv.writer(out, delimiter=delimiter, lineterminator="\n").writerow(row)
+    return out.getvalue().rstrip("\n")
 
 
 def replay_into(producer: DocumentProducer, source: ReplaySource, *, speed: float | None = None,
