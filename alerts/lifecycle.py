@@ -228,7 +228,7 @@ class LiveEvaluator:
                 RETURNING id"""), {
                 "fp": after.fingerprint, "rule": rule.name, "key": obs.key,
                 "labels": json.dumps(rule.alert_labels(obs.key)),
-                "ann": json.dumps(outbox.annotations(rule, obs.key, obs.value, obs.figures)),
+                "ann": json.dumps(outbox.alert_annotations(rule, obs.key, obs.value, obs.figures)),
                 "sev": rule.severity, "gk": rule.group_key(obs.key), "state": after.state, "value": after.value,
                 "figures": json.dumps(after.figures), "pending": after.pending_since, "fired": after.fired_at,
                 "evaluated": after.last_evaluated_at, "notified": after.last_notified_at,
@@ -241,7 +241,7 @@ class LiveEvaluator:
             "id": current.id, "state": after.state, "value": after.value, "figures": json.dumps(after.figures),
             "fired": after.fired_at, "resolved": after.resolved_at, "evaluated": after.last_evaluated_at,
             "notified": after.last_notified_at,
-            "ann": json.dumps(outbox.annotations(rule, obs.key, obs.value, obs.figures)),
+            "ann": json.dumps(outbox.alert_annotations(rule, obs.key, obs.value, obs.figures)),
         })
         return current.id
 

@@ -44,7 +44,7 @@ class _Keep(dict[str, Any]):
         return "{" + name + "}"
 
 
-def annotations(rule: AnyRule, key: str, value: float | None, figures: dict[str, Any]) -> dict[str, str]:
+def alert_annotations(rule: AnyRule, key: str, value: float | None, figures: dict[str, Any]) -> dict[str, str]:
     """The alert's annotations: the rule's own (``{key}``, ``{name}``, ``{value}`` and any
     figure may be used as placeholders) plus a generated ``summary``/``description``."""
     shown = "n/a" if value is None else f"{value:.3g}"
@@ -205,6 +205,6 @@ def mark_failed(engine: Engine, delivery: Delivery, error: str, *, delay_s: floa
 def backoff_s(attempts: int, policy: DeliveryPolicy, rng: random.Random | None = None) -> float:
     """Exponential backoff with "equal jitter": half the exponential delay fixed, half
     random, so retries of many deliveries spread out but never come back too soon."""
-    rng = rng or random
     delay = min(policy.max_delay_s, policy.base_delay_s * (2 ** max(0, attempts - 1)))
-    return delay / 2 + rng.uniform(0, delay / 2)
+    jitter = (rng or random.Random()).uniform(0, delay / 2)
+    return delay / 2 + jitter

@@ -87,7 +87,9 @@ def format_duration(delta: timedelta) -> str:
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:.6f}".rstrip("0") + "s"
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -158,7 +160,7 @@ class RatioResolve(_Strict):
 class RuleBase(_Strict):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
     description: str = ""
-    select: Selector = Selector()
+    select: Selector = Selector.model_validate({})
     window: PositiveDuration
     for_: Duration = Field(timedelta(0), alias="for")
     cooldown: Duration = timedelta(0)
@@ -407,6 +409,10 @@ def parse_rules(data: Any, *, source: str = "<memory>", settings: Settings | Non
         if not isinstance(raw, dict):
             problems.append(f"{where}: each rule must be a mapping of fields")
             continue
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(f"{where}, field 'name': duplicate of rules[{seen[name]}]; rule names must be unique")
+            seen.setdefault(name, index)
         kind = raw.get("kind")
         if kind not in RULE_KINDS:
             got = "missing" if kind is None else f"{kind!r}"
@@ -432,9 +438,6 @@ def parse_rules(data: Any, *, source: str = "<memory>", settings: Settings | Non
                 problems.append(f"{where}, field 'notifiers': 'webhook' needs FINSENT_WEBHOOK__URL to be set")
             elif settings is not None and notifier == "email" and "email" not in notifiers and not settings.smtp.recipients:
                 problems.append(f"{where}, field 'notifiers': 'email' needs FINSENT_SMTP__RECIPIENTS to be set")
-        if rule.name in seen:
-            problems.append(f"{where}, field 'name': duplicate of rules[{seen[rule.name]}]; rule names must be unique")
-        seen.setdefault(rule.name, index)
         rules.append(rule)
     if problems:
         raise RuleError("invalid alert rules:\n  " + "\n  ".join(problems))

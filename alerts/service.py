@@ -28,11 +28,13 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def rules_from_settings(settings: Settings) -> RuleSet:
+def rules_from_settings(settings: Settings, *, will_notify: bool = True) -> RuleSet:
+    """The rules at FINSENT_RULES; with ``will_notify`` the built-in notifiers they use
+    must be configured (a backtest notifies nobody, so it skips that check)."""
     if settings.rules is None:
         raise ConfigurationError("no alert rules: set FINSENT_RULES to a rules YAML file "
                                  "(see examples/rules.yaml) or pass --rules FILE")
-    return load_rules(settings.rules, settings)
+    return load_rules(settings.rules, settings if will_notify else None)
 
 
 class AlertService:

@@ -128,7 +128,7 @@ def alerts_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.service import rules_from_settings
 
     settings = _with_rules(args, settings)
-    ruleset = rules_from_settings(settings)
+    ruleset = rules_from_settings(settings, will_notify=False)
     start, end = parse_time(args.start), parse_time(args.end)
     if end < start:
         raise InputError("--to is before --from; give the earlier time to --from")

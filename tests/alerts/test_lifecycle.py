@@ -19,7 +19,16 @@ from alerts.notifiers.webhook import verify
 from alerts.rules import parse_rules
 from alerts.service import AlertService
 from pipeline import db
-from tests.alerts.conftest import SECRET, T0, Point, alert_settings, insert_points, instants, surge_rules, surge_stream
+from tests.alerts.conftest import (
+    SECRET,
+    T0,
+    Point,
+    alert_settings,
+    insert_points,
+    instants,
+    surge_rules,
+    surge_stream,
+)
 
 
 def _run_live(engine, ruleset, settings, times, *, dispatch: bool = True) -> None:
