@@ -3,8 +3,11 @@ one that dispatches the outbox. ``finsent run`` starts it with the other roles;
 ``finsent alerts run`` starts it alone. Several instances may run at once (the database
 keeps one alert per fingerprint and episode, and one sender per delivery).
 
-Evaluation instants are grid-aligned (``alerts.evaluator.grid_instant``), so what runs
-live is what ``finsent alerts backtest`` replays.
+Evaluation instants are grid-aligned (``alerts.evaluator.grid_instant``) and every grid
+instant since the last evaluation is evaluated (a slow tick skips none), so what runs live
+is what ``finsent alerts backtest`` replays. ``FINSENT_ALERT_CLOCK=data`` makes the
+instants follow the newest event time in ``trend_points`` instead of the wall clock: a
+history replayed through the stream then raises the alerts it would have raised live.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.engine import Engine
 
 from alerts.dispatcher import Dispatcher, DispatchSummary
-from alerts.evaluator import grid_instant
+from alerts.evaluator import grid_instant, grid_instants
 from alerts.lifecycle import EvaluationSummary, LiveEvaluator
 from alerts.rules import RuleSet, load_rules
 from pipeline import db
@@ -26,6 +30,9 @@ from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: at most this many missed grid instants are caught up in one tick
+MAX_CATCH_UP = 2000
 
 
 def rules_from_settings(settings: Settings, *, will_notify: bool = True) -> RuleSet:
@@ -53,15 +60,48 @@ class AlertService:
         self.dispatcher = Dispatcher(self.engine, settings, self.ruleset)
         self._ready = False
         self._stop = threading.Event()
+        self._last_at: datetime | None = None
+
+    def _now(self) -> datetime | None:
+        """The instant to evaluate up to: the wall clock, or the newest event time (data clock)."""
+        if self.settings.alert_clock == "wall":
+            return self.clock()
+        with self.engine.connect() as conn:
+            newest = conn.execute(sa.text("SELECT max(event_at) FROM trend_points")).scalar()
+        return newest.astimezone(UTC) if newest is not None else None
+
+    def due_instants(self) -> list[datetime]:
+        """Grid instants to evaluate now: every one since the last evaluated (so a slow tick
+        or a data-clock replay that jumped ahead skips nothing, as a backtest would not),
+        at most ``MAX_CATCH_UP`` of the newest."""
+        now = self._now()
+        if now is None:
+            return []
+        interval = self.settings.alert_interval_s
+        target = grid_instant(now, interval)
+        if self._last_at is None:
+            first = target
+            if self.settings.alert_clock == "data":
+                with self.engine.connect() as conn:
+                    oldest = conn.execute(sa.text("SELECT min(event_at) FROM trend_points")).scalar()
+                first = grid_instant(oldest.astimezone(UTC), interval) if oldest is not None else target
+            return grid_instants(first, target, interval)[-MAX_CATCH_UP:]
+        return grid_instants(self._last_at + timedelta(seconds=interval), target, interval)[-MAX_CATCH_UP:]
 
     def evaluate_now(self) -> EvaluationSummary:
-        """Evaluate every rule at the current grid instant."""
-        summary = self.evaluator.evaluate(grid_instant(self.clock(), self.settings.alert_interval_s))
+        """Evaluate every rule at each due grid instant; returns the sum of the passes."""
+        total = EvaluationSummary(at=self._last_at or grid_instant(self.clock(), self.settings.alert_interval_s))
+        for at in self.due_instants():
+            summary = self.evaluator.evaluate(at)
+            self._last_at = at
+            total.at = at
+            for name in ("observed", "opened", "fired", "resolved", "notifications", "skipped"):
+                setattr(total, name, getattr(total, name) + getattr(summary, name))
         self._ready = True
-        if summary.fired or summary.resolved:
-            log.info("alerts at %s: %d fired, %d resolved, %d notifications queued", summary.at.isoformat(),
-                     summary.fired, summary.resolved, summary.notifications)
-        return summary
+        if total.fired or total.resolved:
+            log.info("alerts up to %s: %d fired, %d resolved, %d notifications queued", total.at.isoformat(),
+                     total.fired, total.resolved, total.notifications)
+        return total
 
     def dispatch_now(self) -> DispatchSummary:
         return self.dispatcher.dispatch_once(stop=self._stop)

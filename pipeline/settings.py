@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     rules: Path | None = Field(None, description="alert rules YAML")
     watchlist: Path | None = Field(None, description="entity watchlist YAML (ticker: [names, aliases])")
     alert_interval_s: float = Field(30.0, gt=0, description="how often alert rules are evaluated")
+    alert_clock: Literal["wall", "data"] = Field(
+        "wall", description="alert evaluation instants follow the wall clock, or (data) the newest event time "
+        "in trend_points, so replaying history through the stream raises its alerts (demos, replays)")
     smtp: SmtpSettings = SmtpSettings()
     webhook: WebhookSettings = WebhookSettings()
     delivery: DeliveryPolicy = DeliveryPolicy()

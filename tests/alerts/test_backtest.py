@@ -96,3 +96,38 @@ def test_backtest_respects_event_time_not_later_data(engine) -> None:
     assert early.fired == ()  # the surge starts at minute 60 and needs more documents and `for`
     full = run_backtest(engine, ruleset, T0, T0 + timedelta(minutes=150), 60)
     assert len(full.fired) == 1 and full.fired[0].resolved_at is not None
+
+
+def test_data_clock_service_catches_up_a_replayed_history_like_the_backtest(engine, database_url) -> None:
+    from alerts.evaluator import grid_instant
+    from alerts.service import AlertService
+
+    history = _history()
+    for key, points in history.items():
+        insert_points(engine, key, points)
+    ruleset = parse_rules(RULES)
+    settings = alert_settings(database_url, webhook_url="http://127.0.0.1:9/unused").model_copy(
+        update={"alert_clock": "data", "alert_interval_s": STEP_S})
+    service = AlertService(settings, engine=engine, ruleset=ruleset)
+    summary = service.evaluate_now()
+    assert summary.fired >= 5
+    assert service.evaluate_now().observed == 0  # nothing new: nothing re-evaluated
+    with engine.connect() as conn:
+        live = _episodes(conn.execute(sa.text("SELECT * FROM alerts")).all())
+        first, last = conn.execute(sa.text("SELECT min(event_at), max(event_at) FROM trend_points")).one()
+    result = run_backtest(engine, ruleset, grid_instant(first, STEP_S), last, STEP_S)
+    assert _episodes(result.episodes) == live
+
+
+def test_build_roles_gives_the_daemon_an_alert_role_only_with_rules(database_url, engine, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from alerts.role import build_roles
+    from pipeline.roles import Role
+
+    settings = alert_settings(database_url, webhook_url="http://127.0.0.1:9/unused")
+    assert build_roles(settings, SimpleNamespace(engine=engine)) == []
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(json.dumps(RULES))
+    (role,) = build_roles(settings.model_copy(update={"rules": rules}), SimpleNamespace(engine=engine))
+    assert isinstance(role, Role) and role.name == "alerts" and not role.ready()
