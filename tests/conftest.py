@@ -244,3 +244,13 @@ def http_receiver() -> Iterator[HttpReceiver]:
     yield receiver
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete model directory with a random-init tiny encoder (training/tiny.py), built
+    once per session (a few seconds; needs the train extra). Predictions are meaningless."""
+    pytest.importorskip("torch")
+    from training.tiny import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model") / "model")

@@ -1,0 +1,90 @@
+"""The ONNX runtime: classifier predictions and the memory cell's state round trip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ModelError
+from pipeline.inference import SENTIMENTS, TOPICS, Classifier, MemoryCell, load_model
+from pipeline.settings import load_settings
+
+CPU = load_settings(ort_providers=("CPUExecutionProvider",))
+TEXTS = ["$AAPL falls 5% after earnings miss https://t.co/x", "Fed holds rates", "", "a " * 400, "Gold &amp; silver rally"]
+
+
+def test_classify_returns_one_prediction_per_text_in_order(tiny_model_dir: Path) -> None:
+    clf = Classifier.load(tiny_model_dir, CPU)
+    preds = clf.classify(TEXTS)
+    assert len(preds) == len(TEXTS)
+    for p in preds:
+        assert p.topic == TOPICS[p.topic_id] and p.sentiment in SENTIMENTS
+        assert abs(p.p_bearish + p.p_neutral + p.p_bullish - 1) < 1e-5
+        assert 0 < p.topic_confidence <= 1
+        assert len(p.doc_vector) == clf.manifest["doc_vector_dim"]
+    assert clf.classify([]) == []
+    # fp32: a text's result does not depend on its batch neighbours (bucketing, padding).
+    # int8 quantizes activations per batch, so there it may move by a little.
+    fp32 = Classifier.load(tiny_model_dir, CPU, model_file="classifier.onnx")
+    batched = fp32.classify(TEXTS)
+    for text, a, b in zip(TEXTS, batched, preds, strict=True):
+        alone = fp32.classify([text])[0]
+        assert a.topic_id == alone.topic_id and abs(a.p_bearish - alone.p_bearish) < 1e-5
+        assert abs(a.p_bearish - b.p_bearish) < 0.02
+    assert clf.version == "tiny-0"
+
+
+def test_unavailable_providers_fall_back_to_cpu(tiny_model_dir: Path) -> None:
+    settings = load_settings(ort_providers=("NoSuchExecutionProvider",), ort_intra_threads=1)
+    assert Classifier.load(tiny_model_dir, settings).provider == "CPUExecutionProvider"
+
+
+def test_missing_or_broken_model_directory_raises_model_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with pytest.raises(ModelError, match="no manifest.json"):
+        Classifier.load(tmp_path, CPU)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "classifier.int8.onnx").unlink()
+    with pytest.raises(ModelError, match="classifier.int8.onnx is missing"):
+        Classifier.load(broken, CPU)
+
+
+def test_memory_state_round_trips_through_onnx(tiny_model_dir: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from training.export import export_memory
+    from training.memory import MemoryNet
+
+    torch.manual_seed(3)
+    net = MemoryNet(6 + 16).eval()
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model_dir)
+    entry = export_memory(model_dir, net, 16)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["memory"] = entry
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    cell = load_model(model_dir, CPU).memory
+    assert isinstance(cell, MemoryCell) and cell.feature_dim == 22
+    states = np.stack([cell.initial_state(), cell.initial_state()])
+    t_states = torch.zeros(2, cell.state_dim)
+    rng = np.random.default_rng(0)
+    for step in range(5):
+        feats = np.stack([cell.features(0.2, 0.5, 0.3, 0.9, rng.normal(size=16), None if step == 0 else 600.0 * k)
+                          for k in (1, 2)])
+        states, outputs = cell.update(states, feats)  # the caller keeps the state and feeds it back
+        with torch.no_grad():
+            t_states, t_out = net(t_states, torch.from_numpy(feats))
+        np.testing.assert_allclose(states, t_states.numpy(), atol=1e-5)
+        np.testing.assert_allclose(outputs, t_out.numpy(), atol=1e-5)
+    assert outputs.shape == (2, 2) and np.all((outputs[:, 0] >= 0) & (outputs[:, 0] <= 1))
+    new, out = cell.update(np.zeros((0, cell.state_dim)), np.zeros((0, cell.feature_dim)))
+    assert new.shape == (0, cell.state_dim) and out.shape == (0, 2)
+
+
+def test_memory_features_of_wrong_size_are_refused(tiny_model_dir: Path) -> None:
+    cell = MemoryCell.load(tiny_model_dir, CPU)
+    with pytest.raises(ModelError, match="doc_vector_dim"):
+        cell.features(0.1, 0.8, 0.1, 0.5, [0.0] * 3, None)

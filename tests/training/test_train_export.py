@@ -1,0 +1,74 @@
+"""Training runs on the tiny config and the exported ONNX model matches PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pipeline.inference import Classifier  # noqa: E402
+from pipeline.settings import load_settings  # noqa: E402
+from training.data import build_examples  # noqa: E402
+from training.export import ExportParityError, write_model_dir  # noqa: E402
+from training.tiny import tiny_rows  # noqa: E402
+from training.train import TrainConfig, load_checkpoint, load_tokenizer, predict, train_classifier  # noqa: E402
+
+CPU = load_settings(ort_providers=("CPUExecutionProvider",))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    work = tmp_path_factory.mktemp("train")
+    config = TrainConfig(tiny=True, epochs=1, max_steps=2, batch_size=8, max_tokens=32, progress=False,
+                         lr=1e-3, head_lr=1e-3)
+    result = train_classifier(config, tiny_rows(), tiny_rows(), work_dir=work)
+    return result, work
+
+
+def test_two_training_steps_write_checkpoint_history_and_config(trained: tuple) -> None:
+    result, work = trained
+    assert result.steps == 2
+    assert json.loads((work / "history.json").read_text())[0]["step"] == 2
+    assert json.loads((work / "config.json").read_text())["tiny"] is True
+    model, config = load_checkpoint(work / "checkpoints" / "epoch1.pt")
+    ids = torch.tensor([[101, 2054, 102]])
+    with torch.no_grad():
+        a = model(ids, torch.ones_like(ids))
+        b = result.model(ids, torch.ones_like(ids))
+    assert torch.allclose(a[0], b[0]) and config.max_steps == 2
+
+
+def test_exported_model_in_runtime_matches_pytorch(trained: tuple, tmp_path: Path) -> None:
+    result, _ = trained
+    rows = tiny_rows()
+    tok = load_tokenizer(32)
+    examples = build_examples(tok, rows, 32)
+    model_dir, report = write_model_dir(result.model, tmp_path / "m", examples, version="t1", max_tokens=32,
+                                        gpu_precision="fp32", int8_min_agreement=0.0)
+    assert report["fp32"]["max_abs_diff_topic"] < 1e-4
+    texts = [t for t, _ in rows.sentiment] + [t for t, _ in rows.topic]
+    reference = predict(result.model, examples)
+    fp32 = Classifier.load(model_dir, CPU, model_file="classifier.onnx")
+    topic, sentiment, vectors = fp32.logits(fp32.encode(texts))
+    np.testing.assert_allclose(topic, reference[0], atol=1e-4)
+    np.testing.assert_allclose(sentiment, reference[1], atol=1e-4)
+    np.testing.assert_allclose(vectors, reference[2], atol=1e-4)
+    int8 = Classifier.load(model_dir, CPU)
+    assert int8.provider == "CPUExecutionProvider"
+    t8, s8, _ = int8.logits(int8.encode(texts))
+    assert np.abs(t8 - reference[0]).max() < 0.1 and np.abs(s8 - reference[1]).max() < 0.1
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["classifier"] == {"cpu": "classifier.int8.onnx", "gpu": "classifier.onnx", "gpu_precision": "fp32"}
+    assert manifest["memory"]["feature_dim"] == 6 + manifest["doc_vector_dim"]
+
+
+def test_export_fails_when_int8_disagrees_beyond_the_threshold(trained: tuple, tmp_path: Path) -> None:
+    result, _ = trained
+    examples = build_examples(load_tokenizer(32), tiny_rows(), 32)
+    with pytest.raises(ExportParityError, match="int8 argmax agrees"):
+        write_model_dir(result.model, tmp_path / "m", examples, version="t2", max_tokens=32,
+                        gpu_precision="fp32", int8_min_agreement=1.01)

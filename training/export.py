@@ -1,0 +1,294 @@
+"""ONNX export of the classifier: fp32 graph, transformer fusions, int8 for the CPU, a GPU
+variant, the memory cell, and the complete model directory with its manifest and report.
+
+Every export checks parity against PyTorch on real (dev) texts and raises
+:class:`ExportParityError` when a variant is off, so a broken model never reaches
+``models/`` or the registry:
+
+* fp32 ONNX: max |logit difference| <= ``fp32_atol`` and argmax agreement >= 99.9 %;
+* int8: argmax agreement with PyTorch fp32 >= ``int8_min_agreement`` on each head.
+
+Speed: the fp32 graph first goes through onnxruntime's transformer optimizer (fused
+attention, LayerNorm, GELU: ``model_type="bert"``), then dynamic int8 quantization with
+per-channel weights; the two classification heads stay in fp32 (they are tiny and their
+logits decide the argmax).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.inference import SENTIMENTS, TOPICS
+from pipeline.memory_features import feature_dim
+from pipeline.settings import load_settings
+from training.data import IGNORE, Example
+from training.model import MultiTaskClassifier, tokenizer_path
+from training.train import predict
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ["input_ids", "attention_mask"]
+OUTPUT_NAMES = ["topic_logits", "sentiment_logits", "doc_vector"]
+OPSET = 17
+
+
+class ExportParityError(RuntimeError):
+    """An exported variant disagrees with PyTorch beyond the tolerance: do not ship it."""
+
+
+def export_fp32(model: MultiTaskClassifier, path: Path) -> Path:
+    """Plain fp32 ONNX with dynamic batch and sequence axes (TorchScript exporter with eager
+    attention: the graph pattern onnxruntime's transformer optimizer knows how to fuse)."""
+    model = model.eval()
+    encoder_config = model.encoder.config  # type: ignore[union-attr]
+    previous = getattr(encoder_config, "_attn_implementation", None)
+    encoder_config._attn_implementation = "eager"
+    ids = torch.tensor([[101, 2054, 2003, 102, 0, 0], [101, 2054, 2003, 1037, 2742, 102]], dtype=torch.long)
+    mask = (ids != 0).long()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            "topic_logits": {0: "batch"}, "sentiment_logits": {0: "batch"}, "doc_vector": {0: "batch"}}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
+            torch.onnx.export(model, (ids, mask), str(path), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    finally:
+        encoder_config._attn_implementation = previous
+    return path
+
+
+def optimize_transformer(src: Path, dst: Path, model: MultiTaskClassifier, *, fp16: bool = False) -> Path:
+    """onnxruntime's transformer fusions (attention, LayerNorm, GELU); optionally fp16 with
+    float32 inputs/outputs kept (the runtime feeds and reads float32 either way)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = model.encoder.config  # type: ignore[union-attr]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = optimize_model(str(src), model_type="bert", num_heads=cfg.num_attention_heads,
+                             hidden_size=cfg.hidden_size, opt_level=0)
+        if fp16:
+            opt.convert_float_to_float16(keep_io_types=True)
+    log.info("optimizer fused: %s", opt.get_fused_operator_statistics())
+    opt.save_model_to_file(str(dst))
+    return dst
+
+
+def head_node_names(path: Path) -> list[str]:
+    """Nodes computing the heads and the doc-vector projection (kept out of quantization)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    outputs = set(OUTPUT_NAMES)
+    producers = {o: n for n in graph.node for o in n.output}
+    names: list[str] = []
+    for out in outputs:
+        node = producers.get(out)
+        # walk back through Add/bias to the MatMul/Gemm of each head
+        for _ in range(3):
+            if node is None:
+                break
+            names.append(node.name)
+            if node.op_type in ("MatMul", "Gemm"):
+                break
+            node = next((producers[i] for i in node.input if i in producers), None)
+    return [n for n in names if n]
+
+
+def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = (), per_channel: bool = True,
+                  reduce_range: bool = False) -> Path:
+    """Dynamic int8 quantization (weights int8, activations quantized at run time)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape inference, so
+    # the quantizer is told that untyped tensors are float32.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         reduce_range=reduce_range, nodes_to_exclude=list(exclude),
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return dst
+
+
+def _ort_outputs(path: Path, examples: Sequence[Example], providers: Sequence[str] = ("CPUExecutionProvider",),
+                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
+    results: list[np.ndarray] = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(examples[i].ids) for i in chunk)
+        ids = np.zeros((len(chunk), width), np.int64)
+        mask = np.zeros((len(chunk), width), np.int64)
+        for r, i in enumerate(chunk):
+            ids[r, : len(examples[i].ids)] = examples[i].ids
+            mask[r, : len(examples[i].ids)] = 1
+        outs = session.run(OUTPUT_NAMES, {"input_ids": ids, "attention_mask": mask})
+        if not results:
+            results = [np.zeros((len(examples), o.shape[1]), np.float32) for o in outs]
+        for k, o in enumerate(outs):
+            results[k][chunk] = o
+    return results[0], results[1], results[2]
+
+
+def parity(reference: tuple[np.ndarray, np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray, np.ndarray],
+           examples: Sequence[Example]) -> dict[str, float]:
+    """Max abs differences per output and argmax agreement per head (over all examples:
+    a head's argmax is defined for every text, labelled or not)."""
+    return {
+        "max_abs_diff_topic": float(np.abs(reference[0] - candidate[0]).max()),
+        "max_abs_diff_sentiment": float(np.abs(reference[1] - candidate[1]).max()),
+        "max_abs_diff_doc_vector": float(np.abs(reference[2] - candidate[2]).max()),
+        "agreement_topic": float((reference[0].argmax(1) == candidate[0].argmax(1)).mean()),
+        "agreement_sentiment": float((reference[1].argmax(1) == candidate[1].argmax(1)).mean()),
+        "n": len(examples),
+    }
+
+
+def _accuracy(outputs: tuple[np.ndarray, np.ndarray, np.ndarray], examples: Sequence[Example]) -> dict[str, float]:
+    s = [(i, e.sentiment) for i, e in enumerate(examples) if e.sentiment != IGNORE]
+    t = [(i, e.topic) for i, e in enumerate(examples) if e.topic != IGNORE]
+    out = {}
+    if s:
+        out["sentiment_accuracy"] = float(np.mean([outputs[1][i].argmax() == y for i, y in s]))
+    if t:
+        out["topic_accuracy"] = float(np.mean([outputs[0][i].argmax() == y for i, y in t]))
+    return out
+
+
+def export_classifier(model: MultiTaskClassifier, out_dir: Path, examples: Sequence[Example], *,
+                      gpu_precision: str = "fp16", optimize: bool = True, fp32_atol: float = 1e-3,
+                      int8_min_agreement: float = 0.98, work_dir: Path | None = None) -> dict[str, Any]:
+    """Write ``classifier.int8.onnx`` and ``classifier.onnx`` (GPU variant) into ``out_dir``
+    and return the parity report. ``examples`` are the texts parity is measured on."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = work_dir or out_dir / ".export"
+    work.mkdir(parents=True, exist_ok=True)
+    reference = predict(model, examples)
+    plain = export_fp32(model, work / "classifier.fp32.onnx")
+    fp32_out = _ort_outputs(plain, examples)
+    report: dict[str, Any] = {"fp32": parity(reference, fp32_out, examples)}
+    report["fp32"].update(_accuracy(fp32_out, examples))
+    p = report["fp32"]
+    if not (p["max_abs_diff_topic"] <= fp32_atol and p["max_abs_diff_sentiment"] <= fp32_atol
+            and min(p["agreement_topic"], p["agreement_sentiment"]) >= 0.999):
+        raise ExportParityError(f"fp32 ONNX differs from PyTorch: {p}; do not ship this export")
+    source = plain
+    if optimize:
+        source = optimize_transformer(plain, work / "classifier.opt.onnx", model)
+        opt_out = _ort_outputs(source, examples)
+        report["fp32_optimized"] = parity(reference, opt_out, examples)
+        q = report["fp32_optimized"]
+        if not (q["max_abs_diff_topic"] <= fp32_atol and q["max_abs_diff_sentiment"] <= fp32_atol):
+            raise ExportParityError(f"optimized fp32 ONNX differs from PyTorch: {q}")
+    int8 = quantize_int8(source, out_dir / "classifier.int8.onnx", exclude=head_node_names(source))
+    int8_out = _ort_outputs(int8, examples)
+    report["int8"] = parity(reference, int8_out, examples)
+    report["int8"].update(_accuracy(int8_out, examples))
+    r = report["int8"]
+    if min(r["agreement_topic"], r["agreement_sentiment"]) < int8_min_agreement:
+        raise ExportParityError(
+            f"int8 argmax agrees with PyTorch on only topic {r['agreement_topic']:.4f} / sentiment "
+            f"{r['agreement_sentiment']:.4f} (< {int8_min_agreement}); exclude more nodes from quantization")
+    gpu_path = out_dir / "classifier.onnx"
+    if gpu_precision == "fp16":
+        optimize_transformer(plain, gpu_path, model, fp16=True)
+        try:
+            fp16_out = _ort_outputs(gpu_path, examples)
+            report["gpu_fp16_on_cpu"] = parity(reference, fp16_out, examples)
+        except Exception as exc:  # noqa: BLE001 - CPU EP lacks some fp16 kernels; checked on CUDA instead
+            report["gpu_fp16_on_cpu"] = {"skipped": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    elif gpu_precision == "fp32":
+        shutil.copyfile(source, gpu_path)
+    else:
+        raise ValueError(f"gpu_precision must be fp16 or fp32, got {gpu_precision!r}")
+    report["gpu_precision"] = gpu_precision
+    if work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def export_memory(out_dir: Path, memory_net: Any | None, doc_vector_dim: int, seed: int = 0) -> dict[str, Any]:
+    """``memory.onnx`` from the memory engineer's MemoryNet (a random-init one when none is given)."""
+    from training.memory import MemoryNet, export_memory_onnx
+
+    if memory_net is None:
+        torch.manual_seed(seed)
+        memory_net = MemoryNet(feature_dim(doc_vector_dim))
+    info = export_memory_onnx(memory_net, out_dir / "memory.onnx")
+    return {"file": "memory.onnx", "state_dim": int(memory_net.state_dim),
+            "feature_dim": int(memory_net.feature_dim), "parity_max_abs_diff": info["max_abs_diff"]}
+
+
+def write_model_dir(model: MultiTaskClassifier, out_dir: Path, examples: Sequence[Example], *, version: str | None,
+                    max_tokens: int, memory_net: Any | None = None, gpu_precision: str = "fp16",
+                    int8_min_agreement: float = 0.98, optimize: bool = True, extra_manifest: dict[str, Any] | None = None,
+                    seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """A complete model directory (contract in notes/model_contract.md): both classifier
+    variants, memory.onnx, tokenizer.json, labels.json, manifest.json. Returns the directory
+    and the export (parity) report. Metrics and the model card are added by the caller."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(UTC)
+    version = version or created.strftime("v%Y%m%d-%H%M%S")
+    report = export_classifier(model, out_dir, examples, gpu_precision=gpu_precision, optimize=optimize,
+                               int8_min_agreement=int8_min_agreement)
+    memory = export_memory(out_dir, memory_net, model.doc_vector_dim, seed=seed)
+    shutil.copyfile(tokenizer_path(), out_dir / "tokenizer.json")
+    labels = {"topics": list(TOPICS), "sentiments": list(SENTIMENTS),
+              "data_sentiment_ids": {"bearish": 0, "bullish": 1, "neutral": 2}}
+    (out_dir / "labels.json").write_text(json.dumps(labels, indent=2))
+    manifest: dict[str, Any] = {
+        "version": version,
+        "created_at": created.isoformat(),
+        "topics": list(TOPICS),
+        "sentiments": list(SENTIMENTS),
+        "max_tokens": int(max_tokens),
+        "doc_vector_dim": int(model.doc_vector_dim),
+        "classifier": {"cpu": "classifier.int8.onnx", "gpu": "classifier.onnx", "gpu_precision": gpu_precision},
+        "memory": memory,
+        "tokenizer": "tokenizer.json",
+        "pad_token_id": 0,
+        "text_normalisation": "pipeline.inference.model_text",
+    }
+    manifest.update(extra_manifest or {})
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+    return out_dir, report
+
+
+def evaluate_model_dir(model_dir: Path, sentiment_rows: Sequence[tuple[str, int]],
+                       topic_rows: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """Metrics of a model directory's CPU (int8) classifier through the serving runtime.
+    Rows carry data-file label ids (sentiment 0 bearish, 1 bullish, 2 neutral)."""
+    from pipeline.inference import Classifier
+    from training.data import DATA_TO_MODEL_SENTIMENT
+    from training.evaluate import classification_report
+
+    settings = load_settings(ort_providers=("CPUExecutionProvider",))
+    clf = Classifier.load(Path(model_dir), settings)
+    out: dict[str, Any] = {}
+    if sentiment_rows:
+        preds = clf.classify([t for t, _ in sentiment_rows])
+        y = [DATA_TO_MODEL_SENTIMENT[label] for _, label in sentiment_rows]
+        out["sentiment"] = classification_report(y, [SENTIMENTS.index(p.sentiment) for p in preds], SENTIMENTS)
+    if topic_rows:
+        preds = clf.classify([t for t, _ in topic_rows])
+        out["topic"] = classification_report([label for _, label in topic_rows], [p.topic_id for p in preds], TOPICS)
+    return out
