@@ -267,3 +267,18 @@ def test_503_without_retry_after_uses_backoff(engine, database_url, http_receive
     _drain(Dispatcher(engine, settings, ruleset), engine)
     (delivery,) = _deliveries(engine)
     assert (delivery.status, delivery.attempts) == ("delivered", 2)
+
+
+def test_the_readme_verification_snippet_accepts_our_requests(engine, database_url, http_receiver) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S)
+    assert snippet, "README lost its webhook verification snippet"
+    namespace: dict = {}
+    exec(snippet.group(1), namespace)  # noqa: S102 - our own documentation
+    settings = alert_settings(database_url, webhook_url=http_receiver.url)
+    _drain(Dispatcher(engine, settings, _fire(engine, settings)), engine)
+    (request,) = http_receiver.requests
+    assert namespace["verify_finsent"](SECRET, request.headers, request.body)
+    assert not namespace["verify_finsent"](SECRET, request.headers, request.body + b" ")
