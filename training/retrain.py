@@ -463,23 +463,55 @@ def scheduled_retrain() -> None:
     log.info("scheduled retraining:\n%s", outcome.summary())
 
 
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def crontab_day_of_week(field: str) -> str:
+    """A crontab day-of-week field (0 or 7 = Sunday, 1 = Monday) in APScheduler's terms.
+
+    APScheduler 3 numbers days from Monday = 0, even in ``CronTrigger.from_crontab``, so
+    ``0 2 * * 1`` would fire on Tuesdays. Numeric days, ranges and steps are turned into
+    day names here; named days (``mon-fri``) are kept as they are.
+    """
+    out: list[str] = []
+    for part in field.split(","):
+        base, _, step_text = part.partition("/")
+        if base != "*" and not base.replace("-", "").isdigit():
+            out.append(part)  # names (mon, mon-fri, ...) mean the same in both
+            continue
+        step = int(step_text) if step_text else 1
+        if base == "*":
+            if not step_text:
+                return "*"
+            first, last = 0, 6
+        elif "-" in base:
+            first, last = (int(x) for x in base.split("-", 1))
+        else:
+            first = int(base)
+            last = 7 if step_text else first
+        if not (0 <= first <= 7 and 0 <= last <= 7 and first <= last and step >= 1):
+            raise ValueError(f"day of week {part!r} is outside 0-7 (0 and 7 are Sunday)")
+        out.extend(_DAY_NAMES[d % 7] for d in range(first, last + 1, step))
+    return ",".join(dict.fromkeys(out))
+
+
 def parse_cron(expression: str) -> Any:
-    """A CronTrigger in UTC from a 5-field crontab (``m h dom mon dow``) or a 6-field one with
-    a leading seconds field (``s m h dom mon dow``). ConfigurationError says what is wrong."""
+    """A CronTrigger in UTC from a 5-field crontab (``m h dom mon dow``, with the usual
+    crontab meaning: day of week 0 or 7 = Sunday) or a 6-field one with a leading seconds
+    field (``s m h dom mon dow``). ConfigurationError says what is wrong."""
     from apscheduler.triggers.cron import CronTrigger
 
     fields = expression.split()
+    if len(fields) not in (5, 6):
+        raise ConfigurationError(f"schedule {expression!r} must have 5 fields (minute hour day month weekday, UTC), "
+                                 "e.g. '0 2 * * *' for 02:00 UTC daily, or 6 with leading seconds")
+    second = fields[0] if len(fields) == 6 else "0"
+    minute, hour, day, month, dow = fields[-5:]
     try:
-        if len(fields) == 5:
-            return CronTrigger.from_crontab(expression, timezone=UTC)
-        if len(fields) == 6:
-            second, minute, hour, day, month, dow = fields
-            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
-                               timezone=UTC)
+        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=crontab_day_of_week(dow), timezone=UTC)
     except ValueError as exc:
         raise ConfigurationError(f"schedule {expression!r} is not a valid cron expression: {exc}") from exc
-    raise ConfigurationError(f"schedule {expression!r} must have 5 fields (minute hour day month weekday, UTC), "
-                             "e.g. '0 2 * * *' for 02:00 UTC daily, or 6 with leading seconds")
 
 
 def stored_job_trigger(engine: Engine) -> str | None:

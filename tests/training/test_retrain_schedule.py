@@ -37,9 +37,12 @@ def start_scheduler(s: Settings, cron: str) -> tuple[threading.Thread, threading
 
 
 def stored_job(engine: sa.Engine) -> tuple[float, dict[str, Any]] | None:
-    with engine.connect() as conn:
-        row = conn.execute(sa.text(f"select next_run_time, job_state from {SCHEDULE_TABLE} where id = :i"),
-                           {"i": SCHEDULE_JOB_ID}).first()
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(f"select next_run_time, job_state from {SCHEDULE_TABLE} where id = :i"),
+                               {"i": SCHEDULE_JOB_ID}).first()
+    except sa.exc.ProgrammingError:  # the scheduler has not created its table yet
+        return None
     return (row.next_run_time, pickle.loads(row.job_state)) if row else None
 
 
@@ -60,6 +63,15 @@ def finished_scheduled_runs(engine: sa.Engine) -> list[Any]:
 def test_cron_expressions_are_checked() -> None:
     assert "hour='2', minute='0'" in str(parse_cron("0 2 * * *"))
     assert "second='5'" in str(parse_cron("5 * * * * *"))
+    # crontab's day of week (0 and 7 Sunday, 1 Monday), not APScheduler's (0 Monday)
+    monday = datetime(2026, 11, 23, tzinfo=UTC)
+    assert parse_cron("30 4 * * 1").get_next_fire_time(None, monday - timedelta(days=1)) == monday.replace(
+        hour=4, minute=30)
+    assert "day_of_week='sun,tue,thu,sat'" in str(parse_cron("0 0 * * */2"))
+    assert "day_of_week='fri,sat,sun'" in str(parse_cron("0 0 * * 5-7"))
+    assert "day_of_week='mon-fri'" in str(parse_cron("0 0 * * mon-fri"))
+    with pytest.raises(ConfigurationError, match="outside 0-7"):
+        parse_cron("0 0 * * 8")
     with pytest.raises(ConfigurationError, match="5 fields"):
         parse_cron("every day")
     with pytest.raises(ConfigurationError, match="not a valid cron"):
@@ -114,3 +126,31 @@ def test_scheduled_run_fires_at_its_time_and_the_schedule_survives_restarts(
     thread.join(timeout=30)
     assert "hour='3'" in str(stored_job(engine)[1]["trigger"])  # type: ignore[index]
     assert len(runs(engine)) == 2
+
+
+def test_schedule_command_stores_its_job_and_stops_cleanly_on_sigterm(
+        engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+
+    assert main(["--database-url", database_url, "retrain", "--schedule", "61 * * * *"]) == 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env["FINSENT_MODEL_REGISTRY_DIR"] = str(tmp_path / "registry")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--database-url", database_url,
+                             "retrain", "--schedule", "30 4 * * 1"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        wait_until(lambda: stored_job(engine), 60, "the job to be stored")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "retraining scheduled: 30 4 * * 1" in out
+    _, state = stored_job(engine)  # type: ignore[misc]
+    assert "day_of_week='mon', hour='4', minute='30'" in str(state["trigger"])
+    assert state["next_run_time"].weekday() == 0 and state["next_run_time"].hour == 4
