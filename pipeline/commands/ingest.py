@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 def register(sub: Any) -> None:
     p = sub.add_parser("ingest", help="produce documents: rss URL… | replay FILE | http")
-    p.add_argument("--watchlist", type=Path, default=None, help="entity watchlist YAML (overrides FINSENT_WATCHLIST)")
     isub = p.add_subparsers(dest="ingest_command", metavar="SOURCE", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--watchlist", type=Path, default=None,
+                        help="entity watchlist YAML (overrides FINSENT_WATCHLIST)")
 
-    r = isub.add_parser("replay", help="replay a CSV/TSV/JSONL file (optionally .gz) to Kafka")
+    r = isub.add_parser("replay", parents=[common], help="replay a CSV/TSV/JSONL file (optionally .gz) to Kafka")
     r.add_argument("file", type=Path)
     r.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
                    help="file format (default: from the file name)")
@@ -47,13 +49,13 @@ def register(sub: Any) -> None:
                    help="replay at N times real time by event-time gaps (default: as fast as possible)")
     r.set_defaults(func=replay)
 
-    f = isub.add_parser("rss", help="poll RSS/Atom feeds and produce their new entries")
+    f = isub.add_parser("rss", parents=[common], help="poll RSS/Atom feeds and produce their new entries")
     f.add_argument("urls", nargs="*", help="feed URLs (default: FINSENT_FEEDS__URLS)")
     f.add_argument("--interval", type=float, default=None, help="seconds between polls (default: FINSENT_FEEDS__INTERVAL_S)")
     f.add_argument("--once", action="store_true", help="poll every feed once and exit")
     f.set_defaults(func=rss)
 
-    h = isub.add_parser("http", help="serve POST /v1/documents and /v1/labels, /healthz, /metrics")
+    h = isub.add_parser("http", parents=[common], help="serve POST /v1/documents and /v1/labels, /healthz, /metrics")
     h.add_argument("--host", default=None, help="overrides FINSENT_HTTP_HOST")
     h.add_argument("--port", type=int, default=None, help="overrides FINSENT_HTTP_PORT")
     h.set_defaults(func=http)
@@ -144,26 +146,14 @@ def rss(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def http(args: argparse.Namespace, settings: Settings) -> int:
-    import sqlalchemy as sa
-
-    from pipeline.producers.base import DocumentProducer
-    from pipeline.producers.http_ingest import build_http_server
+    from pipeline.http_server import build_role
     from pipeline.services import start_services
 
     overrides = {k: v for k, v in (("http_host", args.host), ("http_port", args.port)) if v is not None}
     settings = _settings(args, settings).model_copy(update=overrides)
-    bootstrap = _bootstrap(settings)
-    with start_services(settings) as services, \
-            DocumentProducer.from_settings(settings, bootstrap, stage="ingest:http") as producer:
-        server = build_http_server(settings, producer, services.engine)
-
-        def database_ok() -> bool:
-            with services.engine.connect() as conn:
-                conn.execute(sa.text("select 1"))
-            return True
-
-        server.add_health_check("kafka", producer.connected)
-        server.add_health_check("database", database_ok)
+    _bootstrap(settings)
+    with start_services(settings) as services:
+        server = build_role(settings, services, ingest=True)  # checks: database, kafka
         with _stop_on_signals() as stop:
             server.start()
             print(f"HTTP ingest on {server.url}: POST /v1/documents, POST /v1/labels, GET /healthz, GET /metrics",

@@ -316,13 +316,6 @@ class DocumentProducer:
             return ProduceCounts(self._counts.sent, self._counts.dead_lettered, self._counts.failed,
                                  list(self._counts.errors))
 
-    def connected(self) -> bool:
-        """True while the Kafka client holds a connection to the cluster (for /healthz)."""
-        try:
-            return bool(self._producer.bootstrap_connected())
-        except Exception:  # noqa: BLE001 - a health check answers, it does not raise
-            return False
-
     def tag(self, doc: Document) -> Document:
         """The document with its watchlist tickers added to ``entities``."""
         if self.watchlist is None or len(self.watchlist) == 0:

@@ -12,7 +12,7 @@ content), so a client retrying after a timeout or a 503 creates no duplicates.
 
 ``POST /v1/labels`` takes ``{"document_id", "sentiment"?, "topic"? (topic id),
 "labelled_by"?}`` and stores it with ``pipeline.labels.store_label``: 201 with the label
-id, 400 for invalid values or an unknown document.
+id, 400 for invalid values, 404 for a document finsent has not stored.
 
 Both need ``Authorization: Bearer <FINSENT_HTTP_TOKEN>`` when that variable is set.
 """

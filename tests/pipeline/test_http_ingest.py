@@ -301,3 +301,42 @@ def test_daemon_http_role_serves_health_of_roles_database_and_kafka(settings: Se
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert len(read_topic(settings.kafka_bootstrap or "", settings.kafka_topic_documents)) == 1
+
+
+def test_ingest_http_command_serves_until_sigterm_and_exits_0(settings: Settings, tmp_path) -> None:  # noqa: ANN001
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    watchlist = tmp_path / "w.yaml"
+    watchlist.write_text("BA: [Boeing]\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env.update({
+        "FINSENT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "", "FINSENT_DATABASE_URL": settings.database_url or "",
+        "FINSENT_KAFKA_TOPIC_DOCUMENTS": settings.kafka_topic_documents,
+        "FINSENT_KAFKA_TOPIC_DLQ": settings.kafka_topic_dlq, "FINSENT_KAFKA_TOPIC_SCORED": settings.kafka_topic_scored,
+        "FINSENT_HTTP_TOKEN": "tok",
+    })
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ingest", "http", "--port", "0",
+                             "--watchlist", str(watchlist)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("HTTP ingest on http://"), line
+        url = line.split()[3].rstrip(":")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while client.get("/healthz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert client.get("/healthz").json()["checks"].keys() == {"kafka", "database"}
+            accepted = client.post("/v1/documents", json=GOOD, headers={"Authorization": "Bearer tok"})
+            assert accepted.status_code == 202 and accepted.json()["entities"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert len(read_topic(settings.kafka_bootstrap or "", settings.kafka_topic_documents)) == 1
