@@ -87,6 +87,10 @@ def test_backtest_equals_live_over_the_same_data(engine, database_url, tmp_path:
         assert conn.execute(sa.text("SELECT count(*) FROM alert_deliveries WHERE alert_id NOT IN "
                                     "(SELECT id FROM alerts)")).scalar_one() == 0
     assert store(engine, ruleset, result) == len(live_episodes)
+    assert main(["--database-url", database_url, "alerts", "backtest", "--rules", str(rules_file),
+                 "--from", start.isoformat(), "--to", end.isoformat(), "--interval", str(STEP_S)]) == 0
+    text = capsys.readouterr().out
+    assert "topic:Earnings" in text and f"{len([e for e in live_episodes if e[3]])} alerts fired" in text
 
 
 def test_backtest_respects_event_time_not_later_data(engine) -> None:

@@ -282,3 +282,31 @@ def test_the_readme_verification_snippet_accepts_our_requests(engine, database_u
     (request,) = http_receiver.requests
     assert namespace["verify_finsent"](SECRET, request.headers, request.body)
     assert not namespace["verify_finsent"](SECRET, request.headers, request.body + b" ")
+
+
+def test_several_dispatchers_at_once_send_each_delivery_once(engine, database_url, http_receiver) -> None:
+    keys = [f"topic:K{i}" for i in range(12)]
+    for key in keys:
+        insert_points(engine, key, surge_stream(T0))
+    settings = alert_settings(database_url, webhook_url=http_receiver.url)
+    ruleset = surge_rules(notifiers=("webhook",), extra={"for": "0s"})
+    assert LiveEvaluator(engine, ruleset, settings).evaluate(T0 + timedelta(minutes=80)).fired == len(keys)
+    http_receiver.respond_with(*([500] * 6))  # some first attempts fail and are retried by whoever is free
+    errors: list[BaseException] = []
+
+    def dispatch() -> None:
+        try:
+            _drain(Dispatcher(engine, settings, ruleset), engine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=dispatch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert all(d.status == "delivered" for d in _deliveries(engine))
+    ok_keys = [r.headers["Idempotency-Key"] for r in http_receiver.requests]
+    assert len(ok_keys) == len(keys) + 6
+    assert len(set(ok_keys)) == len(keys)
