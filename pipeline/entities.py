@@ -98,11 +98,17 @@ def _alternation(forms: Iterable[str]) -> str:
     return "|".join(re.escape(f) for f in sorted(set(forms), key=len, reverse=True))
 
 
+_NOT_LETTER = re.compile(r"[^A-Za-z]+")
+_NOT_UPPER = re.compile(r"[^A-Z]+")
+
+
 def _shouting(text: str) -> bool:
-    letters = [c for c in text if c.isalpha()]
-    if len(letters) < SHOUTING_MIN_LETTERS:
+    """Mostly capitals (ASCII letters counted): a headline in capitals, where "IT" or "ON"
+    are words rather than tickers."""
+    letters = len(_NOT_LETTER.sub("", text))
+    if letters < SHOUTING_MIN_LETTERS:
         return False
-    return sum(c.isupper() for c in letters) / len(letters) >= SHOUTING_UPPER_SHARE
+    return len(_NOT_UPPER.sub("", text)) / letters >= SHOUTING_UPPER_SHARE
 
 
 class Watchlist:
@@ -149,12 +155,13 @@ class Watchlist:
             if self._insensitive:
                 found.update(self._insensitive.owners[m.group(0).casefold()]
                              for m in self._insensitive.regex.finditer(text))
-            if _shouting(text):
-                continue
+            exact: list[str] = []
             if self._symbol:
-                found.update(self._symbol.owners[m.group(0)] for m in self._symbol.regex.finditer(text))
+                exact.extend(self._symbol.owners[m.group(0)] for m in self._symbol.regex.finditer(text))
             if self._sensitive:
-                found.update(self._sensitive.owners[m.group(0)] for m in self._sensitive.regex.finditer(text))
+                exact.extend(self._sensitive.owners[m.group(0)] for m in self._sensitive.regex.finditer(text))
+            if exact and not _shouting(text):
+                found.update(exact)
         return tuple(sorted(found))
 
     @classmethod
