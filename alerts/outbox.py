@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ from sqlalchemy.engine import Connection, Engine
 from alerts.evaluator import AnyRule, headlines
 from alerts.rules import EmailNotifierConfig, RuleSet, WebhookNotifierConfig, key_name_of
 from pipeline.settings import DeliveryPolicy, Settings
+
+log = logging.getLogger(__name__)
 
 
 class _Keep(dict[str, Any]):
@@ -114,6 +117,9 @@ def enqueue(conn: Connection, *, alert_id: int, event: str, rule: AnyRule, rules
     silence = active_silence(conn, dict(alert.labels))
     queued = 0
     for name in rule.notifiers:
+        if name == "log" and name not in ruleset.notifiers:
+            _log_notification(event, payload_alert, silence)
+            continue
         channel, target, error = resolve_target(name, ruleset, settings)
         payload = {"event": event, "notifier": name, "evaluated_at": at.astimezone(UTC).isoformat(),
                    "alert": payload_alert, "headlines": news}
@@ -133,6 +139,15 @@ def enqueue(conn: Connection, *, alert_id: int, event: str, rule: AnyRule, rules
         })
         queued += int(result.rowcount == 1 and status == "pending")
     return queued
+
+
+def _log_notification(event: str, alert: dict[str, Any], silence: int | None) -> None:
+    """The built-in 'log' notifier: one log line, no outbox row (nothing to retry)."""
+    if silence is not None:
+        log.info("alert %s %s on %s silenced by silence %s", alert["rule"], event, alert["key"], silence)
+        return
+    log.warning("ALERT %s [%s] %s on %s: %s (value %s)", event.upper(), alert["severity"], alert["rule"],
+                alert["key"], alert["annotations"].get("summary", ""), alert["value"])
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A rules file has two sections::
 
     notifiers:                      # optional; 'email' and 'webhook' always exist and use
-      risk-desk:                    # FINSENT_SMTP__* / FINSENT_WEBHOOK__* settings
+      risk-desk:                    # FINSENT_SMTP__* / FINSENT_WEBHOOK__* settings; 'log'
+                                    # writes a log line (demos, dry runs)
         type: email
         to: [risk@example.com]
       ops-hook:
@@ -54,7 +55,7 @@ from pipeline.settings import Settings
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 RESERVED_LABELS = ("alertname", "rule", "key", "key_kind", "name", "severity")
-BUILTIN_NOTIFIERS = ("email", "webhook")
+BUILTIN_NOTIFIERS = ("email", "webhook", "log")
 
 
 def parse_duration(value: Any) -> timedelta:

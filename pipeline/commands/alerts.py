@@ -96,7 +96,7 @@ def alerts_check(args: argparse.Namespace, settings: Settings) -> int:
 
     ruleset = rules_from_settings(_with_rules(args, settings))
     print(f"{ruleset.source}: {len(ruleset.rules)} rules, notifiers: "
-          f"{', '.join(sorted(set(ruleset.notifiers) | {'email', 'webhook'}))}")
+          f"{', '.join(sorted(set(ruleset.notifiers) | {'email', 'webhook', 'log'}))}")
     for rule in ruleset.rules:
         print(f"  {rule.name:32} {rule.kind:13} window {format_duration(rule.window):6} "
               f"for {format_duration(rule.for_):5} -> {', '.join(rule.notifiers)}")

@@ -244,3 +244,26 @@ def test_alert_service_runs_as_a_role_on_its_scheduler(engine, database_url, htt
         thread.join(timeout=20)
     assert not thread.is_alive() and not service.ready()
     assert [(a.key, a.state) for a in _alerts(engine)] == [("topic:Earnings", "firing")]
+
+
+def test_log_notifier_writes_a_line_and_queues_nothing(engine, database_url, caplog) -> None:
+    import logging
+
+    insert_points(engine, "topic:Earnings", surge_stream(T0))
+    ruleset = surge_rules(notifiers=("log",))
+    with caplog.at_level(logging.WARNING, logger="alerts.outbox"):
+        _run_live(engine, ruleset, alert_settings(database_url), instants(T0, T0 + timedelta(minutes=150)))
+    lines = [r.getMessage() for r in caplog.records if r.name == "alerts.outbox"]
+    assert len(lines) == 2 and lines[0].startswith("ALERT FIRING [critical] negative-share on topic:Earnings")
+    assert lines[1].startswith("ALERT RESOLVED")
+    assert _deliveries(engine) == [] and len(_alerts(engine)) == 1
+
+
+def test_demo_rules_load_without_any_notification_settings() -> None:
+    from pathlib import Path
+
+    from alerts.rules import load_rules
+    from pipeline.settings import load_settings
+
+    ruleset = load_rules(Path(__file__).resolve().parents[2] / "examples" / "demo-rules.yaml", load_settings())
+    assert {r.name for r in ruleset.rules} == {"ticker-negative-share", "ticker-negative-spike"}
