@@ -1,6 +1,8 @@
 """The retraining job: the promotion gate, and whole runs on a tiny model against real
 PostgreSQL (a challenger worse than the champion is rejected and the champion keeps serving;
-a better one is promoted; a failed run says why and changes nothing).
+a failed run says why and changes nothing). A better challenger being promoted, with
+feedback labels, over the shipped model and into a running scorer, is in
+test_retrain_hot_reload.py.
 
 The data is synthetic and easy (a keyword decides each label), so a tiny encoder trained a
 few dozen steps learns it and one trained a single step does not: that is what makes a
@@ -56,7 +58,7 @@ def tiny_config(steps: int) -> Any:
                        progress=False, lr=3e-3, head_lr=3e-3, seed=1)
 
 
-GOOD_STEPS = 50  # learns the easy data (macro-F1 ~0.9+ on both heads)
+GOOD_STEPS = 40  # learns the easy data (macro-F1 ~0.9+ on both heads)
 BAD_STEPS = 1    # near chance
 
 
@@ -156,34 +158,6 @@ def test_worse_challenger_is_rejected_and_the_champion_keeps_serving(
     assert saved["status"] == "rejected" and saved["champion_version"] == "good-champion"
     for png in ("training_curve.png", "confusion_challenger_sentiment.png", "confusion_champion_topic.png"):
         assert (outcome.run_dir / png).stat().st_size > 1000, png
-
-
-def test_better_challenger_with_feedback_labels_is_promoted_over_the_shipped_model(
-        engine: sa.Engine, settings: Settings, easy_data: tuple[Path, Path], tiny_model_dir: Path,
-        tmp_path: Path) -> None:
-    from pipeline.labels import store_label
-    from training.retrain import run_retraining
-
-    with engine.begin() as conn:
-        conn.execute(sa.text("insert into documents (id, source, published_at, text) "
-                             "values ('d1', 't', now(), 'shares crash and plunge')"))
-        store_label(conn, "d1", sentiment="bearish", topic_id=19, labelled_by="desk")
-    s = retrain_settings(settings, easy_data, tmp_path).model_copy(update={"model_dir": tiny_model_dir})
-    outcome = run_retraining(s, config=tiny_config(GOOD_STEPS), engine=engine)
-    assert outcome.status == "promoted", outcome.summary()
-    # the shipped model was registered first, so there is a champion to roll back to
-    assert outcome.champion_version == json.loads((tiny_model_dir / "manifest.json").read_text())["version"]
-    versions = {v.version: v.status for v in registry.list_versions(engine)}
-    assert versions == {outcome.challenger_version: "champion", outcome.champion_version: "retired"}
-    champion = registry.current_champion(engine)
-    assert champion is not None and champion.path == Path(s.model_registry_dir) / outcome.challenger_version
-    assert registry.check_model_dir(champion.path)["version"] == outcome.challenger_version
-    saved = json.loads((outcome.run_dir / "metrics.json").read_text())  # type: ignore[operator]
-    assert saved["feedback_labels"] == {"sentiment": 1, "topic": 1}
-    assert not list(Path(s.model_registry_dir).glob(".*.partial"))
-    with engine.begin() as conn:
-        demoted, restored = registry.rollback(conn)
-    assert (demoted.version, restored.version) == (outcome.challenger_version, outcome.champion_version)
 
 
 def test_run_without_training_data_fails_with_the_reason_and_changes_nothing(
