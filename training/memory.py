@@ -63,34 +63,89 @@ class MemoryExportError(RuntimeError):
 
 
 class MemoryNet(nn.Module):
-    """GRUCell(feature_dim -> state_dim) followed by a small head.
+    """A GRU cell with a few fixed-decay statistics kept beside it in the same state vector.
 
-    The base features (probabilities, topic confidence, log time gap, first flag) carry the
-    signal; the document vector adds context. The head reads the new state only, so
-    everything the outputs depend on is in the state a worker persists.
+    State layout ``[N, state_dim]``: the GRU's hidden units, then (with ``stats=True``) 7
+    running statistics of the document stream, stored as offsets from training-set priors
+    so the all-zero initial state means "a typical quiet key": the slow mean and second
+    moment of p_bearish (decay 0.01), two fast means (0.1, 0.3), a CUSUM accumulator, and a
+    fast and slow mean of log1p(hours between documents) (arrival-rate change). From them
+    the cell derives z-scores of the fast means against the key's own level, the CUSUM and
+    the volume change; these feed both the GRU and the head, so the learned part starts
+    from what the classical detectors know and adds what they cannot use (arrival times,
+    the document vector, the shape of the evidence). The head reads only the new state and
+    the current document, so everything the outputs depend on is in the state a worker
+    persists.
     """
 
-    def __init__(self, feature_dim: int, state_dim: int = STATE_DIM) -> None:
+    N_STATS = 7
+    N_DERIVED = 6
+
+    def __init__(self, feature_dim: int, state_dim: int = STATE_DIM, *, stats: bool = True) -> None:
         super().__init__()
-        if feature_dim < 1 or state_dim < 1:
-            raise ValueError(f"feature_dim and state_dim must be positive, got {feature_dim}, {state_dim}")
+        n_stats = self.N_STATS if stats else 0
+        if feature_dim < len(BASE_FEATURES) or state_dim <= n_stats:
+            raise ValueError(f"feature_dim must be >= {len(BASE_FEATURES)} and state_dim > {n_stats}, "
+                             f"got {feature_dim}, {state_dim}")
         self.feature_dim = int(feature_dim)
         self.state_dim = int(state_dim)
+        self.stats = bool(stats)
+        self.hidden_dim = self.state_dim - n_stats
+        n_derived = self.N_DERIVED if stats else 0
         # Per-feature standardisation, fitted on training streams and baked into the ONNX
         # graph, so a classifier whose doc vectors have a large scale cannot saturate the gates.
         self.register_buffer("feature_shift", torch.zeros(self.feature_dim))
         self.register_buffer("feature_scale", torch.ones(self.feature_dim))
-        self.cell = nn.GRUCell(self.feature_dim, self.state_dim)
+        # Priors of the running statistics (quiet documents of the training streams).
+        self.register_buffer("prior", torch.tensor([0.15, 0.08, 0.5]))  # mean p, mean p^2, mean log-gap
+        self.cell = nn.GRUCell(self.feature_dim + n_derived, self.hidden_dim)
         self.head = nn.Sequential(
-            nn.Linear(self.state_dim, self.state_dim),
+            nn.Linear(self.hidden_dim + n_derived, 32),
             nn.Tanh(),
-            nn.Linear(self.state_dim, 2),
+            nn.Linear(32, 2),
         )
+
+    def _statistics(self, stats: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(new stats [N,7], derived [N,6]) — mirrors training.baselines' EWMA z and CUSUM."""
+        x = features[:, 0]
+        first = features[:, 5]
+        p_mean, p_m2, p_gap = self.prior[0], self.prior[1], self.prior[2]
+        mean = p_mean + stats[:, 0]
+        m2 = p_m2 + stats[:, 1]
+        fast1 = p_mean + stats[:, 2]
+        fast2 = p_mean + stats[:, 3]
+        cusum = stats[:, 4]
+        g_fast = p_gap + stats[:, 5]
+        g_slow = p_gap + stats[:, 6]
+        fast1 = fast1 + 0.1 * (x - fast1)
+        fast2 = fast2 + 0.3 * (x - fast2)
+        sd = torch.sqrt(torch.clamp(m2 - mean * mean, min=1e-4))
+        z1 = torch.clamp((fast1 - mean) / (sd * (0.1 / 1.9) ** 0.5), -8.0, 8.0)
+        z2 = torch.clamp((fast2 - mean) / (sd * (0.3 / 1.7) ** 0.5), -8.0, 8.0)
+        cusum = torch.clamp(cusum + (x - mean) / sd - 0.5, 0.0, 30.0)
+        mean = mean + 0.01 * (x - mean)
+        m2 = m2 + 0.01 * (x * x - m2)
+        gap = features[:, 4] * (1.0 - first) + g_slow * first  # a key's first document has no gap
+        g_fast = g_fast + 0.1 * (gap - g_fast)
+        g_slow = g_slow + 0.01 * (gap - g_slow)
+        new_stats = torch.stack([mean - p_mean, m2 - p_m2, fast1 - p_mean, fast2 - p_mean, cusum,
+                                 g_fast - p_gap, g_slow - p_gap], dim=1)
+        derived = torch.stack([z1 / 3.0, z2 / 3.0, cusum / 5.0, (mean - p_mean) * 5.0,
+                               (g_fast - g_slow), sd * 5.0], dim=1)
+        return new_stats, derived
 
     def step(self, state: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step returning (new_state, negative-rate logit, surge logit): logits for the losses."""
-        new_state = self.cell((features - self.feature_shift) * self.feature_scale, state)
-        raw = self.head(new_state)
+        scaled = (features - self.feature_shift) * self.feature_scale
+        if self.stats:
+            hidden, stats = state[:, : self.hidden_dim], state[:, self.hidden_dim:]
+            new_stats, derived = self._statistics(stats, features)
+            new_hidden = self.cell(torch.cat([scaled, derived], dim=1), hidden)
+            raw = self.head(torch.cat([new_hidden, derived], dim=1))
+            new_state = torch.cat([new_hidden, new_stats], dim=1)
+        else:
+            new_state = self.cell(scaled, state)
+            raw = self.head(new_state)
         return new_state, raw[:, 0], raw[:, 1]
 
     def forward(self, state: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +212,7 @@ class MemoryTrainConfig:
     into ``tbptt``-document chunks (truncated back-propagation through time)."""
 
     state_dim: int = STATE_DIM
+    stats: bool = True                    # running statistics beside the GRU (see MemoryNet)
     n_train_streams: int = 384
     n_val_streams: int = 128
     n_eval_streams: int = 400
@@ -230,16 +286,32 @@ def train_memory(train_streams: Sequence[Stream], val_streams: Sequence[Stream],
     """Fit a :class:`MemoryNet` (BCE on in-surge + BCE on the true negative rate as a soft
     target) and keep the checkpoint with the shortest validation delay at
     ``config.selection_false_alarms``. Returns (net, history)."""
+    threads = torch.get_num_threads()
+    # Tiny per-step ops: one thread is faster than two, and far faster on a shared machine
+    # where spinning OpenMP workers fight other processes for the cores.
+    torch.set_num_threads(1)
+    try:
+        return _train_memory(train_streams, val_streams, config, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_memory(train_streams: Sequence[Stream], val_streams: Sequence[Stream],
+                  config: MemoryTrainConfig, *, progress: bool) -> tuple[MemoryNet, dict]:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     feats, surge_y, rate_y = _stream_tensors(train_streams)
     n, t, f = feats.shape
-    net = MemoryNet(f, config.state_dim)
+    net = MemoryNet(f, config.state_dim, stats=config.stats)
     flat = feats.reshape(-1, f)
     shift = flat.mean(0)
     scale = 1.0 / flat.std(0).clamp_min(1e-2)
     net.feature_shift.copy_(shift)
     net.feature_scale.copy_(scale)
+    quiet = torch.from_numpy(stack(train_streams, "quiet"))
+    p_quiet = feats[..., 0][quiet]
+    gaps = feats[..., 4][feats[..., 5] == 0]
+    net.prior.copy_(torch.stack([p_quiet.mean(), (p_quiet * p_quiet).mean(), gaps.mean()]))
     n_doc = f - len(BASE_FEATURES)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.iterations))
@@ -361,9 +433,15 @@ def _fmt(point: dict | None, key: str, digits: int = 1) -> str:
 def report_markdown(result: dict) -> str:
     """The human report: tables per held-out set, then the setup."""
     lines = ["# Memory cell: surge detection vs baselines", ""]
-    lines.append(f"Feature source: {result['feature_source']}. Trained in {result['train_seconds']:.0f} s "
-                 f"({result['config']['iterations']} iterations, best at {result['best_iteration']}). "
-                 f"ONNX parity max |diff| {result['export']['max_abs_diff']:.2g}.")
+    head = [f"Feature source: {result.get('feature_source', 'unknown')}."]
+    if "train_seconds" in result:
+        head.append(f"Trained in {result['train_seconds']:.0f} s ({result['config']['iterations']} iterations, "
+                    f"best at {result['best_iteration']}).")
+    if "export" in result:
+        head.append(f"ONNX parity max |diff| {result['export']['max_abs_diff']:.2g}.")
+    if "memory_file" in result:
+        head.append(f"Memory evaluated: {result['memory_file']}.")
+    lines.append(" ".join(head))
     lines.append("")
     lines.append("Delay = documents from a surge's onset to the first alarm inside it; a missed surge "
                  "counts its whole labelled length. False alarms = alarm episodes starting on quiet "
@@ -443,13 +521,11 @@ def plot_curves(result: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------- end to end
 
 
-def train_and_evaluate(train_bank: FeatureBank, eval_bank: FeatureBank, out_dir: Path,
-                       config: MemoryTrainConfig, *, progress: bool = False) -> dict:
-    """Simulate, train, export ``out_dir/memory.onnx``, evaluate the exported graph against
-    the baselines on held-out streams (other seeds, other documents), write
-    ``memory_report.md/.json`` and ``memory_detection.png``. Returns the result dict."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def stream_sets(train_bank: FeatureBank, eval_bank: FeatureBank, config: MemoryTrainConfig
+                ) -> tuple[list[Stream], list[Stream], dict[str, list[Stream]]]:
+    """(train, validation, held-out sets). Training and validation streams draw documents
+    from ``train_bank``; the held-out sets from ``eval_bank`` with other seeds. The second
+    held-out set has surges that do not change the arrival rate (an ablation)."""
     s = config.seed * 1000
     train = simulate_streams(train_bank, config.n_train_streams, seed=s + 1, config=config.sim)
     val = simulate_streams(train_bank, config.n_val_streams, seed=s + 2, config=config.sim)
@@ -458,32 +534,56 @@ def train_and_evaluate(train_bank: FeatureBank, eval_bank: FeatureBank, out_dir:
         "held-out, surges without volume change": simulate_streams(
             eval_bank, config.n_eval_streams, seed=s + 4, config=no_volume_change(config.sim)),
     }
-    net, history = train_memory(train, val, config, progress=progress)
-    onnx_path = out_dir / "memory.onnx"
-    export = export_memory_onnx(net, onnx_path, net.feature_dim)
+    return train, val, eval_sets
+
+
+def evaluate_memory(onnx_path: Path, train: Sequence[Stream], eval_sets: dict[str, list[Stream]],
+                    config: MemoryTrainConfig) -> dict:
+    """Run the exported ``memory.onnx`` (what the trends worker runs) over the held-out sets
+    and compare it with the baselines tuned on ``train``."""
     scores: dict[str, np.ndarray] = {}
     rates: dict[str, np.ndarray] = {}
     for name, streams in eval_sets.items():
-        scores[name], rates[name] = onnx_memory_outputs(onnx_path, streams)
+        scores[name], rates[name] = onnx_memory_outputs(Path(onnx_path), streams)
     result = compare_detectors(train, eval_sets, scores, config)
     first = next(iter(eval_sets))
+    result["rate_error"] = rate_error(eval_sets[first], rates[first])
+    result["surge_score_thresholds"] = {
+        str(row["false_alarms_per_1000"]): row["memory"]["threshold"]
+        for row in result["sets"][first]["table"] if row["memory"]}
+    result["verdict"] = _verdict(result, first)
+    return result
+
+
+def write_report(result: dict, out_dir: Path, stem: str = "memory_report", png: str = "memory_detection.png") -> None:
+    out_dir = Path(out_dir)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(report_markdown(result))
+    plot_curves(result, out_dir / png)
+
+
+def train_and_evaluate(train_bank: FeatureBank, eval_bank: FeatureBank, out_dir: Path,
+                       config: MemoryTrainConfig, *, progress: bool = False) -> dict:
+    """Simulate, train, export ``out_dir/memory.onnx``, evaluate the exported graph against
+    the baselines on held-out streams (other seeds, other documents), write
+    ``memory_report.md/.json`` and ``memory_detection.png``. Returns the result dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train, val, eval_sets = stream_sets(train_bank, eval_bank, config)
+    net, history = train_memory(train, val, config, progress=progress)
+    onnx_path = out_dir / "memory.onnx"
+    export = export_memory_onnx(net, onnx_path, net.feature_dim)
+    result = evaluate_memory(onnx_path, train, eval_sets, config)
     result.update({
         "feature_source": train_bank.source,
-        "feature_dim": net.feature_dim, "state_dim": net.state_dim,
+        "feature_dim": net.feature_dim, "state_dim": net.state_dim, "stats": net.stats,
         "train_documents": len(train_bank.labels), "eval_documents": len(eval_bank.labels),
         "train_seconds": history["train_seconds"], "best_iteration": history["best_iteration"],
         "val_delay": history["val_delay"], "final_loss": history["loss"][-1] if history["loss"] else None,
         "export": export,
-        "rate_error": rate_error(eval_sets[first], rates[first]),
-        "surge_score_thresholds": {
-            str(row["false_alarms_per_1000"]): row["memory"]["threshold"]
-            for row in result["sets"][first]["table"] if row["memory"]},
         "config": _jsonable(asdict(config)),
     })
-    result["verdict"] = _verdict(result, first)
-    (out_dir / "memory_report.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "memory_report.md").write_text(report_markdown(result))
-    plot_curves(result, out_dir / "memory_detection.png")
+    write_report(result, out_dir)
     return result
 
 
