@@ -274,10 +274,15 @@ class RssPoller:
                 if response.status_code != 200:
                     raise FeedFetchError(f"HTTP {response.status_code} from {cursor.feed_url}")
                 chunks, size = [], 0
+                # httpx's timeout is per read; a feed trickling bytes must not hold the poller forever.
+                deadline = time.monotonic() + 3 * self.policy.timeout_s
                 for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > MAX_FEED_BYTES:
                         raise FeedFetchError(f"{cursor.feed_url} is larger than {MAX_FEED_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise FeedFetchError(f"{cursor.feed_url} took longer than {3 * self.policy.timeout_s:.0f}s "
+                                             "to download")
                     chunks.append(chunk)
                 return 200, b"".join(chunks), response.headers
         except httpx.HTTPError as exc:

@@ -155,7 +155,7 @@ def feed_server() -> Iterator[FeedServer]:
 
 
 def quick(settings: Settings, **feeds: object) -> Settings:
-    policy = {"interval_s": 0.2, "timeout_s": 1.0, "max_backoff_s": 5.0, **feeds}
+    policy = {"interval_s": 0.2, "timeout_s": 5.0, "max_backoff_s": 5.0, **feeds}
     return settings.model_copy(update={"feeds": FeedPolicy(**policy)})  # type: ignore[arg-type]
 
 
@@ -248,9 +248,9 @@ def test_a_failing_feed_does_not_stop_the_others_and_is_retried_with_backoff(
         settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer) -> None:
     feed_server.feeds["/good.xml"] = Feed(rss_feed(FIRST[:1]))
     feed_server.feeds["/error.xml"] = Feed(b"oops", status=500)
-    feed_server.feeds["/slow.xml"] = Feed(rss_feed(FIRST), delay_s=2.5)
+    feed_server.feeds["/slow.xml"] = Feed(rss_feed(FIRST), delay_s=3.5)
     feed_server.feeds["/garbage.xml"] = Feed(b"\x00\x01 this is not xml at all {", content_type="text/html")
-    s = quick(settings)
+    s = quick(settings, timeout_s=1.5)
     urls = {name: feed_server.url(f"/{name}.xml") for name in ("good", "error", "slow", "garbage", "missing")}
     with DocumentProducer(s, s.kafka_bootstrap or "", stage="ingest:rss") as producer:
         poller = RssPoller(s, producer, engine, list(urls.values()))
@@ -262,6 +262,7 @@ def test_a_failing_feed_does_not_stop_the_others_and_is_retried_with_backoff(
         assert "Timeout" in (outcomes[urls["slow"]].error or "")
         assert "not a readable RSS/Atom feed" in (outcomes[urls["garbage"]].error or "")
         assert "HTTP 404" in (outcomes[urls["missing"]].error or "")
+        feed_server.feeds["/slow.xml"] = Feed(b"down", status=503)  # keep the rest of the test quick
         store = FeedCursorStore(engine)
         assert "HTTP 500" in (store.load(urls["error"]).last_error or "")
         assert store.load(urls["error"]).seen_ids == []
