@@ -15,6 +15,7 @@ import random
 import threading
 from dataclasses import dataclass
 
+import httpx
 from sqlalchemy.engine import Engine
 
 from alerts import outbox
@@ -48,6 +49,13 @@ class Dispatcher:
         self.ruleset = ruleset
         self.policy = settings.delivery
         self.rng = rng or random.Random()
+        # one pooled client: a new client per send costs more than the send on a LAN
+        self._http: httpx.Client | None = None
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def dispatch_once(self, *, max_deliveries: int = 100, stop: threading.Event | None = None) -> DispatchSummary:
         """Send every due delivery (at most ``max_deliveries``), one claim at a time."""
@@ -65,8 +73,10 @@ class Dispatcher:
             self._dead(delivery, f"gave up after {delivery.attempts - 1} attempts; the dispatcher stopped "
                                  "during the last one", summary)
             return
+        if channel == "webhook" and self._http is None:
+            self._http = httpx.Client(headers={"User-Agent": "finsent-alerts"})
         notifier = build_notifier(channel, delivery.target, str(delivery.payload.get("notifier", "")),
-                                  self.ruleset, self.settings)
+                                  self.ruleset, self.settings, http_client=self._http)
         try:
             notifier.send(delivery.payload, delivery.idempotency_key)
         except PermanentDeliveryError as exc:

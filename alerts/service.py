@@ -133,6 +133,7 @@ class AlertService:
             stop.wait()
         finally:
             scheduler.shutdown(wait=True)
+            self.dispatcher.close()
             if self._own_engine:
                 self.engine.dispose()
             self._ready = False

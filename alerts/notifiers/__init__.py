@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import httpx
+
 from alerts.rules import EmailNotifierConfig, RuleSet, WebhookNotifierConfig
 from pipeline.settings import Settings
 
@@ -21,7 +23,8 @@ class Notifier(Protocol):
         """Deliver once; return on acknowledgement, raise DeliveryError otherwise."""
 
 
-def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None, settings: Settings) -> Notifier:
+def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None, settings: Settings,
+                   *, http_client: httpx.Client | None = None) -> Notifier:
     """The notifier for an outbox row. The row's target wins (it is what was promised
     when the alert fired); the rules file supplies secrets and timeouts when it still
     defines the notifier, the settings otherwise."""
@@ -39,4 +42,4 @@ def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None
     if isinstance(config, WebhookNotifierConfig):
         secret = config.resolved_secret(settings)
         timeout = config.timeout_s or timeout
-    return WebhookNotifier(target, secret=secret, timeout_s=timeout, receiver=name)
+    return WebhookNotifier(target, secret=secret, timeout_s=timeout, receiver=name, client=http_client)

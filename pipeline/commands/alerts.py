@@ -113,6 +113,7 @@ def alerts_run(args: argparse.Namespace, settings: Settings) -> int:
         if args.once:
             evaluated = service.evaluate_now()
             sent = service.dispatch_now()
+            service.dispatcher.close()
             print(f"evaluated at {evaluated.at.isoformat()}: {evaluated.fired} fired, {evaluated.resolved} resolved; "
                   f"deliveries: {sent.delivered} delivered, {sent.retried} to retry, {sent.dead} dead")
             return 0
