@@ -216,13 +216,13 @@ class MemoryTrainConfig:
     n_train_streams: int = 384
     n_val_streams: int = 128
     n_eval_streams: int = 400
-    iterations: int = 300
+    iterations: int = 200
     batch: int = 32
     tbptt: int = 100
     lr: float = 3e-3
     rate_weight: float = 1.0
     doc_vector_dropout: float = 0.0
-    eval_every: int = 50
+    eval_every: int = 25
     selection_false_alarms: float = 2.0   # per 1000 quiet documents: where checkpoints are compared
     report_false_alarms: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
     sim: SimConfig = field(default_factory=SimConfig)
