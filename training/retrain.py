@@ -544,6 +544,9 @@ def run_schedule(settings: Settings, cron: str, *, config: Any | None = None,
       trains on all the labels gathered so far, so repeating it adds nothing.
     * ``max_instances=1`` and one worker thread: a run that outlasts the interval delays
       the next one instead of overlapping it (the advisory lock guards other machines).
+
+    SIGTERM stops the scheduler and lets a run in progress finish; a second signal exits
+    at once, leaving that run to be marked failed (and cleaned up) by the next one.
     """
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -571,6 +574,10 @@ def run_schedule(settings: Settings, cron: str, *, config: Any | None = None,
     stop_event = stop_event or threading.Event()
 
     def _stop(*_: object) -> None:
+        if stop_event.is_set():  # second signal: do not wait for the run in progress
+            log.warning("second stop signal: exiting now; the next run marks the interrupted one failed")
+            os._exit(143)
+        log.info("stopping the retraining scheduler; a run in progress finishes first (signal again to abandon it)")
         stop_event.set()
 
     if threading.current_thread() is threading.main_thread():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def retrain(args: argparse.Namespace, settings: Settings) -> int:
     try:
         outcome = job.run_retraining(settings, trigger="manual", config=config)
     except job.RetrainLocked as exc:
-        print(f"finsent: {exc}")
+        print(f"finsent: {exc}", file=sys.stderr)
         return EXIT_LOCKED
     print(outcome.summary())
     return 0 if outcome.status in ("promoted", "rejected") else 1
