@@ -408,13 +408,10 @@ def _run_locked(settings: Settings, engine: Engine, trigger: str, config: Any | 
         except Exception as exc:  # noqa: BLE001 - plots are for people; their failure must not lose the run
             log.warning("run %s: could not write the plots: %s", run_id, exc)
         with engine.begin() as conn:
-            registry.register_version(conn, version, final, {**challenger_metrics, "training_run_id": run_id},
-                                      status="challenger", training_run_id=run_id)
+            registry.register_version(conn, version, final, challenger_metrics, training_run_id=run_id,
+                                      status="challenger" if decision.promote else "rejected")
             if decision.promote:
                 registry.promote(conn, version)
-            else:
-                conn.execute(sa.text("update model_versions set status = 'rejected' where version = :v"),
-                             {"v": version})
             if champion is not None and champion_metrics is not None and not champion.metrics:
                 conn.execute(sa.text("update model_versions set metrics = cast(:m as jsonb) where version = :v"),
                              {"m": json.dumps(champion_metrics), "v": champion.version})
