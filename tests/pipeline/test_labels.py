@@ -99,6 +99,10 @@ def test_label_command_stores_and_exports(engine: sa.Engine, database_url: str, 
     assert "stored for document doc-1" in capsys.readouterr().out
     assert main(["--database-url", database_url, "label", "nope", "--sentiment", "bearish"]) == 2
     assert "not in the database" in capsys.readouterr().err
+    assert main(["--database-url", database_url, "label", "doc-1", "--by", "desk"]) == 2
+    assert "needs a sentiment" in capsys.readouterr().err
+    assert main(["--database-url", database_url, "label", "export"]) == 2
+    assert "needs the directory" in capsys.readouterr().err
     assert main(["--database-url", database_url, "label", "export", str(tmp_path / "csv")]) == 0
     assert "sentiment: 1 rows" in capsys.readouterr().out
     assert (tmp_path / "csv" / "labels_topic.csv").read_text().splitlines() == ["text,label",
