@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from alerts.evaluator import headlines, observe
 from alerts.rules import parse_rules
@@ -104,3 +107,37 @@ def test_headlines_are_the_most_negative_in_the_window_with_links(stream) -> Non
     assert len(found) == 3
     assert all(h["p_bearish"] == pytest.approx(0.9) and h["url"].startswith("https://news.example/") for h in found)
     assert found[0]["published_at"] == (at - timedelta(minutes=1)).isoformat()
+
+
+_SENTIMENTS = st.sampled_from(["bearish", "neutral", "bullish"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(points=st.lists(st.tuples(st.integers(0, 180), _SENTIMENTS), max_size=40),
+       window_min=st.integers(1, 90), ref_min=st.integers(1, 90), at_min=st.integers(0, 200))
+def test_sql_windows_match_a_python_reference(engine, points, window_min, ref_min, at_min) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM trend_points"))
+        conn.execute(sa.text("DELETE FROM documents"))  # predictions cascade
+    insert_points(engine, "topic:P", [Point(T0 + timedelta(minutes=m), s) for m, s in points])
+    at = T0 + timedelta(minutes=at_min)
+    threshold = _rule(kind="threshold", value=0.5, window=f"{window_min}m")
+    spike = _rule(kind="spike", ratio=2, window=f"{window_min}m", reference_window=f"{ref_min}m")
+    with engine.connect() as conn:
+        t_obs = {o.key: o.figures for o in observe(conn, threshold, at)}
+        s_obs = {o.key: o.figures for o in observe(conn, spike, at)}
+
+    def count(lo: int, hi: int, bearish_only: bool = False) -> int:  # minutes in (lo, hi]
+        return sum(1 for m, s in points if lo < m <= hi and (s == "bearish" or not bearish_only))
+
+    docs, neg = count(at_min - window_min, at_min), count(at_min - window_min, at_min, True)
+    if docs == 0:
+        assert "topic:P" not in t_obs
+    else:
+        assert (t_obs["topic:P"]["documents"], t_obs["topic:P"]["negative"]) == (docs, neg)
+    lo_ref = at_min - window_min - ref_min
+    ref_docs, ref_neg = count(lo_ref, at_min - window_min), count(lo_ref, at_min - window_min, True)
+    if docs + ref_docs:
+        f = s_obs["topic:P"]
+        assert (f["documents"], f["negative"], f["reference_documents"], f["reference_negative"]) == \
+            (docs, neg, ref_docs, ref_neg)
