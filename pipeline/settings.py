@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM: finish the batch in hand within this")
     model_poll_s: float = Field(5.0, gt=0, description="stream workers check model_versions for a new champion this often")
     lateness_horizon_s: float = Field(
-        86_400.0, ge=0, description="trends: a record older than its key's newest by more than this is "
+        604_800.0, ge=0, description="trends: a record older than its key's newest by more than this is "
         "applied in arrival order (logged) instead of rewinding the key's memory",
     )
 

@@ -118,7 +118,8 @@ def expected_ledger(engine: Engine) -> set[tuple[str, str]]:
     return {(key, row.id) for row in rows for key in keys_of(row.topic, row.entities)}
 
 
-def reference_states(engine: Engine, model_dir: Path, settings: Settings) -> dict[str, np.ndarray]:
+def reference_states(engine: Engine, model_dir: Path, settings: Settings,
+                     trace: dict[str, list[tuple[str, np.ndarray]]] | None = None) -> dict[str, np.ndarray]:
     """Each key's state after a clean single run: the memory cell applied to the key's
     documents one at a time in canonical order (event time, document id), from the stored
     predictions. Independent of the trends worker's code."""
@@ -143,6 +144,8 @@ def reference_states(engine: Engine, model_dir: Path, settings: Settings) -> dic
             new_state, _ = cell.update(state[None, :], feats[None, :])
             state = new_state[0]
             prev = r.published_at
+            if trace is not None:
+                trace.setdefault(key, []).append((r.id, state))
         states[key] = state
     return states
 
@@ -154,11 +157,24 @@ def stored_states(engine: Engine) -> dict[str, np.ndarray]:
 
 
 def assert_states_equal_reference(engine: Engine, model_dir: Path, settings: Settings) -> None:
-    reference = reference_states(engine, model_dir, settings)
+    trace: dict[str, list[tuple[str, np.ndarray]]] = {}
+    reference = reference_states(engine, model_dir, settings, trace)
     stored = stored_states(engine)
     assert set(stored) == set(reference)
-    worst = max(float(np.max(np.abs(stored[k] - reference[k]))) for k in reference)
-    assert worst < 1e-5, f"key states differ from a clean single run by up to {worst}"
+    diffs = {k: float(np.max(np.abs(stored[k] - reference[k]))) for k in reference}
+    worst_key = max(diffs, key=lambda k: diffs[k])
+    if diffs[worst_key] >= 1e-5:
+        with engine.connect() as conn:
+            points = {r.document_id: np.asarray(r.state, dtype=np.float32) for r in conn.execute(
+                sa.text("SELECT document_id, state FROM trend_points WHERE key = :k"), {"k": worst_key})}
+        steps = trace[worst_key]
+        first = next((i for i, (doc_id, st) in enumerate(steps)
+                      if float(np.max(np.abs(points[doc_id] - st))) >= 1e-6), None)
+        detail = [(i, steps[i][0], float(np.max(np.abs(points[steps[i][0]] - steps[i][1]))))
+                  for i in range(max(0, (first or 0) - 2), min(len(steps), (first or 0) + 5))]
+        raise AssertionError(f"key states differ from a clean single run by up to {diffs[worst_key]} on "
+                             f"{worst_key} ({len(steps)} documents); first step differing by 1e-6: {first}; "
+                             f"{detail}; keys over 1e-5: {sum(d >= 1e-5 for d in diffs.values())}/{len(diffs)}")
 
 
 def assert_exactly_once(engine: Engine, n_docs: int) -> None:
