@@ -55,7 +55,8 @@ def test_promoted_challenger_is_picked_up_mid_stream_and_every_document_is_score
         assert outcome.status == "promoted", outcome.summary()
         assert producer.is_alive(), "the stream must still be flowing when the champion changes"
         new = outcome.challenger_version
-        wait_for(lambda: scorer.role.watcher.model.version == new, 30, "the scorer to load the new champion")
+        wait_for(lambda: count(engine, "SELECT count(*) FROM predictions WHERE model_version = :v", v=new) > 0,
+                 30, "the scorer to score with the new champion")
         stop_stream.set()
         producer.join(timeout=30)
         sent_during = during[:min(streamed[-1], len(during))]
