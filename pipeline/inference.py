@@ -150,10 +150,12 @@ class Classifier:
         self._pad_id = int(manifest.get("pad_token_id", 0))
 
     @classmethod
-    def load(cls, model_dir: Path, settings: Settings, *, model_file: str | None = None) -> Classifier:
+    def load(cls, model_dir: Path, settings: Settings, *, model_file: str | None = None,
+             run_batch: int = RUN_BATCH) -> Classifier:
         """Open the classifier of ``model_dir``: the GPU file on the CUDA provider when the
         settings allow it and onnxruntime offers it, else the int8 file on the CPU.
-        ``model_file`` forces a file (the benchmark compares precisions with it)."""
+        ``model_file`` forces a file (the benchmark compares precisions with it);
+        ``run_batch`` is the number of documents per onnxruntime call."""
         from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
@@ -173,7 +175,7 @@ class Classifier:
         tokenizer.no_padding()
         provider = session.get_providers()[0]
         log.info("classifier %s loaded from %s (%s, %s)", manifest["version"], model_dir, name, provider)
-        return cls(session, tokenizer, manifest, provider, settings.max_text_chars)
+        return cls(session, tokenizer, manifest, provider, settings.max_text_chars, run_batch)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text (normalised, truncated, unpadded)."""

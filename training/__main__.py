@@ -61,18 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpu-precision", choices=["fp16", "fp32"])
     e.add_argument("--memory", action="store_true", help="also train the memory cell into the model directory")
     e.add_argument("--memory-from", type=Path, help="copy memory.onnx from this model directory")
+    e.add_argument("--note", default="", help="a remark on the training run for the model card")
     return parser
 
 
-def train_memory(model_dir: Path) -> bool:
-    """Hand the model directory to the memory engineer's trainer when it exists."""
+def train_memory(model_dir: Path, sentiment_csv: Path | None) -> bool:
+    """Hand the model directory to the memory cell's trainer (training.memory), which
+    builds its streams from the classifier's outputs on the sentiment dev rows."""
     try:
         from training.memory import train_memory_into  # type: ignore[attr-defined]
     except ImportError:
         logging.getLogger(__name__).warning("training.memory.train_memory_into is not available; "
                                             "the model directory keeps a random-init memory cell")
         return False
-    train_memory_into(model_dir)
+    if sentiment_csv is None:
+        logging.getLogger(__name__).warning("no sentiment CSV: the memory cell stays random-init")
+        return False
+    train_memory_into(model_dir, sentiment_csv, progress=True)
     return True
 
 
@@ -102,27 +107,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or args.work_dir / "model"
         model_dir = _export(result.model, config, out, dev, version=args.version, tiny=config.tiny, memory_from=None)
         if args.memory:
-            train_memory(model_dir)
+            train_memory(model_dir, args.sentiment_csv)
         metrics = finish_model_dir(model_dir, dev, training=info, reproduce=reproduce,
                                    data={"sentiment_csv": str(args.sentiment_csv), "topic_csv": str(args.topic_csv)})
         print(json.dumps({"model_dir": str(model_dir), "int8": metrics["summary_int8"]}), flush=True)
         return 0
-    from training.api import export_checkpoint
+    from training.api import _export, finish_model_dir
+    from training.data import fixed_dev_split
+    from training.train import load_checkpoint
 
     training_info = None
     result_json = args.checkpoint.parent.parent / "result.json"
+    history_json = args.checkpoint.parent.parent / "history.json"
     if result_json.is_file():
         training_info = json.loads(result_json.read_text())
-    model_dir = export_checkpoint(args.checkpoint, args.out, sentiment_csv=args.sentiment_csv, topic_csv=args.topic_csv,
-                                  version=args.version, gpu_precision=args.gpu_precision, training=training_info,
-                                  reproduce=reproduce, memory_from=args.memory_from)
-    if args.memory and train_memory(model_dir):
-        from training.api import finish_model_dir
-        from training.data import fixed_dev_split
-
-        finish_model_dir(model_dir, fixed_dev_split(args.sentiment_csv, args.topic_csv)[1],
-                         training=training_info, reproduce=reproduce)
-    print(json.dumps({"model_dir": str(model_dir)}), flush=True)
+    elif history_json.is_file():
+        training_info = {"history": json.loads(history_json.read_text())}
+    model, config = load_checkpoint(args.checkpoint)
+    if training_info is not None:
+        training_info.setdefault("config", dataclasses.asdict(config))
+        training_info["exported_checkpoint"] = args.checkpoint.name
+        if args.note:
+            training_info["note"] = args.note
+    _, dev = fixed_dev_split(args.sentiment_csv, args.topic_csv)
+    model_dir = _export(model, config, args.out, dev, version=args.version, tiny=config.tiny,
+                        memory_from=args.memory_from, gpu_precision=args.gpu_precision)
+    if args.memory:
+        train_memory(model_dir, args.sentiment_csv)
+    metrics = finish_model_dir(model_dir, dev, training=training_info, reproduce=reproduce,
+                               data={"sentiment_csv": str(args.sentiment_csv), "topic_csv": str(args.topic_csv),
+                                     "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}})
+    print(json.dumps({"model_dir": str(model_dir), "int8": metrics["summary_int8"]}), flush=True)
     return 0
 
 

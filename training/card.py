@@ -67,9 +67,17 @@ def write_model_card(model_dir: Path, manifest: dict[str, Any], metrics: dict[st
     if training:
         cfg = training.get("config", {})
         parts += ["## Training", "",
-                  f"Best epoch {training.get('best_epoch')} of {cfg.get('epochs')}; wall time "
-                  f"{training.get('wall_s', 0) / 60:.1f} min on 2 CPU cores "
-                  f"({training.get('train_docs_per_s', 0):.1f} training docs/s).", "",
+                  f"Exported: {training.get('exported_checkpoint', 'best epoch ' + str(training.get('best_epoch')))} "
+                  f"(schedule planned for {cfg.get('epochs')} epochs). Wall time "
+                  f"{(training.get('wall_s') or (training.get('history') or [{}])[-1].get('elapsed_s', 0)) / 60:.1f} min "
+                  "on 2 shared CPU cores.", "",
+                  *([training["note"], ""] if training.get("note") else []),
+                  "| epoch | sentiment acc | sentiment macro-F1 | topic acc | topic macro-F1 | elapsed s |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |",
+                  *[f"| {h['epoch']} | {h.get('sentiment_accuracy', 0):.4f} | {h.get('sentiment_macro_f1', 0):.4f} | "
+                    f"{h.get('topic_accuracy', 0):.4f} | {h.get('topic_macro_f1', 0):.4f} | {h.get('elapsed_s', 0):.0f} |"
+                    for h in training.get("history", [])],
+                  "", "(per-epoch rows: PyTorch fp32 on the dev split)", "",
                   "```json", __import__("json").dumps(cfg, indent=1), "```", ""]
     parts += ["## Licence", "",
               "Model weights derived from sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0); training data "
