@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 GROUP_ID = "finsent-scorer"
 ROLE = "scorer"
+#: Bytes fetched per partition per request. Above the 1 MiB client default, so a record
+#: near the broker's 1 MB limit never stalls the partition (tansu does not return an
+#: oversized first batch the way Apache Kafka does since KIP-74).
+MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 
 INSERT_DOCUMENTS = sa.text("""
     INSERT INTO documents (id, source, kind, published_at, title, text, url, author, language, entities)
@@ -121,7 +125,8 @@ class Scorer:
         classifier = retry_db(lambda: self.watcher.load_initial(), what="scorer: model lookup", stop=stop.is_set)
         metrics.MODEL_INFO.labels(version=classifier.version).set(1)
         self._producer = make_producer(self.settings, self.bootstrap)
-        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_documents])
+        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_documents],
+                                 max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES)
         self._ready = True
         log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
                  self.settings.kafka_topic_documents)
@@ -159,6 +164,11 @@ class Scorer:
                 futures.append(self._dead_letter(str(exc), record.topic, record.partition, record.offset,
                                                  record.value, record.key))
                 continue
+            if "\x00" in document.id or "\x00" in document.source:
+                futures.append(self._dead_letter("document id or source contains a NUL character", record.topic,
+                                                 record.partition, record.offset, record.value, record.key))
+                continue
+            document = _without_nul(document)
             # A document twice in one batch is scored once (ids are stable).
             parsed[document.id] = ParsedRecord(document, record.topic, record.partition, record.offset,
                                                record.value)
@@ -184,7 +194,13 @@ class Scorer:
 
         def write(batch: list[tuple[ParsedRecord, Prediction]]) -> dict[str, Any]:
             with self.engine.begin() as conn:
-                return _write_batch(conn, batch, version, latency_ms)
+                try:
+                    return _write_batch(conn, batch, version, latency_ms)
+                except sa.exc.DBAPIError:
+                    # A refused statement can leave psycopg's pipeline in a state where the
+                    # pool's reset blocks: drop the connection instead of reusing it.
+                    conn.invalidate()
+                    raise
 
         try:
             return retry_db(lambda: write(pairs), what="scorer: storing a batch", stop=stop.is_set)
@@ -244,6 +260,16 @@ class Scorer:
             except Exception as exc:  # noqa: BLE001 - kafka-python raises several types
                 raise BrokerError(f"scorer: the broker did not acknowledge a record ({exc}); "
                                   "check FINSENT_KAFKA_BOOTSTRAP") from exc
+
+
+def _without_nul(document: Document) -> Document:
+    """PostgreSQL text cannot hold NUL: drop it from the free-text fields the document
+    model does not normalise (author, url, language, entities)."""
+    fields = {name: getattr(document, name) for name in ("author", "url", "language")}
+    changes: dict[str, Any] = {k: v.replace("\x00", "") for k, v in fields.items() if v and "\x00" in v}
+    if any("\x00" in e for e in document.entities):
+        changes["entities"] = tuple(e.replace("\x00", "") for e in document.entities)
+    return document.model_copy(update=changes) if changes else document
 
 
 def _write_batch(conn: Connection, batch: list[tuple[ParsedRecord, Prediction]], version: str,
