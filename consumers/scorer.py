@@ -28,6 +28,7 @@ hot-reloads a new champion (:mod:`consumers.model_watch`).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -58,16 +59,22 @@ ROLE = "scorer"
 #: oversized first batch the way Apache Kafka does since KIP-74).
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 
+# Rows travel as one JSON document per statement: executemany costs a round trip per row.
 INSERT_DOCUMENTS = sa.text("""
     INSERT INTO documents (id, source, kind, published_at, title, text, url, author, language, entities)
-    VALUES (:id, :source, :kind, :published_at, :title, :text, :url, :author, :language, :entities)
+    SELECT id, source, kind, published_at, title, text, url, author, language, entities
+    FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(id text, source text, kind text, published_at timestamptz,
+         title text, text text, url text, author text, language text, entities text[])
     ON CONFLICT (id) DO NOTHING
 """)
 INSERT_PREDICTIONS = sa.text("""
     INSERT INTO predictions (document_id, model_version, topic_id, topic, topic_confidence, sentiment,
                              p_bearish, p_neutral, p_bullish, doc_vector, latency_ms)
-    VALUES (:document_id, :model_version, :topic_id, :topic, :topic_confidence, :sentiment,
-            :p_bearish, :p_neutral, :p_bullish, :doc_vector, :latency_ms)
+    SELECT document_id, model_version, topic_id, topic, topic_confidence, sentiment, p_bearish, p_neutral,
+           p_bullish, doc_vector, latency_ms
+    FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(document_id text, model_version text, topic_id smallint,
+         topic text, topic_confidence real, sentiment text, p_bearish real, p_neutral real, p_bullish real,
+         doc_vector real[], latency_ms real)
     ON CONFLICT (document_id, model_version) DO NOTHING
 """)
 STORED_PREDICTIONS = sa.text("""
@@ -262,6 +269,14 @@ class Scorer:
                                   "check FINSENT_KAFKA_BOOTSTRAP") from exc
 
 
+def json_text(rows: list[dict[str, Any]]) -> str:
+    """Rows for ``jsonb_to_recordset`` (floats print exactly; ``real`` rounds them as an
+    executemany parameter would). ASCII escapes, so a lone surrogate reaches PostgreSQL as
+    an escape it refuses (DataError: the row goes to the DLQ) instead of failing to encode;
+    NUL never reaches here (removed or dead-lettered first)."""
+    return json.dumps(rows)
+
+
 def _without_nul(document: Document) -> Document:
     """PostgreSQL text cannot hold NUL: drop it from the free-text fields the document
     model does not normalise (author, url, language, entities)."""
@@ -274,15 +289,16 @@ def _without_nul(document: Document) -> Document:
 
 def _write_batch(conn: Connection, batch: list[tuple[ParsedRecord, Prediction]], version: str,
                  latency_ms: float) -> dict[str, Any]:
-    conn.execute(INSERT_DOCUMENTS, [
+    conn.execute(INSERT_DOCUMENTS, {"rows": json_text([
         {
-            "id": d.id, "source": d.source, "kind": d.kind, "published_at": d.published_at, "title": d.title,
+            "id": d.id, "source": d.source, "kind": d.kind, "published_at": d.published_at.isoformat(),
+            "title": d.title,
             "text": d.text, "url": d.url, "author": d.author, "language": d.language,
             "entities": [str(e).strip().upper() for e in d.entities],
         }
         for d in (item.document for item, _ in batch)
-    ])
-    conn.execute(INSERT_PREDICTIONS, [
+    ])})
+    conn.execute(INSERT_PREDICTIONS, {"rows": json_text([
         {
             "document_id": item.document.id, "model_version": version, "topic_id": p.topic_id,
             "topic": p.topic, "topic_confidence": min(max(p.topic_confidence, 0.0), 1.0),
@@ -290,7 +306,7 @@ def _write_batch(conn: Connection, batch: list[tuple[ParsedRecord, Prediction]],
             "p_bullish": p.p_bullish, "doc_vector": list(p.doc_vector), "latency_ms": latency_ms,
         }
         for item, p in batch
-    ])
+    ])})
     rows = conn.execute(STORED_PREDICTIONS, {"model_version": version,
                                              "ids": [item.document.id for item, _ in batch]}).all()
     return {row.document_id: row for row in rows}

@@ -50,12 +50,16 @@ from pipeline.dlq import DeadLetter, send_dead_letter
 from pipeline.errors import BrokerError, InputError
 from pipeline.inference import MemoryCell, read_manifest
 from pipeline.kafka_io import make_consumer, make_producer
-from pipeline.settings import Settings
+from pipeline.settings import BatchPolicy, Settings
 
 log = logging.getLogger(__name__)
 
 GROUP_ID = "finsent-trends"
 ROLE = "trends"
+#: Trends batches are this many times the scorer's (same wait): a scored record is a few
+#: hundred bytes and cheap to apply, and one transaction per larger batch means one
+#: rewind per key where several late documents arrive together, instead of one each.
+BATCH_FACTOR = 8
 SENTIMENTS = ("bearish", "neutral", "bullish")
 
 
@@ -156,6 +160,8 @@ class Trends:
         self.group_id = group_id
         self.watcher: ModelWatcher[Memory] = ModelWatcher(settings, engine, lambda p: load_memory(p, settings), ROLE)
         self.horizon = timedelta(seconds=settings.lateness_horizon_s)
+        self.policy = BatchPolicy(max_size=min(4096, settings.batch.max_size * BATCH_FACTOR),
+                                  max_wait_ms=settings.batch.max_wait_ms)
         self._ready = False
         self._producer: Any = None
         self.applied = 0
@@ -167,13 +173,14 @@ class Trends:
     def run(self, stop: threading.Event) -> None:
         memory = retry_db(lambda: self.watcher.load_initial(), what="trends: model lookup", stop=stop.is_set)
         self._producer = make_producer(self.settings, self.bootstrap)
-        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_scored])
+        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_scored],
+                                 max_poll_records=self.policy.max_size)
         self._ready = True
         log.info("trends: memory cell of model %s on %s (lateness horizon %.0fs)", memory.version,
                  self.settings.kafka_topic_scored, self.horizon.total_seconds())
         try:
             run_consumer_loop(
-                role=ROLE, consumer=consumer, policy=self.settings.batch,
+                role=ROLE, consumer=consumer, policy=self.policy,
                 poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
                 process=lambda records: self.process(records, stop), between_batches=self.watcher.maybe_reload,
             )
@@ -227,8 +234,9 @@ class Trends:
         keys = sorted(by_key)
         initial = cell.initial_state()
         conn.execute(sa.text(
-            "INSERT INTO key_state (key, key_kind, state) VALUES (:key, :kind, :state) ON CONFLICT (key) DO NOTHING"
-        ), [{"key": k, "kind": k.split(":", 1)[0], "state": initial.tolist()} for k in keys])
+            "INSERT INTO key_state (key, key_kind, state) SELECT k, split_part(k, ':', 1), cast(:state AS real[]) "
+            "FROM unnest(cast(:keys AS text[])) AS k ON CONFLICT (key) DO NOTHING"
+        ), {"keys": keys, "state": initial.tolist()})
         rows = conn.execute(sa.text(
             "SELECT key, state, last_order_at, last_document_id, doc_count, negative_count "
             "FROM key_state WHERE key = ANY(:keys) ORDER BY key FOR UPDATE"
@@ -323,30 +331,50 @@ class Trends:
                 "negative_count": negative_count, "expected_negative_rate": float(plan.outputs[-1, 0]),
                 "surge_score": float(plan.outputs[-1, 1]), "model_version": memory.version,
             })
+        # One statement per table (rows as a JSON document): executemany costs a round
+        # trip per row, which made the writes most of the worker's time.
         if inserts:
             conn.execute(sa.text(
                 "INSERT INTO trend_points (key, event_at, document_id, sentiment, p_bearish, expected_negative_rate, "
                 "surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, topic_confidence, "
-                "doc_vector, state, model_version) VALUES (:key, :event_at, :document_id, :sentiment, :p_bearish, "
-                ":expected_negative_rate, :surge_score, :doc_count, :negative_count, :order_at, :p_neutral, "
-                ":p_bullish, :topic_confidence, :doc_vector, :state, :model_version)"
-            ), inserts)
+                "doc_vector, state, model_version) SELECT key, event_at, document_id, sentiment, p_bearish, "
+                "expected_negative_rate, surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, "
+                "topic_confidence, doc_vector, state, model_version FROM jsonb_to_recordset(cast(:rows AS jsonb)) "
+                "AS r(key text, event_at timestamptz, document_id text, sentiment text, p_bearish real, "
+                "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
+                "order_at timestamptz, p_neutral real, p_bullish real, topic_confidence real, doc_vector real[], "
+                "state real[], model_version text)"
+            ), {"rows": _json(inserts)})
         if updates:
             conn.execute(sa.text(
-                "UPDATE trend_points SET expected_negative_rate = :expected_negative_rate, surge_score = :surge_score, "
-                "doc_count = :doc_count, negative_count = :negative_count, state = :state, "
-                "model_version = :model_version WHERE key = :key AND document_id = :document_id"
-            ), updates)
+                "UPDATE trend_points t SET expected_negative_rate = r.expected_negative_rate, "
+                "surge_score = r.surge_score, doc_count = r.doc_count, negative_count = r.negative_count, "
+                "state = r.state, model_version = r.model_version "
+                "FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(key text, document_id text, "
+                "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
+                "state real[], model_version text) WHERE t.key = r.key AND t.document_id = r.document_id"
+            ), {"rows": _json(updates)})
         if ledger:
-            conn.execute(sa.text("INSERT INTO applied_documents (key, document_id) VALUES (:key, :document_id)"),
-                         ledger)
+            conn.execute(sa.text(
+                "INSERT INTO applied_documents (key, document_id) "
+                "SELECT * FROM unnest(cast(:keys AS text[]), cast(:ids AS text[]))"
+            ), {"keys": [r["key"] for r in ledger], "ids": [r["document_id"] for r in ledger]})
         conn.execute(sa.text(
-            "UPDATE key_state SET state = :state, last_event_at = :last_event_at, last_order_at = :last_order_at, "
-            "last_document_id = :last_document_id, doc_count = :doc_count, negative_count = :negative_count, "
-            "expected_negative_rate = :expected_negative_rate, surge_score = :surge_score, "
-            "model_version = :model_version, updated_at = now() WHERE key = :key"
-        ), key_updates)
+            "UPDATE key_state k SET state = r.state, last_event_at = r.last_event_at, "
+            "last_order_at = r.last_order_at, last_document_id = r.last_document_id, doc_count = r.doc_count, "
+            "negative_count = r.negative_count, expected_negative_rate = r.expected_negative_rate, "
+            "surge_score = r.surge_score, model_version = r.model_version, updated_at = now() "
+            "FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(key text, state real[], last_event_at timestamptz, "
+            "last_order_at timestamptz, last_document_id text, doc_count bigint, negative_count bigint, "
+            "expected_negative_rate real, surge_score real, model_version text) WHERE k.key = r.key"
+        ), {"rows": _json(key_updates)})
         return len(ledger)
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    """Rows for ``jsonb_to_recordset``: floats print exactly (float32 values round-trip
+    through ``real``), datetimes as ISO 8601 with their offset."""
+    return json.dumps(rows, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
 
 
 def _state_or_initial(stored: Any, cell: MemoryCell, key: str) -> np.ndarray:

@@ -34,6 +34,7 @@ HOSTILE: list[tuple[bytes | None, str]] = [
     (doc(id="h-empty", text=" \t\n \u0007 "), "text"),
     (doc(id="h-extra", surprise=True), "surprise"),
     (doc(id="h-nul-source", source="bad\u0000source"), "NUL"),
+    (doc(id="h-surrogate", author="lone \ud800 surrogate"), "author"),
 ]
 VALID = [
     doc(id="h-html", text="<b>Shares &amp; bonds</b> rally <script>alert(1)</script>"),
