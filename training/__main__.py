@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_memory(model_dir: Path, sentiment_csv: Path | None) -> bool:
+def train_memory(model_dir: Path, sentiment_csv: Path | None, quick: bool = False) -> bool:
     """Hand the model directory to the memory cell's trainer (training.memory), which
     builds its streams from the classifier's outputs on the sentiment dev rows."""
     try:
@@ -77,7 +77,7 @@ def train_memory(model_dir: Path, sentiment_csv: Path | None) -> bool:
     if sentiment_csv is None:
         logging.getLogger(__name__).warning("no sentiment CSV: the memory cell stays random-init")
         return False
-    train_memory_into(model_dir, sentiment_csv, progress=True)
+    train_memory_into(model_dir, sentiment_csv, quick=quick, progress=not quick)
     return True
 
 
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or args.work_dir / "model"
         model_dir = _export(result.model, config, out, dev, version=args.version, tiny=config.tiny, memory_from=None)
         if args.memory:
-            train_memory(model_dir, args.sentiment_csv)
+            train_memory(model_dir, args.sentiment_csv, quick=config.tiny)
         metrics = finish_model_dir(model_dir, dev, training=info, reproduce=reproduce,
                                    data={"sentiment_csv": str(args.sentiment_csv), "topic_csv": str(args.topic_csv)})
         print(json.dumps({"model_dir": str(model_dir), "int8": metrics["summary_int8"]}), flush=True)
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = _export(model, config, args.out, dev, version=args.version, tiny=config.tiny,
                         memory_from=args.memory_from, gpu_precision=args.gpu_precision)
     if args.memory:
-        train_memory(model_dir, args.sentiment_csv)
+        train_memory(model_dir, args.sentiment_csv, quick=config.tiny)
     metrics = finish_model_dir(model_dir, dev, training=training_info, reproduce=reproduce,
                                data={"sentiment_csv": str(args.sentiment_csv), "topic_csv": str(args.topic_csv),
                                      "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}})

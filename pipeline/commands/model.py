@@ -20,6 +20,18 @@ from pipeline.settings import Settings
 
 OUTPUT_COLUMNS = ("topic", "topic_confidence", "sentiment", "p_bearish", "p_neutral", "p_bullish", "model_version")
 CHUNK = 256
+#: training knobs offered by ``finsent train`` (all of TrainConfig: ``python -m training train -h``)
+TRAIN_KNOBS: tuple[tuple[str, type, str], ...] = (
+    ("--epochs", int, "passes over the training data (default 4)"),
+    ("--lr", float, "learning rate of the top encoder layer (default 8e-5)"),
+    ("--layer-decay", float, "layer-wise learning-rate decay per layer downwards (default 0.9)"),
+    ("--class-weighting", str, "none | sqrt (default none)"),
+    ("--batch-size", int, "documents per step (default 32)"),
+    ("--max-tokens", int, "tokenizer truncation (default 64)"),
+    ("--max-steps", int, "stop after this many steps"),
+    ("--threads", int, "torch threads"),
+    ("--seed", int, "random seed (default 13)"),
+)
 
 
 def register(sub: Any) -> None:
@@ -35,13 +47,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune the classifier and memory cell (needs the train extra)",
                        description="Fine-tune the classifier on the labelled CSVs (FINSENT_TRAIN_SENTIMENT_CSV / "
                        "FINSENT_TRAIN_TOPIC_CSV or the flags), export the best epoch to --out and train the "
-                       "memory cell into it. Any 'python -m training train' flag may follow.")
+                       "memory cell into it. Every knob: 'python -m training train --help'.")
     p.add_argument("--sentiment-csv", type=Path)
     p.add_argument("--topic-csv", type=Path)
     p.add_argument("--work-dir", type=Path, default=Path("runs/train"), help="checkpoints and history (default runs/train)")
     p.add_argument("--out", type=Path, help="model directory to write (default WORK_DIR/model)")
     p.add_argument("--version")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="more training flags, e.g. --epochs 3 --lr 5e-5")
+    for flag, kind, text in TRAIN_KNOBS:
+        p.add_argument(flag, type=kind, help=text)
+    p.add_argument("--tiny", action="store_true", help="random-init tiny encoder (smoke tests)")
     p.set_defaults(func=train_command)
 
     p = sub.add_parser("export", help="export a trained model to ONNX (+ int8)",
@@ -211,8 +225,13 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
         argv += ["--out", str(args.out)]
     if args.version:
         argv += ["--version", args.version]
-    extra = [a for a in (args.extra or []) if a != "--"]
-    return int(_training_module().main(argv + extra))
+    for flag, _, _ in TRAIN_KNOBS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.tiny:
+        argv.append("--tiny")
+    return int(_training_module().main(argv))
 
 
 def export_command(args: argparse.Namespace, settings: Settings) -> int:
