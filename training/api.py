@@ -47,7 +47,8 @@ def finish_model_dir(model_dir: Path, dev: HeadRows, *, training: dict[str, Any]
     export_report = json.loads((model_dir / "export_report.json").read_text()) if (model_dir / "export_report.json").exists() else {}
     manifest = json.loads((model_dir / "manifest.json").read_text())
     metrics = {"version": manifest["version"], "dev_int8": dev_metrics, "summary_int8": _summary(dev_metrics),
-               "export_parity": export_report, "training": training or {}, "data": data or {}}
+               "export_parity": export_report, "training": training or {}, "data": data or {},
+               "reproduce": reproduce}
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if "sentiment" in dev_metrics:
         plot_confusion(dev_metrics["sentiment"], SENTIMENTS, "sentiment (dev, int8)", model_dir / "confusion_sentiment.png")
