@@ -65,11 +65,12 @@ class MemoryExportError(RuntimeError):
 class MemoryNet(nn.Module):
     """A GRU cell with a few fixed-decay statistics kept beside it in the same state vector.
 
-    State layout ``[N, state_dim]``: the GRU's hidden units, then (with ``stats=True``) 7
+    State layout ``[N, state_dim]``: the GRU's hidden units, then (with ``stats=True``) 9
     running statistics of the document stream, stored as offsets from training-set priors
     so the all-zero initial state means "a typical quiet key": the slow mean and second
-    moment of p_bearish (decay 0.01), two fast means (0.1, 0.3), a CUSUM accumulator, and a
-    fast and slow mean of log1p(hours between documents) (arrival-rate change). From them
+    moment of p_bearish (decay 0.01), three fast means (0.05, 0.1, 0.3), two CUSUM
+    accumulators (k = 0.25, 0.75), and a fast and slow mean of log1p(hours between
+    documents) (arrival-rate change). From them
     the cell derives z-scores of the fast means against the key's own level, the CUSUM and
     the volume change; these feed both the GRU and the head, so the learned part starts
     from what the classical detectors know and adds what they cannot use (arrival times,
@@ -78,8 +79,12 @@ class MemoryNet(nn.Module):
     persists.
     """
 
-    N_STATS = 7
-    N_DERIVED = 6
+    FAST = (0.05, 0.1, 0.3)       # decays of the fast means of p_bearish
+    CUSUM_K = (0.25, 0.75)        # reference values of the CUSUM accumulators (in standard deviations)
+    SLOW = 0.01                   # decay of the key's own level (mean, second moment)
+    GAP_FAST, GAP_SLOW = 0.1, 0.01
+    N_STATS = 2 + len(FAST) + len(CUSUM_K) + 2
+    N_DERIVED = len(FAST) + len(CUSUM_K) + 3
 
     def __init__(self, feature_dim: int, state_dim: int = STATE_DIM, *, stats: bool = True) -> None:
         super().__init__()
@@ -106,33 +111,37 @@ class MemoryNet(nn.Module):
         )
 
     def _statistics(self, stats: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(new stats [N,7], derived [N,6]) — mirrors training.baselines' EWMA z and CUSUM."""
+        """(new stats, derived inputs) — the EWMA z-scores and CUSUMs of training.baselines,
+        at several decays, against the key's own slowly tracked level."""
         x = features[:, 0]
         first = features[:, 5]
         p_mean, p_m2, p_gap = self.prior[0], self.prior[1], self.prior[2]
+        nf, nk = len(self.FAST), len(self.CUSUM_K)
         mean = p_mean + stats[:, 0]
         m2 = p_m2 + stats[:, 1]
-        fast1 = p_mean + stats[:, 2]
-        fast2 = p_mean + stats[:, 3]
-        cusum = stats[:, 4]
-        g_fast = p_gap + stats[:, 5]
-        g_slow = p_gap + stats[:, 6]
-        fast1 = fast1 + 0.1 * (x - fast1)
-        fast2 = fast2 + 0.3 * (x - fast2)
         sd = torch.sqrt(torch.clamp(m2 - mean * mean, min=1e-4))
-        z1 = torch.clamp((fast1 - mean) / (sd * (0.1 / 1.9) ** 0.5), -8.0, 8.0)
-        z2 = torch.clamp((fast2 - mean) / (sd * (0.3 / 1.7) ** 0.5), -8.0, 8.0)
-        cusum = torch.clamp(cusum + (x - mean) / sd - 0.5, 0.0, 30.0)
-        mean = mean + 0.01 * (x - mean)
-        m2 = m2 + 0.01 * (x * x - m2)
+        new_cols: list[torch.Tensor] = []
+        derived: list[torch.Tensor] = []
+        for j, a in enumerate(self.FAST):
+            fast = p_mean + stats[:, 2 + j]
+            fast = fast + a * (x - fast)
+            new_cols.append(fast - p_mean)
+            z = torch.clamp((fast - mean) / (sd * (a / (2.0 - a)) ** 0.5), -8.0, 8.0)
+            derived.append(z / 3.0)
+        for j, k in enumerate(self.CUSUM_K):
+            c = torch.clamp(stats[:, 2 + nf + j] + (x - mean) / sd - k, 0.0, 30.0)
+            new_cols.append(c)
+            derived.append(c / 5.0)
+        g_fast = p_gap + stats[:, 2 + nf + nk]
+        g_slow = p_gap + stats[:, 3 + nf + nk]
         gap = features[:, 4] * (1.0 - first) + g_slow * first  # a key's first document has no gap
-        g_fast = g_fast + 0.1 * (gap - g_fast)
-        g_slow = g_slow + 0.01 * (gap - g_slow)
-        new_stats = torch.stack([mean - p_mean, m2 - p_m2, fast1 - p_mean, fast2 - p_mean, cusum,
-                                 g_fast - p_gap, g_slow - p_gap], dim=1)
-        derived = torch.stack([z1 / 3.0, z2 / 3.0, cusum / 5.0, (mean - p_mean) * 5.0,
-                               (g_fast - g_slow), sd * 5.0], dim=1)
-        return new_stats, derived
+        g_fast = g_fast + self.GAP_FAST * (gap - g_fast)
+        g_slow = g_slow + self.GAP_SLOW * (gap - g_slow)
+        mean = mean + self.SLOW * (x - mean)
+        m2 = m2 + self.SLOW * (x * x - m2)
+        derived += [(mean - p_mean) * 5.0, g_fast - g_slow, sd * 5.0]
+        new_stats = torch.stack([mean - p_mean, m2 - p_m2, *new_cols, g_fast - p_gap, g_slow - p_gap], dim=1)
+        return new_stats, torch.stack(derived, dim=1)
 
     def step(self, state: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step returning (new_state, negative-rate logit, surge logit): logits for the losses."""
@@ -221,7 +230,7 @@ class MemoryTrainConfig:
     tbptt: int = 100
     lr: float = 3e-3
     rate_weight: float = 1.0
-    doc_vector_dropout: float = 0.0
+    doc_vector_dropout: float = 0.5       # the doc vector overfits the training documents without it
     eval_every: int = 25
     selection_false_alarms: float = 2.0   # per 1000 quiet documents: where checkpoints are compared
     report_false_alarms: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
