@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from consumers.batching import run_consumer_loop
+from consumers.batching import FETCH_MAX_WAIT_MS, run_consumer_loop
 from consumers.model_watch import ModelWatcher
 from pipeline import metrics
 from pipeline.db import retry_db
@@ -76,6 +76,7 @@ INSERT_PREDICTIONS = sa.text("""
          topic text, topic_confidence real, sentiment text, p_bearish real, p_neutral real, p_bullish real,
          doc_vector real[], latency_ms real)
     ON CONFLICT (document_id, model_version) DO NOTHING
+    RETURNING document_id, topic_id, topic, topic_confidence, sentiment, p_bearish, p_neutral, p_bullish, doc_vector
 """)
 STORED_PREDICTIONS = sa.text("""
     SELECT document_id, topic_id, topic, topic_confidence, sentiment, p_bearish, p_neutral, p_bullish,
@@ -133,7 +134,8 @@ class Scorer:
         metrics.MODEL_INFO.labels(version=classifier.version).set(1)
         self._producer = make_producer(self.settings, self.bootstrap)
         consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_documents],
-                                 max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES)
+                                 max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+                                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         self._ready = True
         log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
                  self.settings.kafka_topic_documents)
@@ -298,7 +300,7 @@ def _write_batch(conn: Connection, batch: list[tuple[ParsedRecord, Prediction]],
         }
         for d in (item.document for item, _ in batch)
     ])})
-    conn.execute(INSERT_PREDICTIONS, {"rows": json_text([
+    inserted = conn.execute(INSERT_PREDICTIONS, {"rows": json_text([
         {
             "document_id": item.document.id, "model_version": version, "topic_id": p.topic_id,
             "topic": p.topic, "topic_confidence": min(max(p.topic_confidence, 0.0), 1.0),
@@ -306,7 +308,12 @@ def _write_batch(conn: Connection, batch: list[tuple[ParsedRecord, Prediction]],
             "p_bullish": p.p_bullish, "doc_vector": list(p.doc_vector), "latency_ms": latency_ms,
         }
         for item, p in batch
-    ])})
-    rows = conn.execute(STORED_PREDICTIONS, {"model_version": version,
-                                             "ids": [item.document.id for item, _ in batch]}).all()
-    return {row.document_id: row for row in rows}
+    ])}).all()
+    # Returned rows are the stored values; documents scored before (a redelivery) are
+    # read back so that what is forwarded is always what is stored.
+    stored = {row.document_id: row for row in inserted}
+    missing = [item.document.id for item, _ in batch if item.document.id not in stored]
+    if missing:
+        rows = conn.execute(STORED_PREDICTIONS, {"model_version": version, "ids": missing}).all()
+        stored.update({row.document_id: row for row in rows})
+    return stored
