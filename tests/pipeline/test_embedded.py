@@ -81,3 +81,40 @@ def test_missing_broker_binary_says_what_to_do(tmp_path, monkeypatch: pytest.Mon
     monkeypatch.setenv("FINSENT_TANSU_BIN", str(tmp_path / "nope"))
     with pytest.raises(BrokerError, match="FINSENT_KAFKA_BOOTSTRAP"):
         EmbeddedBroker().start()
+
+
+def test_broker_dies_with_a_killed_parent(tmp_path) -> None:
+    """kill -9 of the process that started the embedded broker leaves no orphan broker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from pipeline.embedded import EmbeddedBroker\n"
+        "b = EmbeddedBroker().start()\n"
+        "print(b._proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        broker_pid = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(broker_pid, 0)
+            except ProcessLookupError:
+                return
+            with open(f"/proc/{broker_pid}/stat") as stat:
+                if stat.read().split()[2] == "Z":
+                    return
+            time.sleep(0.1)
+        os.kill(broker_pid, signal.SIGKILL)
+        raise AssertionError("embedded broker outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.stdout.close()
