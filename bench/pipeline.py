@@ -174,6 +174,7 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--max-latency-documents", type=int, default=5000,
                         help="cap on documents offered in the latency phase")
+    parser.add_argument("--note", default="", help="a line recorded with the results (e.g. which model and why)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline")
     args = parser.parse_args()
 
@@ -214,21 +215,25 @@ def main() -> int:
         "ratio_pipeline_to_bare": round(tput["docs_per_s"] / bare, 3),
         "latency_at_half_load": lat,
         "targets": {"ratio": ">= 0.8", "p99_s_at_half_load": "< 1.0"},
+        "load_average_at_end": os.getloadavg(),
+        "note": args.note,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         "# Pipeline benchmark", "",
         f"{result['when']}, {os.cpu_count()} CPUs, model `{manifest['version']}`"
-        + (" (the TINY test model: not representative of the shipped one)" if manifest.get("tiny") else ""),
-        f", batch {base.batch.max_size} / {base.batch.max_wait_ms} ms. Command: `python bench/pipeline.py`.", "",
+        + (" (the TINY test model: not representative of the shipped one)" if manifest.get("tiny") else "")
+        + f", batch {base.batch.max_size} / {base.batch.max_wait_ms} ms. Command: `python bench/pipeline.py`.", "",
         "| measure | value | target |", "| --- | --- | --- |",
         f"| bare model | {bare:.1f} docs/s | |",
         f"| pipeline (replay → Kafka → scorer → trends → PostgreSQL) | {tput['docs_per_s']} docs/s | |",
         f"| ratio | {result['ratio_pipeline_to_bare']:.0%} | ≥ 80% |",
         f"| latency p50 at {lat['offered_docs_per_s']} docs/s offered | {lat['p50_s']} s | |",
         f"| latency p99 at {lat['offered_docs_per_s']} docs/s offered | {lat['p99_s']} s | < 1 s |", "",
-    ]
+        f"Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        "(the broker, PostgreSQL and both workers share the machine's cores).", "",
+    ] + ([args.note, ""] if args.note else [])
     args.out.with_suffix(".md").write_text("\n".join(md))
     print(json.dumps(result, indent=2))
     return 0
