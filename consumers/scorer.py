@@ -28,6 +28,7 @@ hot-reloads a new champion (:mod:`consumers.model_watch`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -219,7 +220,7 @@ class Scorer:
         stored: dict[str, Any] = {}
         for pair in pairs:
             try:
-                stored.update(retry_db(lambda p=pair: write([p]), what="scorer: storing a document",
+                stored.update(retry_db(functools.partial(write, [pair]), what="scorer: storing a document",
                                        stop=stop.is_set))
             except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
                 item = pair[0]

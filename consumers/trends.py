@@ -182,12 +182,15 @@ class Trends:
             run_consumer_loop(
                 role=ROLE, consumer=consumer, policy=self.policy,
                 poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
-                process=lambda records: self.process(records, stop), between_batches=self.watcher.maybe_reload,
+                process=lambda records: self.process(records, stop), between_batches=self._between_batches,
             )
         finally:
             self._ready = False
             consumer.close(autocommit=False)
             self._producer.close(timeout=self.settings.shutdown_grace_s)
+
+    def _between_batches(self) -> None:
+        self.watcher.maybe_reload()
 
     # -- one batch -----------------------------------------------------------------------
 

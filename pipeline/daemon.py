@@ -61,7 +61,7 @@ class Daemon:
 
     def run(self, *, install_signals: bool = True) -> int:
         """Start every role, wait for the stop, join them; returns the exit code."""
-        previous: dict[int, object] = {}
+        previous: dict[signal.Signals, object] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands.common import not_implemented
 from pipeline.settings import KafkaTimeouts, Settings
 
 log = logging.getLogger(__name__)
@@ -196,8 +195,6 @@ def run_demo(settings: Settings, *, sample: Path | None = None, timeout_s: float
     everything is applied, print what happened, the alerts the demo rules raise over the
     sample's event time (when the alert engine is installed) and the SQL to dig further."""
     import sys
-
-    import sqlalchemy as sa
 
     from pipeline.daemon import Daemon
     from pipeline.entities import load_watchlist
