@@ -15,13 +15,17 @@ redelivered to the new owner and the idempotent writes absorb them.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from kafka import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from pipeline import metrics
 from pipeline.errors import ServiceUnavailable
@@ -60,6 +64,102 @@ def poll_batch(consumer: Any, policy: BatchPolicy, stop: threading.Event, poll_t
         if stop.is_set():
             break
     return records
+
+
+class EventTimeMerge(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Reads ahead on every assigned partition and hands records out in event-time order.
+
+    kafka-python returns everything it buffered for one partition before the next one, and
+    the embedded broker answers a fetch with whole producer batches whatever the size
+    limit: a scorer with a backlog would score hundreds of one partition's documents, then
+    hundreds of the other's, and every key would see its documents far out of order (the
+    trends worker then rewinds and rewrites stored points, which cost as much CPU as the
+    model). Merging the partitions' heads by event time keeps each key nearly in order.
+
+    Offsets: only records handed out and processed are committed (explicit offsets per
+    partition, each partition's records leave in offset order); read-ahead records are
+    refetched after a restart or a rebalance (their buffers are dropped on revocation).
+    """
+
+    def __init__(self, consumer: Any, sort_key: Callable[[Any], str], read_ahead: int) -> None:
+        self.consumer = consumer
+        self.sort_key = sort_key
+        self.read_ahead = read_ahead
+        self.buffers: dict[Any, deque[tuple[str, Any]]] = {}
+        self.total = 0
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.total -= len(self.buffers.pop(tp, ()))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
+
+    def _poll(self, timeout_ms: int) -> int:
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, self.read_ahead - self.total))
+        got = 0
+        for tp, records in polled.items():
+            buffer = self.buffers.setdefault(tp, deque())
+            for record in records:
+                buffer.append((self.sort_key(record), record))
+            got += len(records)
+        self.total += got
+        return got
+
+    def _all_partitions_buffered(self) -> bool:
+        assigned = self.consumer.assignment()
+        return bool(assigned) and all(self.buffers.get(tp) for tp in assigned)
+
+    def poll_batch(self, policy: BatchPolicy, stop: threading.Event, poll_timeout_ms: int) -> list[Any]:
+        """Like :func:`poll_batch`, the records merged across partitions by event time."""
+        if self.total == 0 and self._poll(poll_timeout_ms) == 0:
+            return []
+        deadline = time.monotonic() + policy.max_wait_ms / 1000.0
+        while not stop.is_set() and self.total < self.read_ahead:
+            if self.total >= policy.max_size and self._all_partitions_buffered():
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and self.total >= 1:
+                break
+            if self._poll(max(1, min(int(remaining * 1000), 50))) == 0 and self.total >= policy.max_size:
+                break  # the other partitions have nothing right now
+        return self._take(policy.max_size)
+
+    def _take(self, n: int) -> list[Any]:
+        heads = [(buf[0][0], buf[0][1].offset, i, tp) for i, (tp, buf) in enumerate(self.buffers.items()) if buf]
+        heapq.heapify(heads)
+        out: list[Any] = []
+        while heads and len(out) < n:
+            _, _, i, tp = heapq.heappop(heads)
+            buffer = self.buffers[tp]
+            out.append(buffer.popleft()[1])
+            if buffer:
+                heapq.heappush(heads, (buffer[0][0], buffer[0][1].offset, i, tp))
+        self.total -= len(out)
+        return out
+
+    def commit(self, records: list[Any], role: str) -> bool:
+        offsets: dict[Any, Any] = {}
+        for record in records:
+            tp = _partition_of(record)
+            if tp not in offsets or offsets[tp].offset <= record.offset:
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, None, -1)
+        try:
+            self.consumer.commit(offsets=offsets)
+            return True
+        except CommitFailedError as exc:
+            log.warning("%s: offset commit refused after a rebalance (%s); the batch will be "
+                        "redelivered and absorbed by idempotent writes", role, exc)
+            return False
+        except KafkaError as exc:
+            log.warning("%s: offset commit failed (%s); the batch may be redelivered", role, exc)
+            return False
+
+
+def _partition_of(record: Any) -> Any:
+    from kafka.structs import TopicPartition
+
+    return TopicPartition(record.topic, record.partition)
 
 
 def commit(consumer: Any, role: str) -> bool:
@@ -111,7 +211,8 @@ class LagReporter:
 
 def run_consumer_loop(*, role: str, consumer: Any, policy: BatchPolicy, poll_timeout_ms: int,
                       stop: threading.Event, process: Callable[[list[Any]], None],
-                      between_batches: Callable[[], None] | None = None) -> None:
+                      between_batches: Callable[[], None] | None = None,
+                      merge: EventTimeMerge | None = None) -> None:
     """Poll, process, commit until ``stop`` is set; then return (the caller closes the
     consumer). ``process`` raising ``ServiceUnavailable`` while stopping means the batch
     was not stored: it is left uncommitted for redelivery."""
@@ -119,7 +220,10 @@ def run_consumer_loop(*, role: str, consumer: Any, policy: BatchPolicy, poll_tim
     while not stop.is_set():
         if between_batches is not None:
             between_batches()
-        records = poll_batch(consumer, policy, stop, poll_timeout_ms)
+        if merge is not None:
+            records = merge.poll_batch(policy, stop, poll_timeout_ms)
+        else:
+            records = poll_batch(consumer, policy, stop, poll_timeout_ms)
         if not records:
             lag.maybe_update(consumer)
             continue
@@ -132,7 +236,10 @@ def run_consumer_loop(*, role: str, consumer: Any, policy: BatchPolicy, poll_tim
                             "and will be redelivered", role, exc)
                 return
             raise
-        commit(consumer, role)
+        if merge is not None:
+            merge.commit(records, role)
+        else:
+            commit(consumer, role)
         metrics.BATCHES.labels(role=role).inc()
         metrics.BATCH_LATENCY.labels(role=role).observe(time.perf_counter() - started)
         lag.maybe_update(consumer)

@@ -40,7 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from consumers.batching import FETCH_MAX_WAIT_MS, run_consumer_loop
+from consumers.batching import FETCH_MAX_WAIT_MS, EventTimeMerge, run_consumer_loop
 from consumers.model_watch import ModelWatcher
 from pipeline import metrics
 from pipeline.db import retry_db
@@ -59,6 +59,9 @@ ROLE = "scorer"
 #: near the broker's 1 MB limit never stalls the partition (tansu does not return an
 #: oversized first batch the way Apache Kafka does since KIP-74).
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
+#: Records buffered ahead across partitions to merge them by event time (see
+#: consumers.batching.EventTimeMerge): about one embedded-broker fetch response.
+READ_AHEAD = 2000
 
 # Rows travel as one JSON document per statement: executemany costs a round trip per row.
 INSERT_DOCUMENTS = sa.text("""
@@ -137,6 +140,8 @@ class Scorer:
         consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_documents],
                                  max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
                                  fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+        merge = EventTimeMerge(consumer, _event_time_key, read_ahead=max(READ_AHEAD, 4 * self.settings.batch.max_size))
+        consumer.subscribe([self.settings.kafka_topic_documents], listener=merge)
         self._ready = True
         log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
                  self.settings.kafka_topic_documents)
@@ -145,6 +150,7 @@ class Scorer:
                 role=ROLE, consumer=consumer, policy=self.settings.batch,
                 poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
                 process=lambda records: self.process(records, stop), between_batches=self._between_batches,
+                merge=merge,
             )
         finally:
             self._ready = False
@@ -270,6 +276,16 @@ class Scorer:
             except Exception as exc:  # noqa: BLE001 - kafka-python raises several types
                 raise BrokerError(f"scorer: the broker did not acknowledge a record ({exc}); "
                                   "check FINSENT_KAFKA_BOOTSTRAP") from exc
+
+
+def _event_time_key(record: Any) -> str:
+    """The document's published time as written by the producers (UTC ISO 8601, which
+    sorts as text); "" for a record that is not a document (it goes out first, to the DLQ)."""
+    try:
+        value = json.loads(record.value)
+        return str(value.get("published_at") or "") if isinstance(value, dict) else ""
+    except (TypeError, ValueError):
+        return ""
 
 
 def json_text(rows: list[dict[str, Any]]) -> str:
