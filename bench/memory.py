@@ -23,6 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, bench/ is sys.path[0] and bench/pipeline.py would shadow the package.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(ROOT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,9 +134,10 @@ def classifier_feature_bank(model_dir: Path, rows: Sequence[tuple[str, int]], *,
     cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "finsent" / "memory_features"
     safe_version = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(manifest["version"]))
     cache = cache_dir / f"{safe_version}-{digest}.npz"
+    source = f"classifier {manifest['version']} ({model_dir})"
     if cache.exists():
         try:
-            return FeatureBank.load(cache)
+            return replace(FeatureBank.load(cache), source=source)
         except Exception as exc:  # noqa: BLE001 - a torn cache file is rebuilt, not fatal
             log.warning("ignoring unreadable feature cache %s: %s", cache, exc)
     settings = settings or load_settings(execution_providers=["CPUExecutionProvider"])
@@ -150,7 +151,7 @@ def classifier_feature_bank(model_dir: Path, rows: Sequence[tuple[str, int]], *,
         probs=np.array([[p.p_bearish, p.p_neutral, p.p_bullish] for p in preds], dtype=np.float32),
         topic_confidence=np.array([p.topic_confidence for p in preds], dtype=np.float32),
         doc_vectors=np.array([p.doc_vector for p in preds], dtype=np.float32).reshape(len(preds), -1),
-        source=f"classifier {manifest['version']} ({model_dir})",
+        source=source,
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
