@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 GROUP_ID = "finsent-trends"
 ROLE = "trends"
-#: Trends batches are this many times the scorer's (same wait): a scored record is a few
+#: Trends batches are this many times the scorer's: a scored record is a few
 #: hundred bytes and cheap to apply, and one transaction per larger batch means one
 #: rewind per key where several late documents arrive together, instead of one each.
 BATCH_FACTOR = 32
@@ -160,8 +160,10 @@ class Trends:
         self.group_id = group_id
         self.watcher: ModelWatcher[Memory] = ModelWatcher(settings, engine, lambda p: load_memory(p, settings), ROLE)
         self.horizon = timedelta(seconds=settings.lateness_horizon_s)
+        # A quarter of the scorer's wait: under a backlog batches fill at once anyway, and
+        # at steady load the scorer has already waited for its batch once.
         self.policy = BatchPolicy(max_size=min(4096, settings.batch.max_size * BATCH_FACTOR),
-                                  max_wait_ms=settings.batch.max_wait_ms)
+                                  max_wait_ms=max(1, settings.batch.max_wait_ms // 4))
         self._ready = False
         self._producer: Any = None
         self.applied = 0
