@@ -8,9 +8,11 @@ idempotent writes (scorer) or the applied-documents ledger (trends).
 
 Rebalances: the batch in hand is always finished and committed before the next ``poll``,
 and partitions are only revoked inside ``poll``; so a revoked partition never has
-processed-but-uncommitted records. When a commit nevertheless fails (the group moved on
-while PostgreSQL was down for longer than ``max_poll_interval_ms``) the records are
-redelivered to the new owner and the idempotent writes absorb them.
+processed-but-uncommitted records (records read ahead by :class:`EventTimeMerge` and not
+yet processed are dropped on revocation and refetched by the new owner). When a commit
+nevertheless fails (the group moved on while PostgreSQL was down for longer than
+``max_poll_interval_ms``) the records are redelivered and the idempotent writes absorb them.
+The lag gauge counts from the consumer position, so records read ahead count as consumed.
 """
 
 from __future__ import annotations

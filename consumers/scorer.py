@@ -14,7 +14,10 @@ group ``finsent-scorer``:
    carries the same numbers whatever batch it was re-scored in;
 4. produce one record per key (``topic:<name>``, ``entity:<TICKER>``) to the scored Kafka
    topic, keyed by the key so one trends worker owns each key; flush;
-5. only then commit the offsets.
+5. only then commit the offsets of the records processed.
+
+Partitions are merged by event time (:class:`consumers.batching.EventTimeMerge`) so that
+a scorer working off a backlog forwards each key's documents nearly in event-time order.
 
 Delivery: at-least-once from Kafka plus idempotent writes, so a crash at any step either
 redoes the batch harmlessly or finds it done. PostgreSQL down: the transaction is retried
