@@ -175,6 +175,27 @@ def detection_curve(streams: Sequence[Stream], scores: np.ndarray,
     return points
 
 
+def surge_delays(streams: Sequence[Stream], scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Delay in documents of every surge (in :func:`_surge_table` order) at ``threshold``;
+    a miss counts the surge's whole labelled length."""
+    alarm = np.asarray(scores) > threshold
+    sb, so, se = _surge_table(streams)
+    out = np.empty(len(sb))
+    for n, (b, on, end) in enumerate(zip(sb, so, se, strict=True)):
+        idx = np.flatnonzero(alarm[b, on:end])
+        out[n] = idx[0] if idx.size else end - on
+    return out
+
+
+def surge_kinds(streams: Sequence[Stream]) -> dict[str, np.ndarray]:
+    """Boolean masks over all surges (in :func:`_surge_table` order) by onset and size."""
+    surges = [s for st in streams for s in st.surges]
+    ramp = np.array([s.ramp_up > 0 for s in surges], dtype=bool)
+    large = np.array([s.lift >= 0.3 for s in surges], dtype=bool)
+    return {"step onset": ~ramp, "ramp onset": ramp,
+            "small (+12-30 points)": ~large, "large (+30-55 points)": large}
+
+
 def delay_at_false_alarm(curve: Sequence[CurvePoint], target: float) -> CurvePoint | None:
     """The fastest operating point whose false-alarm rate is at most ``target`` per 1000
     quiet documents (None when no threshold is that quiet)."""

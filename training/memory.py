@@ -42,6 +42,8 @@ from training.baselines import (
     input_prior,
     point_dict,
     run_detector,
+    surge_delays,
+    surge_kinds,
 )
 from training.simulate import (
     FeatureBank,
@@ -415,11 +417,21 @@ def compare_detectors(train_streams: Sequence[Stream], eval_sets: dict[str, Sequ
                 row[f"delay_ratio_vs_{name}"] = (m["mean_delay_docs"] / b["mean_delay_docs"]
                                                  if m and b and b["mean_delay_docs"] > 0 else None)
             table.append(row)
+        breakdown: dict[str, dict[str, float]] = {}
+        kinds = surge_kinds(streams)
+        for name, curve in curves.items():
+            point = delay_at_false_alarm(curve, config.selection_false_alarms)
+            if point is None:
+                continue
+            scores_ = memory_scores[set_name] if name == "memory" else run_detector(tuned[name], streams, prior)
+            delays = surge_delays(streams, scores_, point.threshold)
+            breakdown[name] = {kind: float(delays[mask].mean()) for kind, mask in kinds.items() if mask.any()}
         n_surges = sum(len(s.surges) for s in streams)
         result["sets"][set_name] = {
             "streams": len(streams), "documents": int(sum(len(s.labels) for s in streams)),
             "quiet_documents": int(sum(int(s.quiet.sum()) for s in streams)), "surges": n_surges,
             "table": table,
+            "breakdown_at_selection_false_alarms": breakdown,
             "curves": {name: [asdict(p) for p in curve] for name, curve in curves.items()},
         }
     return result
@@ -490,6 +502,14 @@ def report_markdown(result: dict) -> str:
                 r = row[f"delay_ratio_vs_{n}"]
                 cells.append("—" if r is None else f"{r:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
+        bd = data.get("breakdown_at_selection_false_alarms") or {}
+        if bd:
+            fa = (result.get("config") or {}).get("selection_false_alarms", 2.0)
+            kinds = list(next(iter(bd.values())))
+            lines += ["", f"Mean delay (documents) by kind of surge at {fa:g} false alarms per 1000 quiet documents:", "",
+                      "| detector | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+            for name, row in bd.items():
+                lines.append(f"| {name} | " + " | ".join(f"{row.get(k, float('nan')):.1f}" for k in kinds) + " |")
     lines += ["", "Expected negative rate, mean absolute error vs the true rate: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in result["rate_error"].items()), ""]
     lines.append(f"Verdict: {result['verdict']}")

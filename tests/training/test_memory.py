@@ -70,4 +70,5 @@ def test_memory_trained_briefly_on_synthetic_streams_exports_and_reports(tmp_pat
     table = result["sets"]["held-out streams"]["table"]
     assert [row["false_alarms_per_1000"] for row in table] == [0.5, 1.0, 2.0, 5.0, 10.0]
     assert {"memory", "ewma_z", "cusum"} <= set(table[-1])
+    assert set(result["sets"]["held-out streams"]["breakdown_at_selection_false_alarms"]) <= {"memory", "ewma_z", "cusum"}
     assert "Verdict" in (tmp_path / "memory_report.md").read_text()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.baselines import Cusum, EwmaZ, delay_at_false_alarm, detection_curve
+from training.baselines import (
+    Cusum,
+    EwmaZ,
+    delay_at_false_alarm,
+    detection_curve,
+    surge_delays,
+    surge_kinds,
+)
 from training.simulate import Stream, Surge
 
 
@@ -47,3 +54,6 @@ def test_scoring_counts_alarm_episodes_on_quiet_documents_and_misses_at_full_len
     assert point.mean_delay_docs == 10 and point.mean_delay_hours == 10 and point.detected == 1.0
     (missed,) = detection_curve([stream], scores, thresholds=[6.0])
     assert missed.false_alarms_per_1000 == 0 and missed.detected == 0.0 and missed.mean_delay_docs == 50
+    assert surge_delays([stream], scores, 1.0).tolist() == [10.0]
+    assert surge_delays([stream], scores, 6.0).tolist() == [50.0]
+    assert {k: m.tolist() for k, m in surge_kinds([stream]).items()}["step onset"] == [True]
