@@ -72,3 +72,17 @@ def test_memory_trained_briefly_on_synthetic_streams_exports_and_reports(tmp_pat
     assert {"memory", "ewma_z", "cusum"} <= set(table[-1])
     assert set(result["sets"]["held-out streams"]["breakdown_at_selection_false_alarms"]) <= {"memory", "ewma_z", "cusum"}
     assert "Verdict" in (tmp_path / "memory_report.md").read_text()
+
+
+def test_memory_training_is_deterministic_for_a_seed() -> None:
+    from training.memory import MemoryTrainConfig, train_memory
+    from training.simulate import simulate_streams, synthetic_feature_bank
+
+    config = MemoryTrainConfig.quick(seed=3)
+    bank = synthetic_feature_bank(n=200, doc_vector_dim=4, seed=0)
+    streams = simulate_streams(bank, 8, seed=1, config=config.sim)
+    val = simulate_streams(bank, 4, seed=2, config=config.sim)
+    a, _ = train_memory(streams, val, config)
+    b, _ = train_memory(streams, val, config)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
