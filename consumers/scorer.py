@@ -36,20 +36,21 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from consumers.batching import FETCH_MAX_WAIT_MS, EventTimeMerge, run_consumer_loop
+from consumers.batching import FETCH_MAX_WAIT_MS, EventTimeMerge, LagReporter
 from consumers.model_watch import ModelWatcher
 from pipeline import metrics
 from pipeline.db import retry_db
 from pipeline.dlq import DeadLetter, send_dead_letter
 from pipeline.documents import Document
-from pipeline.errors import BrokerError, InputError
+from pipeline.errors import BrokerError, InputError, ServiceUnavailable
 from pipeline.inference import Classifier, Prediction
 from pipeline.kafka_io import json_bytes, make_consumer, make_producer
 from pipeline.settings import Settings
@@ -104,6 +105,10 @@ def keys_of(topic: str, entities: tuple[str, ...] | list[str]) -> list[str]:
     return keys
 
 
+class _StoppedUnstored(Exception):
+    """Internal: stopping while a batch could not be stored (it stays uncommitted)."""
+
+
 @dataclass(frozen=True)
 class ParsedRecord:
     document: Document
@@ -111,6 +116,19 @@ class ParsedRecord:
     partition: int
     offset: int
     raw: bytes
+
+
+@dataclass
+class ScoredBatch:
+    """One micro-batch between classification and storage."""
+
+    records: list[Any]
+    version: str
+    items: list[ParsedRecord] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
+    latency_ms: float = 0.0
+    futures: list[Any] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
 
 
 class Scorer:
@@ -149,16 +167,55 @@ class Scorer:
         log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
                  self.settings.kafka_topic_documents)
         try:
-            run_consumer_loop(
-                role=ROLE, consumer=consumer, policy=self.settings.batch,
-                poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
-                process=lambda records: self.process(records, stop), between_batches=self._between_batches,
-                merge=merge,
-            )
+            self._loop(consumer, merge, stop)
         finally:
             self._ready = False
             consumer.close(autocommit=False)
             self._producer.close(timeout=self.settings.shutdown_grace_s)
+
+    def _loop(self, consumer: Any, merge: EventTimeMerge, stop: threading.Event) -> None:
+        """Poll, classify batch n+1 while a helper thread stores and forwards batch n;
+        commit batch n's offsets (on this thread: the consumer is not thread-safe) once it
+        is stored and forwarded. At most one batch is in the helper at a time, so the
+        scored topic receives batches in order."""
+        lag = LagReporter(ROLE)
+        pending: tuple[ScoredBatch, Future[None]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-scorer-store") as helper:
+            try:
+                while not stop.is_set():
+                    self._between_batches()
+                    records = merge.poll_batch(self.settings.batch, stop, self.settings.kafka.poll_timeout_ms)
+                    if not records:
+                        if pending is not None:
+                            self._complete(pending, merge, stop)
+                            pending = None
+                        lag.maybe_update(consumer)
+                        continue
+                    batch = self.prepare(records)
+                    if pending is not None:
+                        self._complete(pending, merge, stop)
+                    pending = (batch, helper.submit(self.finish, batch, stop))
+                    lag.maybe_update(consumer)
+                if pending is not None:
+                    self._complete(pending, merge, stop)
+                    pending = None
+            except _StoppedUnstored:
+                return
+
+    def _complete(self, pending: tuple[ScoredBatch, Future[None]], merge: EventTimeMerge,
+                  stop: threading.Event) -> None:
+        batch, future = pending
+        try:
+            future.result()
+        except ServiceUnavailable as exc:
+            if stop.is_set():
+                log.warning("scorer: stopping with a batch not stored (%s); it stays uncommitted and "
+                            "will be redelivered", exc)
+                raise _StoppedUnstored() from exc
+            raise
+        merge.commit(batch.records, ROLE)
+        metrics.BATCHES.labels(role=ROLE).inc()
+        metrics.BATCH_LATENCY.labels(role=ROLE).observe(time.perf_counter() - batch.started)
 
     def _between_batches(self) -> None:
         old = self.watcher.model
@@ -170,9 +227,14 @@ class Scorer:
 
     def process(self, records: list[Any], stop: threading.Event) -> None:
         """Score, store and forward one batch; raises only when the batch is not stored."""
+        self.finish(self.prepare(records), stop)
+
+    def prepare(self, records: list[Any]) -> ScoredBatch:
+        """Parse and classify (dead letters are sent, not yet flushed). CPU-bound: the
+        loop runs it while the previous batch is being stored and forwarded."""
         classifier = self.watcher.model
         assert classifier is not None
-        futures: list[Any] = []
+        batch = ScoredBatch(records=records, version=classifier.version)
         parsed: dict[str, ParsedRecord] = {}
         for record in records:
             try:
@@ -180,30 +242,38 @@ class Scorer:
                     raise InputError("record has no value (tombstone)")
                 document = Document.from_json_bytes(record.value)
             except InputError as exc:
-                futures.append(self._dead_letter(str(exc), record.topic, record.partition, record.offset,
-                                                 record.value, record.key))
+                batch.futures.append(self._dead_letter(str(exc), record.topic, record.partition, record.offset,
+                                                       record.value, record.key))
                 continue
             if "\x00" in document.id or "\x00" in document.source:
-                futures.append(self._dead_letter("document id or source contains a NUL character", record.topic,
-                                                 record.partition, record.offset, record.value, record.key))
+                batch.futures.append(self._dead_letter("document id or source contains a NUL character",
+                                                       record.topic, record.partition, record.offset,
+                                                       record.value, record.key))
                 continue
             document = _without_nul(document)
             # A document twice in one batch is scored once (ids are stable).
             parsed[document.id] = ParsedRecord(document, record.topic, record.partition, record.offset,
                                                record.value)
         if parsed:
-            items = list(parsed.values())
+            batch.items = list(parsed.values())
             started = time.perf_counter()
-            predictions = classifier.classify([p.document.content for p in items])
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            stored = self._store(items, predictions, classifier.version, latency_ms, stop, futures)
-            for item in items:
+            batch.predictions = classifier.classify([p.document.content for p in batch.items])
+            batch.latency_ms = (time.perf_counter() - started) * 1000.0
+        return batch
+
+    def finish(self, batch: ScoredBatch, stop: threading.Event) -> None:
+        """Store (one transaction), forward one record per key, flush. Raises
+        ServiceUnavailable when stopping with the batch not stored."""
+        if batch.items:
+            stored = self._store(batch.items, batch.predictions, batch.version, batch.latency_ms, stop,
+                                 batch.futures)
+            for item in batch.items:
                 row = stored.get(item.document.id)
                 if row is not None:
-                    futures.extend(self._forward(item.document, row, classifier.version))
+                    batch.futures.extend(self._forward(item.document, row, batch.version))
             self.documents_scored += len(stored)
             metrics.DOCUMENTS_SCORED.inc(len(stored))
-        self._flush(futures)
+        self._flush(batch.futures)
 
     def _store(self, items: list[ParsedRecord], predictions: list[Prediction], version: str, latency_ms: float,
                stop: threading.Event, futures: list[Any]) -> dict[str, Any]:
