@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from pipeline.cli import main
 from pipeline.documents import Document
-from pipeline.embedded import EmbeddedBroker
+from pipeline.embedded import EmbeddedBroker, ensure_kafka_topics
 from pipeline.entities import Watchlist
 from pipeline.kafka_io import make_producer
 from pipeline.producers.base import DocumentProducer
@@ -173,7 +173,10 @@ def test_rss_and_atom_entries_become_documents_with_guid_ids_and_published_times
         settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer) -> None:
     feed_server.feeds["/rss.xml"] = Feed(rss_feed(FIRST))
     feed_server.feeds["/atom.xml"] = Feed(atom_feed(FIRST[:2]), content_type="application/atom+xml")
-    s = quick(settings)
+    # One partition, so the order read back is the order the poller sent.
+    single = settings.kafka_topic_documents + ".single"
+    ensure_kafka_topics(settings.kafka_bootstrap or "", [single], partitions=1)
+    s = quick(settings.model_copy(update={"kafka_topic_documents": single}))
     urls = [feed_server.url("/rss.xml"), feed_server.url("/atom.xml")]
     watchlist = Watchlist.from_mapping({"BA": ["Boeing"], "AAPL": ["Apple"]})
     with DocumentProducer(s, s.kafka_bootstrap or "", stage="ingest:rss", watchlist=watchlist) as producer:
