@@ -169,8 +169,8 @@ def latency(settings: Settings, engine: sa.engine.Engine, docs: list[Document], 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="default: FINSENT_MODEL_DIR or models/")
-    parser.add_argument("--documents", type=int, default=3000, help="documents for the throughput phase")
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--documents", type=int, default=4000, help="documents for the throughput phase")
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--max-latency-documents", type=int, default=5000,
                         help="cap on documents offered in the latency phase")
     parser.add_argument("--note", default="", help="a line recorded with the results (e.g. which model and why)")
