@@ -115,7 +115,7 @@ def _read_rows(path: Path, fmt: str, text_column: str) -> tuple[list[str], Itera
                     continue
                 try:
                     record = json.loads(line)
-                except ValueError as exc:
+                except json.JSONDecodeError as exc:
                     raise InputError(f"{path} line {number} is not valid JSON ({exc.msg})") from None
                 if not isinstance(record, dict):
                     raise InputError(f"{path} line {number} is not a JSON object")
