@@ -141,21 +141,13 @@ class EventTimeMerge(ConsumerRebalanceListener):  # type: ignore[misc]
         return out
 
     def commit(self, records: list[Any], role: str) -> bool:
+        """Commit the offsets just past ``records`` (per partition), not the read-ahead."""
         offsets: dict[Any, Any] = {}
         for record in records:
             tp = _partition_of(record)
             if tp not in offsets or offsets[tp].offset <= record.offset:
                 offsets[tp] = OffsetAndMetadata(record.offset + 1, None, -1)
-        try:
-            self.consumer.commit(offsets=offsets)
-            return True
-        except CommitFailedError as exc:
-            log.warning("%s: offset commit refused after a rebalance (%s); the batch will be "
-                        "redelivered and absorbed by idempotent writes", role, exc)
-            return False
-        except KafkaError as exc:
-            log.warning("%s: offset commit failed (%s); the batch may be redelivered", role, exc)
-            return False
+        return commit(self.consumer, role, offsets)
 
 
 def _partition_of(record: Any) -> Any:
@@ -164,13 +156,16 @@ def _partition_of(record: Any) -> Any:
     return TopicPartition(record.topic, record.partition)
 
 
-def commit(consumer: Any, role: str) -> bool:
-    """Commit the consumer's positions (everything polled has been processed).
+def commit(consumer: Any, role: str, offsets: dict[Any, Any] | None = None) -> bool:
+    """Commit ``offsets`` (default: the consumer's positions, i.e. everything polled).
 
     False when the group rebalanced under us: the records will be redelivered to their
     new owner, which is harmless because every write downstream is idempotent."""
     try:
-        consumer.commit()
+        if offsets is None:
+            consumer.commit()
+        else:
+            consumer.commit(offsets=offsets)
         return True
     except CommitFailedError as exc:
         log.warning("%s: offset commit refused after a rebalance (%s); the batch will be "
