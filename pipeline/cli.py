@@ -13,8 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pipeline.commands import core, ingest, model, retrain, stream
 from pipeline.commands import alerts as alerts_commands
+from pipeline.commands import core, ingest, model, retrain, stream
 from pipeline.errors import FinsentError
 
 GROUPS = (core, stream, ingest, model, retrain, alerts_commands)

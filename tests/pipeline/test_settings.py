@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.errors import ConfigurationError
 from pipeline.settings import load_settings
@@ -51,5 +52,5 @@ def test_flag_override_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch
 
 def test_settings_are_frozen() -> None:
     s = load_settings()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.http_port = 1  # type: ignore[misc]
