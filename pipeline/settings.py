@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     train_topic_csv: Path | None = Field(None, description="labelled topic training CSV (text,label)")
     retrain_promote_margin: float = Field(0.005, ge=0, description="challenger may be this much worse in macro-F1 and still win")
     retrain_max_recall_drop: float = Field(0.05, ge=0, description="no class's recall may drop more than this")
+    retrain_distill: bool = Field(
+        True, description="the champion teaches the challenger: its predictions label the head each "
+        "training row has no gold label for (self-distillation; see training/distill.py)")
     retrain_misfire_grace_s: int = Field(
         3600, ge=1, description="a scheduled retraining missed while the scheduler was down still runs (once) "
         "if the scheduler is back within this many seconds; later, it waits for the next slot")

@@ -103,6 +103,9 @@ class Example:
     ids: list[int]
     topic: int
     sentiment: int  # model order (bearish, neutral, bullish) or IGNORE
+    #: a teacher's distribution for a head without a gold label (``training.distill``)
+    topic_soft: tuple[float, ...] | None = None
+    sentiment_soft: tuple[float, ...] | None = None
 
 
 def build_examples(tokenizer: object, rows: HeadRows, max_tokens: int) -> list[Example]:

@@ -45,7 +45,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,16 @@ def _config_json(config: Any) -> dict[str, Any]:
         return {"repr": repr(config)}
 
 
+def with_champion_teacher(config: Any, champion: registry.ModelVersion | None, settings: Settings) -> Any:
+    """``config`` with the champion as its distillation teacher, when ``retrain_distill`` is
+    on, a champion exists and the config names no teacher of its own. A challenger trained
+    on the champion's soft labels starts from what the champion knows, so a short run on
+    new feedback no longer loses to it just for being short."""
+    if not settings.retrain_distill or champion is None or getattr(config, "teacher", None):
+        return config
+    return replace(config, teacher=str(champion.path))
+
+
 def _read_history(model_dir: Path) -> list[dict[str, Any]]:
     """Per-epoch history the training code left in the model directory, if any."""
     for name in ("history.json", "metrics.json"):
@@ -355,9 +365,12 @@ def _run_locked(settings: Settings, engine: Engine, trigger: str, config: Any | 
     champion_metrics: dict[str, Any] | None = None
     try:
         champion = resolve_champion(engine, settings)
+        config = with_champion_teacher(config, champion, settings)
         with engine.begin() as conn:
-            conn.execute(sa.text("update training_runs set champion_version = :v where id = :i"),
-                         {"v": champion.version if champion else None, "i": run_id})
+            conn.execute(sa.text("update training_runs set champion_version = :v, config = cast(:c as jsonb) "
+                                 "where id = :i"),
+                         {"v": champion.version if champion else None, "i": run_id,
+                          "c": json.dumps(_config_json(config), default=str)})
         s_csv, t_csv = settings.train_sentiment_csv, settings.train_topic_csv
         feedback = feedback_rows(engine)
         if not s_csv and not t_csv:

@@ -49,6 +49,9 @@ class TrainConfig:
     sentiment_loss_weight: float = 1.0
     label_smoothing: float = 0.0
     tasks: str = "both"               # "both" | "sentiment" | "topic" (ablations)
+    teacher: str = ""                 # model dir(s), comma-separated: soft labels for the unlabelled head
+    distill_weight: float = 1.0       # weight of the soft (teacher) loss of each head
+    distill_temperature: float = 1.0
     max_steps: int | None = None      # stop after this many steps (tests, throughput checks)
     time_budget_s: float | None = None  # stop the epoch loop when this is spent
     eval_batch_size: int = 64
@@ -96,6 +99,29 @@ def collate(batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor, torch
     topic = torch.tensor([e.topic for e in batch], dtype=torch.long)
     sentiment = torch.tensor([e.sentiment for e in batch], dtype=torch.long)
     return ids, mask, topic, sentiment
+
+
+def collate_soft(batch: Sequence[Example], head: str, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(rows, targets)``: the rows of ``batch`` that carry a teacher distribution for
+    ``head`` ("topic" or "sentiment") and those distributions; None when no row does."""
+    rows, targets = [], []
+    for i, e in enumerate(batch):
+        soft = e.topic_soft if head == "topic" else e.sentiment_soft
+        if soft is not None:
+            if len(soft) != k:
+                raise ValueError(f"a {head} teacher distribution has {len(soft)} classes, the head {k}")
+            rows.append(i)
+            targets.append(soft)
+    if not rows:
+        return None
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(targets, dtype=torch.float32)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy against a teacher distribution (already at ``temperature``), scaled
+    by T² so its gradient keeps the size of a hard-label loss (Hinton et al.)."""
+    log_p = torch.log_softmax(logits / temperature, dim=1)
+    return -(targets * log_p).sum(dim=1).mean() * temperature ** 2
 
 
 def _class_weights(labels: Sequence[int], k: int, mode: str) -> torch.Tensor | None:
@@ -193,6 +219,12 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
     dev_ex = build_examples(tok, dev_rows, config.max_tokens)
     if not train_ex:
         raise ValueError("no training rows: give a sentiment and/or a topic CSV")
+    if config.teacher:
+        from training.distill import attach_teacher
+
+        teachers = [Path(p.strip()) for p in config.teacher.split(",") if p.strip()]
+        train_ex = attach_teacher(train_ex, train_rows, teachers, config.distill_temperature,
+                                  cache_dir=work_dir)
     model = build_model(tiny=config.tiny, seed=config.seed, dropout=config.dropout)
     model.train()
     rng = random.Random(config.seed)
@@ -230,6 +262,14 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
                 loss = loss + topic_loss(t_logits, topic_y)
             if (sent_y != IGNORE).any():
                 loss = loss + config.sentiment_loss_weight * sent_loss(s_logits, sent_y)
+            if config.teacher:
+                for head, logits, k, weight in (("topic", t_logits, len(TOPICS), 1.0),
+                                                ("sentiment", s_logits, len(SENTIMENTS), config.sentiment_loss_weight)):
+                    soft = collate_soft(batch, head, k)
+                    if soft is not None:
+                        rows_i, targets = soft
+                        loss = loss + weight * config.distill_weight * soft_cross_entropy(
+                            logits[rows_i], targets, config.distill_temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

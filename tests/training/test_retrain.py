@@ -12,6 +12,7 @@ few dozen steps learns it and one trained a single step does not: that is what m
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -126,6 +127,20 @@ def good_model_dir(easy_data: tuple[Path, Path], tmp_path_factory: pytest.TempPa
                             topic_csv=easy_data[1], config=tiny_config(GOOD_STEPS), version="good-champion")
 
 
+def test_champion_teaches_the_challenger_unless_switched_off_or_the_config_names_a_teacher(
+        settings: Settings, tmp_path: Path) -> None:
+    from training.retrain import with_champion_teacher
+
+    champion = registry.ModelVersion(version="v1", status="champion", path=tmp_path / "v1", metrics={})
+    config = tiny_config(1)
+    assert with_champion_teacher(config, champion, settings).teacher == str(tmp_path / "v1")
+    assert with_champion_teacher(config, None, settings).teacher == ""
+    off = settings.model_copy(update={"retrain_distill": False})
+    assert with_champion_teacher(config, champion, off).teacher == ""
+    own_teacher = dataclasses.replace(config, teacher="/elsewhere")
+    assert with_champion_teacher(own_teacher, champion, settings).teacher == "/elsewhere"
+
+
 def test_worse_challenger_is_rejected_and_the_champion_keeps_serving(
         engine: sa.Engine, settings: Settings, easy_data: tuple[Path, Path], good_model_dir: Path,
         tmp_path: Path) -> None:
@@ -146,6 +161,7 @@ def test_worse_challenger_is_rejected_and_the_champion_keeps_serving(
     assert (run.status, run.champion_version, run.challenger_version) == (
         "rejected", "good-champion", outcome.challenger_version)
     assert run.reason == outcome.reason and run.finished_at is not None
+    assert run.config["teacher"] == str(good_model_dir)  # the champion taught the challenger
     # both models measured on the same evaluation rows
     assert run.champion_metrics["sentiment"]["n"] == run.challenger_metrics["sentiment"]["n"] > 0
     assert run.champion_metrics["sentiment"]["macro_f1"] > run.challenger_metrics["sentiment"]["macro_f1"]
