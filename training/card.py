@@ -72,6 +72,10 @@ def write_model_card(model_dir: Path, manifest: dict[str, Any], metrics: dict[st
                   f"{(training.get('wall_s') or (training.get('history') or [{}])[-1].get('elapsed_s', 0)) / 60:.1f} min "
                   "on 2 shared CPU cores.", "",
                   *([training["note"], ""] if training.get("note") else []),
+                  *([f"Self-distillation: the teacher model(s) `{cfg['teacher']}` (averaged) gave each "
+                     "training row a soft label for the head it has no gold label for "
+                     f"(weight {cfg.get('distill_weight', 1.0)}, temperature {cfg.get('distill_temperature', 1.0)}; "
+                     "`training/distill.py`).", ""] if cfg.get("teacher") else []),
                   "| epoch | sentiment acc | sentiment macro-F1 | topic acc | topic macro-F1 | elapsed s |",
                   "| ---: | ---: | ---: | ---: | ---: | ---: |",
                   *[f"| {h['epoch']} | {h.get('sentiment_accuracy', 0):.4f} | {h.get('sentiment_macro_f1', 0):.4f} | "
