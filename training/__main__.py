@@ -4,6 +4,8 @@
         --out runs/r1/model --epochs 5 --class-weighting none
     python -m training export --checkpoint runs/r1/checkpoints/epoch4.pt --out models \\
         --sentiment-csv S.csv --topic-csv T.csv
+    python -m training soup runs/a/checkpoints/epoch5.pt runs/b/checkpoints/epoch5.pt \\
+        --out runs/soup/checkpoints/soup.pt --sentiment-csv S.csv --topic-csv T.csv
 
 Every ``TrainConfig`` field is a flag (``--layer-decay 0.9``, ``--tasks sentiment`` ...).
 """
@@ -62,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--memory", action="store_true", help="also train the memory cell into the model directory")
     e.add_argument("--memory-from", type=Path, help="copy memory.onnx from this model directory")
     e.add_argument("--note", default="", help="a remark on the training run for the model card")
+    a = sub.add_parser("soup", help="average checkpoints greedily (model soup) into one checkpoint")
+    a.add_argument("checkpoints", type=Path, nargs="+")
+    a.add_argument("--out", type=Path, required=True, help="the averaged checkpoint (.pt) to write")
+    a.add_argument("--sentiment-csv", type=Path)
+    a.add_argument("--topic-csv", type=Path)
     return parser
 
 
@@ -111,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = finish_model_dir(model_dir, dev, training=info, reproduce=reproduce,
                                    data={"sentiment_csv": str(args.sentiment_csv), "topic_csv": str(args.topic_csv)})
         print(json.dumps({"model_dir": str(model_dir), "int8": metrics["summary_int8"]}), flush=True)
+        return 0
+    if args.command == "soup":
+        from training.data import fixed_dev_split
+        from training.soup import greedy_soup
+
+        _, dev = fixed_dev_split(args.sentiment_csv, args.topic_csv)
+        print(json.dumps(greedy_soup(args.checkpoints, dev, args.out), indent=1), flush=True)
         return 0
     from training.api import _export, finish_model_dir
     from training.data import fixed_dev_split
