@@ -14,6 +14,17 @@ def _table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of an accuracy ``p`` measured on ``n`` rows: how far the
+    dev figure may sit from the model's true accuracy on data like it (with ~950
+    sentiment rows, about ±2.2 points)."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def write_model_card(model_dir: Path, manifest: dict[str, Any], metrics: dict[str, Any], *, reproduce: str = "") -> Path:
     dev = metrics.get("dev_int8", {})
     training = metrics.get("training") or {}
@@ -21,7 +32,9 @@ def write_model_card(model_dir: Path, manifest: dict[str, Any], metrics: dict[st
     rows = []
     for head in ("sentiment", "topic"):
         if head in dev:
-            rows.append(f"| {head} | {dev[head]['accuracy']:.4f} | {dev[head]['macro_f1']:.4f} | {dev[head]['n']} |")
+            lo, hi = wilson_interval(float(dev[head]["accuracy"]), int(dev[head]["n"]))
+            rows.append(f"| {head} | {dev[head]['accuracy']:.4f} | {lo:.3f}–{hi:.3f} | {dev[head]['macro_f1']:.4f} | "
+                        f"{dev[head]['n']} |")
     int8 = parity.get("int8", {})
     parts = [
         f"# finsent classifier {manifest['version']}",
@@ -53,8 +66,8 @@ def write_model_card(model_dir: Path, manifest: dict[str, Any], metrics: dict[st
         "",
         "## Metrics (dev split, shipped int8 model through the serving runtime)",
         "",
-        "| head | accuracy | macro-F1 | n |",
-        "| --- | ---: | ---: | ---: |",
+        "| head | accuracy | 95 % interval | macro-F1 | n |",
+        "| --- | ---: | ---: | ---: | ---: |",
         *rows,
         "",
     ]
