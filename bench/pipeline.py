@@ -116,8 +116,8 @@ def throughput(settings: Settings, engine: sa.engine.Engine, docs: list[Document
     ids = [d.id for d in docs]
     wall = time.perf_counter()
     with Workers(s, engine), GroupProgress(s.kafka_bootstrap or "") as progress:
-        assert progress.wait_caught_up("finsent-scorer", s.kafka_topic_documents, timeout_s=900, min_records=len(docs))
-        assert progress.wait_caught_up("finsent-trends", s.kafka_topic_scored, timeout_s=900)
+        assert progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=900, min_records=len(docs))
+        assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=900)
     wall = time.perf_counter() - wall
     with engine.connect() as conn:
         first = conn.execute(sa.text("SELECT min(scored_at) FROM predictions WHERE document_id = ANY(:ids)"),
@@ -152,9 +152,9 @@ def latency(settings: Settings, engine: sa.engine.Engine, docs: list[Document], 
         producer.flush()
         producer.close()
         offered_s = time.time() - started
-        kept_up = progress.wait_caught_up("finsent-scorer", s.kafka_topic_documents, timeout_s=120,
+        kept_up = progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=120,
                                           min_records=len(docs))
-        kept_up = kept_up and progress.wait_caught_up("finsent-trends", s.kafka_topic_scored, timeout_s=120)
+        kept_up = kept_up and progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=120)
     with engine.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT document_id, extract(epoch FROM max(created_at)) AS done FROM trend_points "

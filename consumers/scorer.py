@@ -2,7 +2,7 @@
 record per key out.
 
 Per micro-batch (``Settings.batch``) read from the documents Kafka topic by the consumer
-group ``finsent-scorer``:
+group ``finsent-scorer`` (``FINSENT_KAFKA_GROUP_PREFIX``-scorer):
 
 1. parse each record into a :class:`~pipeline.documents.Document`; a record that is not
    one goes to the dead-letter topic with the reason and its Kafka topic/partition/offset;
@@ -57,7 +57,7 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-GROUP_ID = "finsent-scorer"
+ROLE_GROUP = "scorer"  # consumer group: Settings.group_id(ROLE_GROUP)
 ROLE = "scorer"
 #: Bytes fetched per partition per request. Above the 1 MiB client default, so a record
 #: near the broker's 1 MB limit never stalls the partition (tansu does not return an
@@ -137,11 +137,11 @@ class Scorer:
 
     name = ROLE
 
-    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str = GROUP_ID) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.engine = engine
-        self.group_id = group_id
+        self.group_id = group_id or settings.group_id(ROLE_GROUP)
         self.watcher: ModelWatcher[Classifier] = ModelWatcher(
             settings, engine, lambda path: Classifier.load(Path(path), settings), ROLE
         )

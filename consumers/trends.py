@@ -1,7 +1,7 @@
 """The trends worker (``finsent worker trends``): each key's recurrent memory, exactly once
 per (key, document), in a deterministic order.
 
-Consumer group ``finsent-trends`` on the scored Kafka topic (keyed by memory key, so one
+Consumer group ``finsent-trends`` (``FINSENT_KAFKA_GROUP_PREFIX``-trends) on the scored Kafka topic (keyed by memory key, so one
 worker owns a key). For each micro-batch, in ONE PostgreSQL transaction:
 
 * lock the batch's keys (``key_state`` rows, ``FOR UPDATE``, in key order), read the
@@ -54,7 +54,7 @@ from pipeline.settings import BatchPolicy, Settings
 
 log = logging.getLogger(__name__)
 
-GROUP_ID = "finsent-trends"
+ROLE_GROUP = "trends"  # consumer group: Settings.group_id(ROLE_GROUP)
 ROLE = "trends"
 #: Trends batches are this many times the scorer's: a scored record is a few
 #: hundred bytes and cheap to apply, and one transaction per larger batch means one
@@ -153,11 +153,11 @@ class Trends:
 
     name = ROLE
 
-    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str = GROUP_ID) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.engine = engine
-        self.group_id = group_id
+        self.group_id = group_id or settings.group_id(ROLE_GROUP)
         self.watcher: ModelWatcher[Memory] = ModelWatcher(settings, engine, lambda p: load_memory(p, settings), ROLE)
         self.horizon = timedelta(seconds=settings.lateness_horizon_s)
         # A quarter of the scorer's wait: under a backlog batches fill at once anyway, and

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     kafka_topic_documents: str = "finsent.documents"
     kafka_topic_scored: str = "finsent.scored"
     kafka_topic_dlq: str = "finsent.dlq"
+    kafka_group_prefix: str = Field(
+        "finsent", pattern=r"^[A-Za-z0-9._-]+$",
+        description="consumer groups are PREFIX-scorer and PREFIX-trends: give each deployment that "
+        "shares a Kafka cluster its own prefix, or they split each other's partitions",
+    )
     kafka: KafkaTimeouts = KafkaTimeouts()
     batch: BatchPolicy = BatchPolicy()
 
@@ -210,6 +215,10 @@ class Settings(BaseSettings):
                     "give a comma-separated list such as kafka1:9092,kafka2:9092"
                 )
         return value.strip()
+
+    def group_id(self, role: str) -> str:
+        """The consumer group of a stream role (``scorer``, ``trends``)."""
+        return f"{self.kafka_group_prefix}-{role}"
 
     @property
     def kafka_topics(self) -> tuple[str, str, str]:

@@ -125,7 +125,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedB
 @pytest.fixture
 def settings(database_url: str, kafka_broker: EmbeddedBroker, tmp_path: Path) -> Settings:
     """Settings for a test: the session database and broker, short group timeouts, unique
-    Kafka topic names per test so tests never read each other's records."""
+    Kafka topic names and consumer groups per test so tests never read each other's records
+    nor share a group's rebalances."""
     suffix = uuid.uuid4().hex[:8]
     s = load_settings(
         database_url=database_url,
@@ -134,6 +135,7 @@ def settings(database_url: str, kafka_broker: EmbeddedBroker, tmp_path: Path) ->
         kafka_topic_documents=f"finsent.documents.{suffix}",
         kafka_topic_scored=f"finsent.scored.{suffix}",
         kafka_topic_dlq=f"finsent.dlq.{suffix}",
+        kafka_group_prefix=f"finsent-{suffix}",
         kafka_partitions=2,
         model_registry_dir=tmp_path / "registry",
         embedded_pg_dir=tmp_path / "pg",

@@ -29,7 +29,7 @@ def test_finsent_run_processes_documents_and_exits_0_on_sigterm(
         produce(s, make_documents(300, seed=5))
         wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 300, 60, "300 predictions")
         with GroupProgress(s.kafka_bootstrap or "") as progress:
-            assert progress.wait_caught_up("finsent-trends", s.kafka_topic_scored, timeout_s=60)
+            assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=60)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, (tmp_path / "run.log").read_text()[-3000:]
@@ -51,7 +51,7 @@ def test_sigterm_mid_stream_commits_only_what_is_stored_and_a_restart_finishes(
         assert terminate(proc, 20) == 0
         stored = count(engine, "SELECT count(*) FROM predictions")
         with GroupProgress(s.kafka_bootstrap or "") as progress:
-            committed = 3000 - progress.lag("finsent-scorer", s.kafka_topic_documents)
+            committed = 3000 - progress.lag(s.group_id("scorer"), s.kafka_topic_documents)
         assert 0 < committed <= stored
         proc = start_worker("scorer", s, tmp_path / "scorer.log")
         wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 3000, 90, "every prediction")

@@ -156,15 +156,13 @@ def wait_processed(bootstrap: str, settings: Settings, *, produced: int, timeout
                    stop: threading.Event | None = None) -> bool:
     """Until the scorer has committed every document and trends every scored record."""
     from consumers.progress import GroupProgress
-    from consumers.scorer import GROUP_ID as SCORER
-    from consumers.trends import GROUP_ID as TRENDS
 
     deadline = time.monotonic() + timeout_s
     with GroupProgress(bootstrap) as progress:
-        if not progress.wait_caught_up(SCORER, settings.kafka_topic_documents, min_records=produced,
+        if not progress.wait_caught_up(settings.group_id("scorer"), settings.kafka_topic_documents, min_records=produced,
                                        timeout_s=max(0.0, deadline - time.monotonic())):
             return False
-        return progress.wait_caught_up(TRENDS, settings.kafka_topic_scored,
+        return progress.wait_caught_up(settings.group_id("trends"), settings.kafka_topic_scored,
                                        timeout_s=max(0.0, deadline - time.monotonic()))
 
 

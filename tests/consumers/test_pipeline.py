@@ -39,8 +39,8 @@ def test_two_thousand_documents_are_stored_once_and_counted_once_per_key(
         produce(s, docs[:300])  # re-ingested documents are harmless
         wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 2000, 90, "2,000 predictions")
         with GroupProgress(s.kafka_bootstrap or "") as progress:
-            assert progress.wait_caught_up("finsent-scorer", s.kafka_topic_documents, timeout_s=30)
-            assert progress.wait_caught_up("finsent-trends", s.kafka_topic_scored, timeout_s=60)
+            assert progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=30)
+            assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=60)
     finally:
         scorer.close()
         trends.close()

@@ -46,8 +46,8 @@ def test_workers_back_off_while_postgres_is_down_and_resume_without_loss(
         proxy.restore()
         wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 1200, 90, "every prediction")
         with GroupProgress(s.kafka_bootstrap or "") as progress:
-            assert progress.wait_caught_up("finsent-scorer", s.kafka_topic_documents, timeout_s=60)
-            assert progress.wait_caught_up("finsent-trends", s.kafka_topic_scored, timeout_s=60)
+            assert progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=60)
+            assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=60)
     finally:
         proxy.restore() if proxy._listener is None else None
         scorer.close()

@@ -69,8 +69,8 @@ def test_killed_workers_resume_without_losing_or_double_counting(
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{_diagnosis(engine, logs)}") from None
         with GroupProgress(s.kafka_bootstrap or "") as progress:
-            assert progress.wait_caught_up("finsent-scorer", s.kafka_topic_documents, timeout_s=60)
-            assert progress.wait_caught_up("finsent-trends", s.kafka_topic_scored, timeout_s=90)
+            assert progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=60)
+            assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=90)
         for role, proc in procs.items():
             assert terminate(proc, 20) == 0, f"{role} did not exit 0 on SIGTERM; see {logs[role]}"
     finally:

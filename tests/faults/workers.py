@@ -23,6 +23,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "FINSENT_KAFKA_TOPIC_DOCUMENTS": settings.kafka_topic_documents,
         "FINSENT_KAFKA_TOPIC_SCORED": settings.kafka_topic_scored,
         "FINSENT_KAFKA_TOPIC_DLQ": settings.kafka_topic_dlq,
+        "FINSENT_KAFKA_GROUP_PREFIX": settings.kafka_group_prefix,
         "FINSENT_KAFKA_PARTITIONS": str(settings.kafka_partitions),
         "FINSENT_KAFKA__SESSION_TIMEOUT_MS": str(k.session_timeout_ms),
         "FINSENT_KAFKA__HEARTBEAT_INTERVAL_MS": str(k.heartbeat_interval_ms),

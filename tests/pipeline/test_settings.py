@@ -54,3 +54,12 @@ def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValidationError, match="frozen"):
         s.http_port = 1  # type: ignore[misc]
+
+
+def test_group_prefix_names_both_consumer_groups_and_rejects_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINSENT_KAFKA_GROUP_PREFIX", "staging")
+    s = load_settings()
+    assert (s.group_id("scorer"), s.group_id("trends")) == ("staging-scorer", "staging-trends")
+    monkeypatch.setenv("FINSENT_KAFKA_GROUP_PREFIX", "two words")
+    with pytest.raises(ConfigurationError, match="FINSENT_KAFKA_GROUP_PREFIX"):
+        load_settings()
