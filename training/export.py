@@ -113,14 +113,18 @@ QUANT_OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization")
 
 def int8_recipes(path: Path, heads: Sequence[str]) -> list[tuple[str, list[str]]]:
     """Quantization recipes from fastest to most conservative: every encoder matmul int8
-    (heads fp32); then the FFN down-projections (their inputs, after GELU, have the widest
-    range) in fp32 too; then the last two layers entirely in fp32."""
+    (heads fp32); then the first layer's FFN down-projection in fp32 (measured on v2: the
+    most sensitive matmul; agreement 97.7 -> 98.5 % at 9 % less speed than all-int8); then
+    every FFN down-projection (their inputs, after GELU, have the widest range) in fp32;
+    then the last two layers entirely in fp32."""
     import onnx
 
     names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
     ffn_out = [n for n in names if n.endswith("output/dense/MatMul") and "attention" not in n]
     last = [n for n in names if any(f"layer.{k}/" in n for k in (4, 5))] + ["Attention_4", "Attention_5"]
+    first_ffn = [n for n in ffn_out if "layer.0/" in n]
     return [("encoder int8, heads fp32", list(heads)),
+            ("encoder int8 except the first layer's FFN down-projection", list(heads) + first_ffn),
             ("encoder int8 except FFN down-projections", list(heads) + ffn_out),
             ("encoder int8 except FFN down-projections and the last two layers", list(heads) + ffn_out + last)]
 
