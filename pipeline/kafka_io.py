@@ -10,12 +10,34 @@ group join waits about session_timeout_ms / 2).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import Cancelled
 
 from pipeline.settings import Settings
+
+
+class CancelledRefreshFilter(logging.Filter):
+    """Demotes kafka-python's ``Metadata refresh: failed Cancelled`` from ERROR to DEBUG.
+
+    kafka-python cancels an in-flight metadata request when a client closes, then logs
+    that at ERROR level; every clean shutdown (the demo's included) printed an alarming
+    line for what is expected. Any other metadata failure keeps its level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.levelno >= logging.ERROR and args and isinstance(args[0], Cancelled):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_CLUSTER_LOG = logging.getLogger("kafka.cluster")
+if not any(isinstance(f, CancelledRefreshFilter) for f in _CLUSTER_LOG.filters):
+    _CLUSTER_LOG.addFilter(CancelledRefreshFilter())
 
 
 def json_bytes(value: Any) -> bytes:
