@@ -4,7 +4,8 @@
         --sentiment-csv ../shared/data/tfn_sentiment_train.csv --topic-csv ../shared/data/tfn_topic_train.csv
 
 Exports the checkpoint to fp32 and the transformer-fused graph, quantizes it with each
-recipe (the export's own, ``training.export.int8_recipes``, plus single-layer variants),
+recipe (the export's own, ``training.export.int8_recipes``, plus single-layer variants and
+the weight formats: 7-bit int8 weights and uint8 weights),
 and measures on the dev split: argmax agreement with fp32 per head (the export gate is
 98 %) and documents/s at batch 32 in length-bucketed batches (the runtime's way), with
 the ratio to the recipe that keeps every FFN down-projection in fp32, measured in the
@@ -47,6 +48,11 @@ def bucketed_groups(ids: list[list[int]], batch: int, window: int) -> list[tuple
     return groups
 
 
+def weights_label(recipe: Any) -> str:
+    """``s8``, ``s8 7-bit`` (reduce_range) or ``u8``."""
+    return recipe.weight_type + (" 7-bit" if recipe.reduce_range else "")
+
+
 def docs_per_s(path: Path, groups: list[tuple[np.ndarray, np.ndarray]], n_docs: int, seconds: float) -> float:
     import onnxruntime as ort
 
@@ -77,12 +83,13 @@ def main() -> int:
 
     from training.data import build_examples, fixed_dev_split
     from training.export import (
+        Int8Recipe,
         _ort_outputs,
         export_fp32,
         head_node_names,
         int8_recipes,
         optimize_transformer,
-        quantize_int8,
+        quantize_with,
     )
     from training.train import load_checkpoint, load_tokenizer
 
@@ -96,23 +103,30 @@ def main() -> int:
     heads = head_node_names(fused)
     names = [n.name for n in onnx.load(str(fused), load_external_data=False).graph.node]
     ffn = [n for n in names if n.endswith("output/dense/MatMul") and "attention" not in n]
-    recipes = dict(int8_recipes(fused, heads))
+    recipes = int8_recipes(fused, heads)
+    h = tuple(heads)
     for k in (1, 5):
-        recipes[f"encoder int8 except layer {k}'s FFN down-projection"] = list(heads) + [n for n in ffn if f"layer.{k}/" in n]
+        recipes.append(Int8Recipe(f"encoder int8 except layer {k}'s FFN down-projection",
+                                  h + tuple(n for n in ffn if f"layer.{k}/" in n)))
+    # Weight formats (AVX2 without VNNI saturates u8 x s8 products; see Int8Recipe).
+    for base in recipes[:2]:
+        recipes.append(Int8Recipe(base.name, base.exclude, reduce_range=True))
+        recipes.append(Int8Recipe(base.name, base.exclude, weight_type="u8"))
     pick = np.random.default_rng(0).permutation(len(examples))[: args.docs]
     groups = bucketed_groups([examples[i].ids for i in pick], 32, 256)
     rows: list[dict[str, Any]] = []
-    for i, (name, exclude) in enumerate(recipes.items()):
-        path = quantize_int8(fused, work / f"int8_{i}.onnx", exclude=exclude)
+    for i, recipe in enumerate(recipes):
+        path = quantize_with(recipe, fused, work / f"int8_{i}.onnx")
         out = _ort_outputs(path, examples)
-        row = {"recipe": name, "fp32_nodes_beyond_heads": len(exclude) - len(heads),
+        row = {"recipe": recipe.name, "weights": weights_label(recipe),
+               "fp32_nodes_beyond_heads": len(recipe.exclude) - len(heads),
                "agreement_topic": round(float((out[0].argmax(1) == reference[0].argmax(1)).mean()), 4),
                "agreement_sentiment": round(float((out[1].argmax(1) == reference[1].argmax(1)).mean()), 4),
                "docs_per_s_batch32": round(docs_per_s(path, groups, len(pick), args.seconds), 1)}
         row["passes_export_gate"] = min(row["agreement_topic"], row["agreement_sentiment"]) >= 0.98
         rows.append(row)
         print(json.dumps(row), flush=True)
-    base = next(r["docs_per_s_batch32"] for r in rows if r["recipe"] == BASELINE)
+    base = next(r["docs_per_s_batch32"] for r in rows if r["recipe"] == BASELINE and r["weights"] == "s8")
     for r in rows:
         r["ratio_vs_all_ffn_fp32"] = round(r["docs_per_s_batch32"] / base, 3)
     report = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "checkpoint": str(args.checkpoint),
@@ -121,9 +135,9 @@ def main() -> int:
     (args.out / "int8_recipes.json").write_text(json.dumps(report, indent=2))
     lines = ["# int8 recipes: agreement with fp32 and speed (batch 32, length-bucketed)", "",
              f"{report['created_at']}, {len(pick)} dev texts; ratio against '{BASELINE}' in the same run.", "",
-             "| recipe | agreement topic | agreement sentiment | export gate (98 %) | docs/s | ratio |",
-             "| --- | ---: | ---: | --- | ---: | ---: |"]
-    lines += [f"| {r['recipe']} | {r['agreement_topic']:.4f} | {r['agreement_sentiment']:.4f} | "
+             "| recipe | weights | agreement topic | agreement sentiment | export gate (98 %) | docs/s | ratio |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    lines += [f"| {r['recipe']} | {r['weights']} | {r['agreement_topic']:.4f} | {r['agreement_sentiment']:.4f} | "
               f"{'pass' if r['passes_export_gate'] else 'fail'} | {r['docs_per_s_batch32']} | {r['ratio_vs_all_ffn_fp32']}x |"
               for r in rows]
     (args.out / "int8_recipes.md").write_text("\n".join(lines) + "\n")

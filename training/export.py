@@ -21,6 +21,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,22 @@ def head_node_names(path: Path) -> list[str]:
 QUANT_OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization")
 
 
-def int8_recipes(path: Path, heads: Sequence[str]) -> list[tuple[str, list[str]]]:
+@dataclass(frozen=True)
+class Int8Recipe:
+    """One way to quantize the classifier: the nodes kept in fp32 and the weight format.
+
+    ``reduce_range`` stores weights in 7 bits: on x86 CPUs without VNNI (AVX2, like these
+    machines) onnxruntime multiplies uint8 activations by int8 weights with VPMADDUBSW,
+    whose 16-bit sums saturate; 7-bit weights keep the sums in range. ``weight_type`` "u8"
+    uses uint8 weights, a kernel without that saturation, at some speed."""
+
+    name: str
+    exclude: tuple[str, ...]
+    reduce_range: bool = False
+    weight_type: str = "s8"
+
+
+def int8_recipes(path: Path, heads: Sequence[str]) -> list[Int8Recipe]:
     """Quantization recipes from fastest to most conservative: every encoder matmul int8
     (heads fp32); then the first layer's FFN down-projection in fp32 (measured on v2: the
     most sensitive matmul; agreement 97.7 -> 98.5 % at 9 % less speed than all-int8); then
@@ -123,27 +139,39 @@ def int8_recipes(path: Path, heads: Sequence[str]) -> list[tuple[str, list[str]]
     ffn_out = [n for n in names if n.endswith("output/dense/MatMul") and "attention" not in n]
     last = [n for n in names if any(f"layer.{k}/" in n for k in (4, 5))] + ["Attention_4", "Attention_5"]
     first_ffn = [n for n in ffn_out if "layer.0/" in n]
-    return [("encoder int8, heads fp32", list(heads)),
-            ("encoder int8 except the first layer's FFN down-projection", list(heads) + first_ffn),
-            ("encoder int8 except FFN down-projections", list(heads) + ffn_out),
-            ("encoder int8 except FFN down-projections and the last two layers", list(heads) + ffn_out + last)]
+    h = tuple(heads)
+    return [Int8Recipe("encoder int8, heads fp32", h),
+            Int8Recipe("encoder int8 except the first layer's FFN down-projection", h + tuple(first_ffn)),
+            Int8Recipe("encoder int8 except FFN down-projections", h + tuple(ffn_out)),
+            Int8Recipe("encoder int8 except FFN down-projections and the last two layers",
+                       h + tuple(ffn_out) + tuple(last))]
 
 
 def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = (), per_channel: bool = True,
-                  reduce_range: bool = False, op_types: Sequence[str] = QUANT_OP_TYPES) -> Path:
+                  reduce_range: bool = False, weight_type: str = "s8",
+                  op_types: Sequence[str] = QUANT_OP_TYPES) -> Path:
     """Dynamic int8 quantization (weights int8, activations quantized at run time)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    weights = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
+    if weight_type not in weights:
+        raise ValueError(f"weight_type must be one of {sorted(weights)}, got {weight_type!r}")
     # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape inference, so
     # the quantizer is told that untyped tensors are float32.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+        quantize_dynamic(str(src), str(dst), weight_type=weights[weight_type], per_channel=per_channel,
                          reduce_range=reduce_range, nodes_to_exclude=list(exclude),
                          op_types_to_quantize=list(op_types),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dst
+
+
+def quantize_with(recipe: Int8Recipe, src: Path, dst: Path) -> Path:
+    """``quantize_int8`` with a recipe's settings."""
+    return quantize_int8(src, dst, exclude=recipe.exclude, reduce_range=recipe.reduce_range,
+                         weight_type=recipe.weight_type)
 
 
 def _ort_outputs(path: Path, examples: Sequence[Example], providers: Sequence[str] = ("CPUExecutionProvider",),
@@ -223,12 +251,13 @@ def export_classifier(model: MultiTaskClassifier, out_dir: Path, examples: Seque
             raise ExportParityError(f"optimized fp32 ONNX differs from PyTorch: {q}")
     heads = head_node_names(source)
     tried = []
-    for recipe, exclude in int8_recipes(source, heads):
-        int8 = quantize_int8(source, out_dir / "classifier.int8.onnx", exclude=exclude)
+    for recipe in int8_recipes(source, heads):
+        int8 = quantize_with(recipe, source, out_dir / "classifier.int8.onnx")
         int8_out = _ort_outputs(int8, examples)
         r = parity(reference, int8_out, examples)
         r.update(_accuracy(int8_out, examples))
-        r["recipe"] = recipe
+        r["recipe"] = recipe.name
+        r["reduce_range"], r["weight_type"] = recipe.reduce_range, recipe.weight_type
         tried.append(r)
         if min(r["agreement_topic"], r["agreement_sentiment"]) >= int8_min_agreement:
             break

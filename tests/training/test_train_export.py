@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from pipeline.inference import Classifier  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 from training.data import build_examples  # noqa: E402
-from training.export import ExportParityError, write_model_dir  # noqa: E402
+from training.export import ExportParityError, export_fp32, quantize_int8, write_model_dir  # noqa: E402
 from training.tiny import tiny_rows  # noqa: E402
 from training.train import TrainConfig, load_checkpoint, load_tokenizer, predict, train_classifier  # noqa: E402
 
@@ -78,3 +78,25 @@ def test_export_fails_when_int8_disagrees_beyond_the_threshold(trained: tuple, t
     with pytest.raises(ExportParityError, match="int8 argmax agrees"):
         write_model_dir(result.model, tmp_path / "m", examples, version="t2", max_tokens=32,
                         gpu_precision="fp32", int8_min_agreement=1.01)
+
+
+def _quantized_weights(path: Path) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+            if t.name.endswith("_quantized") and t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]
+
+
+def test_int8_weight_formats_full_7_bit_and_uint8(trained: tuple, tmp_path: Path) -> None:
+    result, _ = trained
+    fp32 = export_fp32(result.model, tmp_path / "fp32.onnx")
+    full = _quantized_weights(quantize_int8(fp32, tmp_path / "s8.onnx"))
+    seven = _quantized_weights(quantize_int8(fp32, tmp_path / "s8r.onnx", reduce_range=True))
+    unsigned = _quantized_weights(quantize_int8(fp32, tmp_path / "u8.onnx", weight_type="u8"))
+    assert full and len(full) == len(seven) == len(unsigned)
+    assert all(w.dtype == np.int8 for w in full + seven) and all(w.dtype == np.uint8 for w in unsigned)
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in full) == 127
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in seven) <= 64
+    with pytest.raises(ValueError, match="weight_type"):
+        quantize_int8(fp32, tmp_path / "bad.onnx", weight_type="s4")
