@@ -158,11 +158,11 @@ class Scorer:
         classifier = retry_db(lambda: self.watcher.load_initial(), what="scorer: model lookup", stop=stop.is_set)
         metrics.MODEL_INFO.labels(version=classifier.version).set(1)
         self._producer = make_producer(self.settings, self.bootstrap)
+        merge = EventTimeMerge(None, _event_time_key, read_ahead=max(READ_AHEAD, 4 * self.settings.batch.max_size))
         consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_documents],
-                                 max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+                                 listener=merge, max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
                                  fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
-        merge = EventTimeMerge(consumer, _event_time_key, read_ahead=max(READ_AHEAD, 4 * self.settings.batch.max_size))
-        consumer.subscribe([self.settings.kafka_topic_documents], listener=merge)
+        merge.consumer = consumer  # callbacks come from poll(), which starts below
         self._ready = True
         log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
                  self.settings.kafka_topic_documents)

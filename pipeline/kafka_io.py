@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import Cancelled
 
 from pipeline.settings import Settings
@@ -61,9 +61,11 @@ def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> Kafka
     return KafkaProducer(**config)
 
 
-def make_consumer(settings: Settings, bootstrap: str, group_id: str, kafka_topics: Iterable[str],
-                  **overrides: Any) -> KafkaConsumer:
-    """A consumer in ``group_id`` subscribed to ``kafka_topics`` with manual commits."""
+def make_consumer(settings: Settings, bootstrap: str, group_id: str, kafka_topics: Iterable[str], *,
+                  listener: ConsumerRebalanceListener | None = None, **overrides: Any) -> KafkaConsumer:
+    """A consumer in ``group_id`` subscribed to ``kafka_topics`` with manual commits;
+    ``listener`` hears of partitions revoked and assigned (subscribing once: a second
+    ``subscribe`` to add a listener logs a warning)."""
     t = settings.kafka
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap.split(","),
@@ -78,5 +80,5 @@ def make_consumer(settings: Settings, bootstrap: str, group_id: str, kafka_topic
     }
     config.update(overrides)
     consumer = KafkaConsumer(**config)
-    consumer.subscribe(list(kafka_topics))
+    consumer.subscribe(list(kafka_topics), listener=listener)
     return consumer
