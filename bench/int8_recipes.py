@@ -81,6 +81,7 @@ def main() -> int:
 
     import onnx
 
+    from bench.machine import int8_isa
     from training.data import build_examples, fixed_dev_split
     from training.export import (
         Int8Recipe,
@@ -107,10 +108,10 @@ def main() -> int:
     h = tuple(heads)
     for k in (1, 5):
         recipes.append(Int8Recipe(f"encoder int8 except layer {k}'s FFN down-projection",
-                                  h + tuple(n for n in ffn if f"layer.{k}/" in n)))
+                                  h + tuple(n for n in ffn if f"layer.{k}/" in n), reduce_range=True))
     # Weight formats (AVX2 without VNNI saturates u8 x s8 products; see Int8Recipe).
     for base in recipes[:2]:
-        recipes.append(Int8Recipe(base.name, base.exclude, reduce_range=True))
+        recipes.append(Int8Recipe(base.name, base.exclude, reduce_range=not base.reduce_range))
         recipes.append(Int8Recipe(base.name, base.exclude, weight_type="u8"))
     pick = np.random.default_rng(0).permutation(len(examples))[: args.docs]
     groups = bucketed_groups([examples[i].ids for i in pick], 32, 256)
@@ -126,15 +127,18 @@ def main() -> int:
         row["passes_export_gate"] = min(row["agreement_topic"], row["agreement_sentiment"]) >= 0.98
         rows.append(row)
         print(json.dumps(row), flush=True)
-    base = next(r["docs_per_s_batch32"] for r in rows if r["recipe"] == BASELINE and r["weights"] == "s8")
+    baseline = next(r for r in recipes if r.name == BASELINE)
+    base = next(r["docs_per_s_batch32"] for r in rows
+                if r["recipe"] == BASELINE and r["weights"] == weights_label(baseline))
     for r in rows:
         r["ratio_vs_all_ffn_fp32"] = round(r["docs_per_s_batch32"] / base, 3)
     report = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "checkpoint": str(args.checkpoint),
-              "docs": len(pick), "load_average_at_end": os.getloadavg(), "baseline": BASELINE, "recipes": rows}
+              "docs": len(pick), "int8_isa": int8_isa(), "load_average_at_end": os.getloadavg(), "baseline": BASELINE, "recipes": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_recipes.json").write_text(json.dumps(report, indent=2))
     lines = ["# int8 recipes: agreement with fp32 and speed (batch 32, length-bucketed)", "",
-             f"{report['created_at']}, {len(pick)} dev texts; ratio against '{BASELINE}' in the same run.", "",
+             f"{report['created_at']}, {len(pick)} dev texts, CPU int8 instruction set {report['int8_isa']}; "
+             f"ratio against '{BASELINE}' ({weights_label(baseline)}) in the same run.", "",
              "| recipe | weights | agreement topic | agreement sentiment | export gate (98 %) | docs/s | ratio |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
     lines += [f"| {r['recipe']} | {r['weights']} | {r['agreement_topic']:.4f} | {r['agreement_sentiment']:.4f} | "

@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
+    from bench.machine import int8_isa
     from pipeline.inference import SENTIMENTS, Classifier, read_manifest
     from pipeline.settings import load_settings
     from training.data import IGNORE, build_examples, fixed_dev_split
@@ -240,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_version": manifest["version"], "model_dir": str(args.model_dir), "trained_checkpoint": trained,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                    "int8_isa": int8_isa(),
                     "onnxruntime": ort.__version__, "torch": torch.__version__, "torch_threads": torch_threads,
                     "load_average_at_end": os.getloadavg()},
         "docs": len(speed_ids), "mean_real_tokens": round(real_tokens, 1),
@@ -257,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def render_markdown(report: dict[str, Any], batches: Sequence[int], sentiments: Sequence[str]) -> str:
     lines = [f"# Classifier benchmark ({report['created_at']}, model {report['model_version']})", "",
-             f"{report['machine']['cpus']} CPUs, onnxruntime {report['machine']['onnxruntime']}, torch "
+             f"{report['machine']['cpus']} CPUs (int8 instruction set {report['machine']['int8_isa']}), onnxruntime {report['machine']['onnxruntime']}, torch "
              f"{report['machine']['torch']}; {report['docs']} dev texts, {report['mean_real_tokens']} real tokens "
              f"on average. Load average at the end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}.",
              "", f"{report['note']}" if report["note"] else "", "",
