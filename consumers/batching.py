@@ -68,7 +68,31 @@ def poll_batch(consumer: Any, policy: BatchPolicy, stop: threading.Event, poll_t
     return records
 
 
-class EventTimeMerge(ConsumerRebalanceListener):  # type: ignore[misc]
+class AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs each partition assignment and revocation with the time since the worker
+    subscribed: a worker that joined the group but never got partitions (a stuck
+    rebalance) shows up in its log as "assigned" missing after "subscribed"."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.subscribed_at = time.monotonic()
+        self.assignments = 0
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:  # the client also calls this, with nothing, before its first join
+            log.info("%s: partitions revoked: %s", self.role, _partition_names(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.assignments += 1
+        log.info("%s: partitions assigned %.1f s after subscribing (assignment %d): %s", self.role,
+                 time.monotonic() - self.subscribed_at, self.assignments, _partition_names(assigned))
+
+
+def _partition_names(partitions: Any) -> str:
+    return ", ".join(sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)) or "none"
+
+
+class EventTimeMerge(AssignmentLog):
     """Reads ahead on every assigned partition and hands records out in event-time order.
 
     kafka-python returns everything it buffered for one partition before the next one, and
@@ -83,7 +107,8 @@ class EventTimeMerge(ConsumerRebalanceListener):  # type: ignore[misc]
     refetched after a restart or a rebalance (their buffers are dropped on revocation).
     """
 
-    def __init__(self, consumer: Any, sort_key: Callable[[Any], str], read_ahead: int) -> None:
+    def __init__(self, consumer: Any, sort_key: Callable[[Any], str], read_ahead: int, role: str = "scorer") -> None:
+        super().__init__(role)
         self.consumer = consumer
         self.sort_key = sort_key
         self.read_ahead = read_ahead
@@ -91,11 +116,9 @@ class EventTimeMerge(ConsumerRebalanceListener):  # type: ignore[misc]
         self.total = 0
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        super().on_partitions_revoked(revoked)
         for tp in revoked:
             self.total -= len(self.buffers.pop(tp, ()))
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
 
     def _poll(self, timeout_ms: int) -> int:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, self.read_ahead - self.total))

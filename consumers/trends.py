@@ -42,7 +42,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from consumers.batching import FETCH_MAX_WAIT_MS, run_consumer_loop
+from consumers.batching import FETCH_MAX_WAIT_MS, AssignmentLog, run_consumer_loop
 from consumers.model_watch import ModelWatcher
 from pipeline import metrics
 from pipeline.db import retry_db
@@ -176,7 +176,7 @@ class Trends:
         memory = retry_db(lambda: self.watcher.load_initial(), what="trends: model lookup", stop=stop.is_set)
         self._producer = make_producer(self.settings, self.bootstrap)
         consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_scored],
-                                 max_poll_records=self.policy.max_size, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+                                 listener=AssignmentLog(ROLE), max_poll_records=self.policy.max_size, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         self._ready = True
         log.info("trends: memory cell of model %s on %s (lateness horizon %.0fs)", memory.version,
                  self.settings.kafka_topic_scored, self.horizon.total_seconds())
