@@ -116,8 +116,8 @@ QUANT_OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization")
 class Int8Recipe:
     """One way to quantize the classifier: the nodes kept in fp32 and the weight format.
 
-    ``reduce_range`` stores weights in 7 bits: on x86 CPUs without VNNI (AVX2, like these
-    machines) onnxruntime multiplies uint8 activations by int8 weights with VPMADDUBSW,
+    ``reduce_range`` stores weights in 7 bits: on x86 CPUs without VNNI (AVX2-only, like some of
+    our machines) onnxruntime multiplies uint8 activations by int8 weights with VPMADDUBSW,
     whose 16-bit sums saturate; 7-bit weights keep the sums in range. ``weight_type`` "u8"
     uses uint8 weights, a kernel without that saturation, at some speed."""
 
