@@ -1,4 +1,5 @@
-"""The loop every stream worker shares: poll a micro-batch, process it, commit, repeat.
+"""The loop every stream worker shares: read a micro-batch, process it, commit, repeat,
+and **the rule that keeps a rebalance from losing records**.
 
 A batch is cut by :class:`pipeline.settings.BatchPolicy`: ``max_size`` records or
 ``max_wait_ms`` after its first record, whichever comes first. Offsets are committed only
@@ -6,32 +7,45 @@ after ``process`` returned (the worker stored and forwarded what it read), so a 
 redelivers rather than loses: at-least-once from Kafka, made exactly-once downstream by
 idempotent writes (scorer) or the applied-documents ledger (trends).
 
-Rebalances: the batch in hand is always finished and committed before the next ``poll``,
-and partitions are only revoked inside ``poll``; so a revoked partition never has
-processed-but-uncommitted records (records read ahead by :class:`EventTimeMerge` and not
-yet processed are dropped on revocation and refetched by the new owner). When a commit
-nevertheless fails (the group moved on while PostgreSQL was down for longer than
-``max_poll_interval_ms``) the records are redelivered and the idempotent writes absorb them.
-The lag gauge counts from the consumer position, so records read ahead count as consumed.
+THE RESUME RULE (every worker that reads ahead must keep it)
+-------------------------------------------------------------
+1. After any assignment, every assigned partition resumes at the first record this worker
+   has not handed to ``process`` -- whatever the Kafka client kept. kafka-python (3.x)
+   keeps the fetch position of a partition that a rebalance hands back to the same member;
+   a worker that dropped its read-ahead on revocation and trusted that position would skip
+   the dropped records, and its next commit would pass them: lost for good (issue 11).
+   :class:`PartitionReader` remembers the first dropped offset per revoked partition and
+   seeks back to it in ``on_partitions_assigned``; a partition that comes back after
+   belonging to someone else starts fresh from its committed offset.
+2. A commit names explicit offsets: one past the last record *processed*, per partition
+   still assigned -- never the client's position (which includes read-ahead).
+3. A poll that finds nothing returns within the poll timeout; nothing loops without
+   waiting on the network.
+
+Rebalances happen only inside ``poll``. The batch in hand is finished before the next
+commit; when a commit fails (the group moved on) its records are redelivered and the
+idempotent writes absorb them. The lag gauge counts from the fetch position, so records
+read ahead count as consumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka.errors import CommitFailedError, FencedInstanceIdError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline import metrics
-from pipeline.errors import ServiceUnavailable
-from pipeline.settings import BatchPolicy
+from pipeline.errors import ConfigurationError, ServiceUnavailable
+from pipeline.settings import BatchPolicy, Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,31 +55,14 @@ LAG_EVERY_S = 5.0
 #: soon as data arrives; the embedded tansu holds the fetch for the full wait, which put
 #: up to 0.5 s per hop on every document's end-to-end latency.
 FETCH_MAX_WAIT_MS = 50
-
-
-def poll_batch(consumer: Any, policy: BatchPolicy, stop: threading.Event, poll_timeout_ms: int) -> list[Any]:
-    """Up to ``policy.max_size`` records, waiting at most ``policy.max_wait_ms`` once the
-    first one arrived. Returns [] after one empty poll (so the caller can check ``stop``)."""
-    records: list[Any] = []
-    deadline: float | None = None
-    while len(records) < policy.max_size:
-        if deadline is None:
-            timeout = poll_timeout_ms
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            timeout = max(1, int(remaining * 1000))
-        polled = consumer.poll(timeout_ms=timeout, max_records=policy.max_size - len(records))
-        for partition_records in polled.values():
-            records.extend(partition_records)
-        if not records:
-            return records
-        if deadline is None:
-            deadline = time.monotonic() + policy.max_wait_ms / 1000.0
-        if stop.is_set():
-            break
-    return records
+#: Records a :class:`PartitionReader` holds across partitions at most (about 20 MB of
+#: documents): the bound on waiting for a lagging partition during a backlog.
+MAX_BUFFERED = 20_000
+#: Longest a batch waits for a lagging partition to answer before the merge gives up on
+#: strict order for that batch (logged).
+MERGE_WAIT_S = 5.0
+#: Poll timeout while a batch is filling or a merge waits (no busy loop, see rule 3).
+MERGE_POLL_MS = 50
 
 
 class AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -92,90 +89,193 @@ def _partition_names(partitions: Any) -> str:
     return ", ".join(sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)) or "none"
 
 
-class EventTimeMerge(AssignmentLog):
-    """Reads ahead on every assigned partition and hands records out in event-time order.
+class PartitionReader(AssignmentLog):
+    """Reads ahead on every assigned partition, hands records out in event-time order, and
+    keeps **the resume rule** (see the module docstring) across every rebalance.
 
-    kafka-python returns everything it buffered for one partition before the next one, and
-    the embedded broker answers a fetch with whole producer batches whatever the size
-    limit: a scorer with a backlog would score hundreds of one partition's documents, then
-    hundreds of the other's, and every key would see its documents far out of order (the
-    trends worker then rewinds and rewrites stored points, which cost as much CPU as the
-    model). Merging the partitions' heads by event time keeps each key nearly in order.
+    Merge: kafka-python returns everything it buffered for one partition before the next
+    one, and the embedded broker answers a fetch with whole producer batches whatever the
+    size limit: a scorer with a backlog would score one partition's documents, then the
+    next's, and every key would see its documents far out of event-time order. So the
+    reader buffers each partition's records and hands out the smallest head (by
+    ``sort_key``, then offset), and it **never hands out a record while a partition that
+    still has records on the broker (fetched position below its high watermark) has none
+    buffered**: that partition's next record could sort first. This is a watermark merge:
+    a backlog leaves in event-time order across partitions, so trend state does not depend
+    on how the client happens to walk the partitions. Two bounds keep it live:
+    ``max_buffered`` records in memory and ``merge_wait_s`` waiting for a lagging partition
+    (both logged when they cut in). With ``sort_key=None`` there is no merge (trends: a
+    key lives in one partition, so cross-partition order does not matter there).
 
-    Offsets: only records handed out and processed are committed (explicit offsets per
-    partition, each partition's records leave in offset order); read-ahead records are
-    refetched after a restart or a rebalance (their buffers are dropped on revocation).
+    Offsets: :meth:`commit` commits, per partition still assigned, the offset just past
+    the records handed out and processed, never the read-ahead.
     """
 
-    def __init__(self, consumer: Any, sort_key: Callable[[Any], str], read_ahead: int, role: str = "scorer") -> None:
+    def __init__(self, consumer: Any, sort_key: Callable[[Any], str] | None, *, role: str,
+                 max_buffered: int = MAX_BUFFERED, merge_wait_s: float = MERGE_WAIT_S) -> None:
         super().__init__(role)
         self.consumer = consumer
         self.sort_key = sort_key
-        self.read_ahead = read_ahead
+        self.max_buffered = max_buffered
+        self.merge_wait_s = merge_wait_s
         self.buffers: dict[Any, deque[tuple[str, Any]]] = {}
         self.total = 0
+        #: Per partition: one past the last record the client gave us (our fetch position).
+        self.next_offset: dict[Any, int] = {}
+        #: Per revoked partition: the first record dropped from its buffer (not processed).
+        self.resume_at: dict[Any, int] = {}
+        self.seeks = 0
+
+    # -- the resume rule ---------------------------------------------------------------
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         super().on_partitions_revoked(revoked)
         for tp in revoked:
-            self.total -= len(self.buffers.pop(tp, ()))
+            buffer = self.buffers.pop(tp, None)
+            if buffer:
+                self.total -= len(buffer)
+                first = buffer[0][1].offset
+                self.resume_at[tp] = min(first, self.resume_at.get(tp, first))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        super().on_partitions_assigned(assigned)
+        for tp in assigned:
+            stale = self.buffers.pop(tp, None)
+            if stale:  # cannot happen with eager rebalancing; kept safe all the same
+                self.total -= len(stale)
+                self.resume_at[tp] = min(stale[0][1].offset, self.resume_at.get(tp, stale[0][1].offset))
+            offset = self.resume_at.pop(tp, None)
+            if offset is not None:
+                # kafka-python kept this partition's fetch position (past what we dropped):
+                # go back to the first record not handed out. A seek only sets local state.
+                self.consumer.seek(tp, offset)
+                self.next_offset[tp] = offset
+                self.seeks += 1
+                log.info("%s: %s resumes at offset %d (records read ahead before the rebalance)",
+                         self.role, f"{tp.topic}:{tp.partition}", offset)
+        # A partition that went elsewhere gets fresh state from its committed offset if it
+        # ever comes back: forget where we were.
+        self.resume_at.clear()
+        self.next_offset = {tp: offset for tp, offset in self.next_offset.items() if tp in assigned}
+
+    # -- reading -------------------------------------------------------------------------
 
     def _poll(self, timeout_ms: int) -> int:
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, self.read_ahead - self.total))
+        room = max(1, self.max_buffered - self.total)
+        polled = self.consumer.poll(timeout_ms=max(0, timeout_ms), max_records=room)
         got = 0
         for tp, records in polled.items():
+            if not records:
+                continue
             buffer = self.buffers.setdefault(tp, deque())
+            key = self.sort_key
             for record in records:
-                buffer.append((self.sort_key(record), record))
+                buffer.append((key(record) if key is not None else "", record))
+            self.next_offset[tp] = records[-1].offset + 1
             got += len(records)
         self.total += got
         return got
 
-    def _all_partitions_buffered(self) -> bool:
-        assigned = self.consumer.assignment()
-        return bool(assigned) and all(self.buffers.get(tp) for tp in assigned)
+    def _lagging_empty(self) -> list[Any]:
+        """Assigned partitions with nothing buffered that still have records on the broker
+        (or have not answered a fetch yet): a merge must wait for them."""
+        if self.sort_key is None:
+            return []
+        lagging = []
+        for tp in self.consumer.assignment():
+            if self.buffers.get(tp):
+                continue
+            end = self.consumer.highwater(tp)
+            if end is None:
+                lagging.append(tp)  # no fetch answered since the assignment
+                continue
+            position = self.next_offset.get(tp)
+            if position is not None and position < end:
+                lagging.append(tp)
+        return lagging
 
     def poll_batch(self, policy: BatchPolicy, stop: threading.Event, poll_timeout_ms: int) -> list[Any]:
-        """Like :func:`poll_batch`, the records merged across partitions by event time."""
-        if self.total == 0 and self._poll(poll_timeout_ms) == 0:
-            return []
-        deadline = time.monotonic() + policy.max_wait_ms / 1000.0
-        while not stop.is_set() and self.total < self.read_ahead:
-            if self.total >= policy.max_size and self._all_partitions_buffered():
+        """Up to ``policy.max_size`` records: waits at most ``poll_timeout_ms`` for a first
+        record (then returns [] so the caller can check ``stop``; never spins), and at most
+        ``policy.max_wait_ms`` after it for more, longer only while a lagging partition has
+        nothing buffered (bounded by ``merge_wait_s``)."""
+        started = time.monotonic()
+        first_at = started if self.total else None
+        forced = False
+        while not stop.is_set():
+            now = time.monotonic()
+            if first_at is None:
+                remaining_ms = poll_timeout_ms - (now - started) * 1000.0
+                if remaining_ms <= 0:
+                    return []
+                if self._poll(int(min(remaining_ms, poll_timeout_ms)) or 1):
+                    first_at = time.monotonic()
+                continue
+            lagging = self._lagging_empty()
+            if self.total >= self.max_buffered:
+                forced = bool(lagging)
                 break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 and self.total >= 1:
+            if self.total >= policy.max_size and not lagging:
                 break
-            if self._poll(max(1, min(int(remaining * 1000), 50))) == 0 and self.total >= policy.max_size:
-                break  # the other partitions have nothing right now
-        return self._take(policy.max_size)
+            waited = now - first_at
+            if waited >= policy.max_wait_ms / 1000.0 and not lagging:
+                break
+            if waited >= max(self.merge_wait_s, policy.max_wait_ms / 1000.0):
+                forced = bool(lagging)
+                break
+            self._poll(MERGE_POLL_MS)
+        if forced:
+            log.info("%s: handing out records before partitions %s answered (read-ahead %d records, "
+                     "waited %.1fs): event-time order across partitions is not guaranteed here",
+                     self.role, _partition_names(self._lagging_empty()), self.total, time.monotonic() - started)
+        return self._take(policy.max_size, forced or stop.is_set())
 
-    def _take(self, n: int) -> list[Any]:
+    def _take(self, n: int, force: bool) -> list[Any]:
         heads = [(buf[0][0], buf[0][1].offset, i, tp) for i, (tp, buf) in enumerate(self.buffers.items()) if buf]
         heapq.heapify(heads)
+        lagging = set() if force else set(self._lagging_empty())
         out: list[Any] = []
-        while heads and len(out) < n:
+        while heads and len(out) < n and not lagging:
             _, _, i, tp = heapq.heappop(heads)
             buffer = self.buffers[tp]
             out.append(buffer.popleft()[1])
             if buffer:
                 heapq.heappush(heads, (buffer[0][0], buffer[0][1].offset, i, tp))
+            elif not force and self.sort_key is not None and tp in set(self._lagging_empty()):
+                break  # its next record, still on the broker, may sort before the other heads
         self.total -= len(out)
         return out
 
     def commit(self, records: list[Any], role: str) -> bool:
-        """Commit the offsets just past ``records`` (per partition), not the read-ahead."""
+        """Commit, per partition still assigned, the offset just past ``records`` (not the
+        read-ahead). A partition revoked meanwhile is left to its new owner, which resumes
+        from the last commit: at worst it redoes records we stored (idempotent downstream)."""
+        assigned = self.consumer.assignment()
         offsets: dict[Any, Any] = {}
         for record in records:
             tp = _partition_of(record)
-            if tp not in offsets or offsets[tp].offset <= record.offset:
+            if tp in assigned and (tp not in offsets or offsets[tp].offset <= record.offset):
                 offsets[tp] = OffsetAndMetadata(record.offset + 1, None, -1)
+        if not offsets:
+            return True
         return commit(self.consumer, role, offsets)
 
 
-def _partition_of(record: Any) -> Any:
-    from kafka.structs import TopicPartition
+@contextlib.contextmanager
+def fenced_as_configuration_error(settings: Settings, group_id: str) -> Iterator[None]:
+    """Turns the broker fencing this member (another process joined ``group_id`` with
+    the same static member id) into an error that says what to change."""
+    try:
+        yield
+    except FencedInstanceIdError:
+        raise ConfigurationError(
+            f"another worker joined consumer group {group_id} with the same static member id "
+            f"{settings.group_instance_id()!r} and took over this one's partitions: give each worker of "
+            "a role on one host its own FINSENT_WORKER_ID (or set FINSENT_KAFKA_STATIC_MEMBERSHIP=false)"
+        ) from None
 
+
+def _partition_of(record: Any) -> TopicPartition:
     return TopicPartition(record.topic, record.partition)
 
 
@@ -229,21 +329,18 @@ class LagReporter:
             log.debug("%s: lag not measured this time: %s", self.role, exc)
 
 
-def run_consumer_loop(*, role: str, consumer: Any, policy: BatchPolicy, poll_timeout_ms: int,
+def run_consumer_loop(*, role: str, reader: PartitionReader, policy: BatchPolicy, poll_timeout_ms: int,
                       stop: threading.Event, process: Callable[[list[Any]], None],
-                      between_batches: Callable[[], None] | None = None,
-                      merge: EventTimeMerge | None = None) -> None:
-    """Poll, process, commit until ``stop`` is set; then return (the caller closes the
+                      between_batches: Callable[[], None] | None = None) -> None:
+    """Read, process, commit until ``stop`` is set; then return (the caller closes the
     consumer). ``process`` raising ``ServiceUnavailable`` while stopping means the batch
     was not stored: it is left uncommitted for redelivery."""
+    consumer = reader.consumer
     lag = LagReporter(role)
     while not stop.is_set():
         if between_batches is not None:
             between_batches()
-        if merge is not None:
-            records = merge.poll_batch(policy, stop, poll_timeout_ms)
-        else:
-            records = poll_batch(consumer, policy, stop, poll_timeout_ms)
+        records = reader.poll_batch(policy, stop, poll_timeout_ms)
         if not records:
             lag.maybe_update(consumer)
             continue
@@ -256,10 +353,7 @@ def run_consumer_loop(*, role: str, consumer: Any, policy: BatchPolicy, poll_tim
                             "and will be redelivered", role, exc)
                 return
             raise
-        if merge is not None:
-            merge.commit(records, role)
-        else:
-            commit(consumer, role)
+        reader.commit(records, role)
         metrics.BATCHES.labels(role=role).inc()
         metrics.BATCH_LATENCY.labels(role=role).observe(time.perf_counter() - started)
         lag.maybe_update(consumer)

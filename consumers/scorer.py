@@ -16,8 +16,9 @@ group ``finsent-scorer`` (``FINSENT_KAFKA_GROUP_PREFIX``-scorer):
    topic, keyed by the key so one trends worker owns each key; flush;
 5. only then commit the offsets of the records processed.
 
-Partitions are merged by event time (:class:`consumers.batching.EventTimeMerge`) so that
-a scorer working off a backlog forwards each key's documents nearly in event-time order.
+Partitions are merged by event time (:class:`consumers.batching.PartitionReader`) so that
+a scorer working off a backlog forwards each key's documents in event-time order, and the
+reader keeps the resume rule of :mod:`consumers.batching` across rebalances.
 
 Delivery: at-least-once from Kafka plus idempotent writes, so a crash at any step either
 redoes the batch harmlessly or finds it done. PostgreSQL down: the transaction is retried
@@ -44,7 +45,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from consumers.batching import FETCH_MAX_WAIT_MS, EventTimeMerge, LagReporter
+from consumers.batching import (
+    FETCH_MAX_WAIT_MS,
+    LagReporter,
+    PartitionReader,
+    fenced_as_configuration_error,
+)
 from consumers.model_watch import ModelWatcher
 from pipeline import metrics
 from pipeline.db import retry_db
@@ -63,9 +69,6 @@ ROLE = "scorer"
 #: near the broker's 1 MB limit never stalls the partition (tansu does not return an
 #: oversized first batch the way Apache Kafka does since KIP-74).
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
-#: Records buffered ahead across partitions to merge them by event time (see
-#: consumers.batching.EventTimeMerge): about one embedded-broker fetch response.
-READ_AHEAD = 2000
 
 # Rows travel as one JSON document per statement: executemany costs a round trip per row.
 INSERT_DOCUMENTS = sa.text("""
@@ -158,7 +161,7 @@ class Scorer:
         classifier = retry_db(lambda: self.watcher.load_initial(), what="scorer: model lookup", stop=stop.is_set)
         metrics.MODEL_INFO.labels(version=classifier.version).set(1)
         self._producer = make_producer(self.settings, self.bootstrap)
-        merge = EventTimeMerge(None, _event_time_key, read_ahead=max(READ_AHEAD, 4 * self.settings.batch.max_size))
+        merge = PartitionReader(None, _event_time_key, role=ROLE)
         consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_documents],
                                  listener=merge, max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
                                  fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
@@ -167,13 +170,14 @@ class Scorer:
         log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
                  self.settings.kafka_topic_documents)
         try:
-            self._loop(consumer, merge, stop)
+            with fenced_as_configuration_error(self.settings, self.group_id):
+                self._loop(consumer, merge, stop)
         finally:
             self._ready = False
             consumer.close(autocommit=False)
             self._producer.close(timeout=self.settings.shutdown_grace_s)
 
-    def _loop(self, consumer: Any, merge: EventTimeMerge, stop: threading.Event) -> None:
+    def _loop(self, consumer: Any, merge: PartitionReader, stop: threading.Event) -> None:
         """Poll, classify batch n+1 while a helper thread stores and forwards batch n;
         commit batch n's offsets (on this thread: the consumer is not thread-safe) once it
         is stored and forwarded. At most one batch is in the helper at a time, so the
@@ -202,7 +206,7 @@ class Scorer:
             except _StoppedUnstored:
                 return
 
-    def _complete(self, pending: tuple[ScoredBatch, Future[None]], merge: EventTimeMerge,
+    def _complete(self, pending: tuple[ScoredBatch, Future[None]], merge: PartitionReader,
                   stop: threading.Event) -> None:
         batch, future = pending
         try:

@@ -42,7 +42,12 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from consumers.batching import FETCH_MAX_WAIT_MS, AssignmentLog, run_consumer_loop
+from consumers.batching import (
+    FETCH_MAX_WAIT_MS,
+    PartitionReader,
+    fenced_as_configuration_error,
+    run_consumer_loop,
+)
 from consumers.model_watch import ModelWatcher
 from pipeline import metrics
 from pipeline.db import retry_db
@@ -175,17 +180,23 @@ class Trends:
     def run(self, stop: threading.Event) -> None:
         memory = retry_db(lambda: self.watcher.load_initial(), what="trends: model lookup", stop=stop.is_set)
         self._producer = make_producer(self.settings, self.bootstrap)
+        # No merge: a key lives in one partition of the scored topic, so the order across
+        # partitions does not matter here; the reader keeps the resume rule.
+        reader = PartitionReader(None, None, role=ROLE, max_buffered=4 * self.policy.max_size)
         consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_scored],
-                                 listener=AssignmentLog(ROLE), max_poll_records=self.policy.max_size, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+                                 listener=reader, max_poll_records=self.policy.max_size,
+                                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+        reader.consumer = consumer
         self._ready = True
         log.info("trends: memory cell of model %s on %s (lateness horizon %.0fs)", memory.version,
                  self.settings.kafka_topic_scored, self.horizon.total_seconds())
         try:
-            run_consumer_loop(
-                role=ROLE, consumer=consumer, policy=self.policy,
-                poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
-                process=lambda records: self.process(records, stop), between_batches=self._between_batches,
-            )
+            with fenced_as_configuration_error(self.settings, self.group_id):
+                run_consumer_loop(
+                    role=ROLE, reader=reader, policy=self.policy,
+                    poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
+                    process=lambda records: self.process(records, stop), between_batches=self._between_batches,
+                )
         finally:
             self._ready = False
             consumer.close(autocommit=False)

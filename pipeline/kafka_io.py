@@ -65,7 +65,8 @@ def make_consumer(settings: Settings, bootstrap: str, group_id: str, kafka_topic
                   listener: ConsumerRebalanceListener | None = None, **overrides: Any) -> KafkaConsumer:
     """A consumer in ``group_id`` subscribed to ``kafka_topics`` with manual commits;
     ``listener`` hears of partitions revoked and assigned (subscribing once: a second
-    ``subscribe`` to add a listener logs a warning)."""
+    ``subscribe`` to add a listener logs a warning). With static membership
+    (``Settings.kafka_static_membership``) it joins as ``Settings.group_instance_id()``."""
     t = settings.kafka
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap.split(","),
@@ -77,6 +78,7 @@ def make_consumer(settings: Settings, bootstrap: str, group_id: str, kafka_topic
         "max_poll_interval_ms": t.max_poll_interval_ms,
         "request_timeout_ms": max(t.request_timeout_ms, t.session_timeout_ms + 5000),
         "max_poll_records": settings.batch.max_size,
+        "group_instance_id": settings.group_instance_id(),
     }
     config.update(overrides)
     consumer = KafkaConsumer(**config)

@@ -129,6 +129,19 @@ class Settings(BaseSettings):
         description="consumer groups are PREFIX-scorer and PREFIX-trends: give each deployment that "
         "shares a Kafka cluster its own prefix, or they split each other's partitions",
     )
+    kafka_static_membership: bool = Field(
+        True,
+        description="join consumer groups as a static member (Kafka group.instance.id = FINSENT_WORKER_ID): "
+        "a worker restarted after a crash takes its partitions back without waiting for the dead member's "
+        "session to expire and a second rebalance (measured on tansu: 8 s instead of 18 s at the default "
+        "10 s session). A static member does not leave the group on shutdown: its partitions wait one "
+        "session timeout for it",
+    )
+    worker_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        description="this worker's stable name in its consumer groups (static membership). Default: the "
+        "host name. Two workers of one role on one host need different ids (e.g. scorer-1, scorer-2)",
+    )
     kafka: KafkaTimeouts = KafkaTimeouts()
     batch: BatchPolicy = BatchPolicy()
 
@@ -219,6 +232,15 @@ class Settings(BaseSettings):
     def group_id(self, role: str) -> str:
         """The consumer group of a stream role (``scorer``, ``trends``)."""
         return f"{self.kafka_group_prefix}-{role}"
+
+    def group_instance_id(self) -> str | None:
+        """This process's static member id in every group it joins (None: dynamic
+        membership). Stable across restarts, which is the point: see ``kafka_static_membership``."""
+        if not self.kafka_static_membership:
+            return None
+        import socket
+
+        return self.worker_id or socket.gethostname() or "finsent"
 
     @property
     def kafka_topics(self) -> tuple[str, str, str]:

@@ -137,6 +137,9 @@ def settings(database_url: str, kafka_broker: EmbeddedBroker, tmp_path: Path) ->
         kafka_topic_dlq=f"finsent.dlq.{suffix}",
         kafka_group_prefix=f"finsent-{suffix}",
         kafka_partitions=2,
+        # Several workers of one role run in one test process: dynamic membership here
+        # (static member ids are per host); the fault tests turn it on with their own ids.
+        kafka_static_membership=False,
         model_registry_dir=tmp_path / "registry",
         embedded_pg_dir=tmp_path / "pg",
         http_port=0,

@@ -8,7 +8,7 @@ from collections import deque
 import pytest
 from kafka.structs import TopicPartition
 
-from consumers.batching import AssignmentLog, EventTimeMerge
+from consumers.batching import AssignmentLog, PartitionReader
 
 
 def test_assignments_and_revocations_are_logged_with_the_partitions(caplog: pytest.LogCaptureFixture) -> None:
@@ -24,12 +24,18 @@ def test_assignments_and_revocations_are_logged_with_the_partitions(caplog: pyte
     assert messages[2].endswith("(assignment 2): none")
 
 
-def test_event_time_merge_drops_revoked_buffers_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+def test_reader_drops_revoked_buffers_remembers_where_to_resume_and_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="consumers.batching")
-    merge = EventTimeMerge(None, lambda record: "", read_ahead=10)
+    merge = PartitionReader(None, lambda record: "", role="scorer")
     tp = TopicPartition("finsent.documents", 0)
-    merge.buffers[tp] = deque([("a", object()), ("b", object())])
+    merge.buffers[tp] = deque([("a", Record(7)), ("b", Record(8))])
     merge.total = 2
     merge.on_partitions_revoked({tp})
     assert merge.total == 0 and tp not in merge.buffers
+    assert merge.resume_at == {tp: 7}
     assert caplog.records[-1].getMessage() == "scorer: partitions revoked: finsent.documents:0"
+
+
+class Record:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset

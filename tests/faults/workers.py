@@ -25,6 +25,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "FINSENT_KAFKA_TOPIC_DLQ": settings.kafka_topic_dlq,
         "FINSENT_KAFKA_GROUP_PREFIX": settings.kafka_group_prefix,
         "FINSENT_KAFKA_PARTITIONS": str(settings.kafka_partitions),
+        "FINSENT_KAFKA_STATIC_MEMBERSHIP": str(settings.kafka_static_membership).lower(),
         "FINSENT_KAFKA__SESSION_TIMEOUT_MS": str(k.session_timeout_ms),
         "FINSENT_KAFKA__HEARTBEAT_INTERVAL_MS": str(k.heartbeat_interval_ms),
         "FINSENT_KAFKA__MAX_POLL_INTERVAL_MS": str(k.max_poll_interval_ms),
@@ -37,6 +38,8 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "FINSENT_MODEL_REGISTRY_DIR": str(settings.model_registry_dir),
         "PYTHONPATH": str(ROOT),
     })
+    if settings.worker_id:
+        env["FINSENT_WORKER_ID"] = settings.worker_id
     env.update(extra)
     return env
 
