@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.metrics import REGISTRY
-from pipeline.settings import Settings
+from pipeline.settings import Settings, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class HttpServer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpServer:
-        return cls(settings.http_host, settings.http_port, token=settings.http_token,
+        return cls(settings.http_host, settings.http_port, token=secret_value(settings.http_token),
                    max_body_bytes=settings.http_max_body_bytes)
 
     # -- configuration -----------------------------------------------------------------------

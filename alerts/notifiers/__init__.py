@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import httpx
 
 from alerts.rules import EmailNotifierConfig, RuleSet, WebhookNotifierConfig
-from pipeline.settings import Settings
+from pipeline.settings import Settings, secret_value
 
 
 class Notifier(Protocol):
@@ -37,7 +37,7 @@ def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None
         if isinstance(config, EmailNotifierConfig):
             recipients = recipients or config.to
         return EmailNotifier(settings.smtp, recipients)
-    secret = settings.webhook.secret
+    secret = secret_value(settings.webhook.secret)
     timeout = settings.webhook.timeout_s
     if isinstance(config, WebhookNotifierConfig):
         secret = config.resolved_secret(settings)
