@@ -125,7 +125,8 @@ class WebhookSettings(BaseModel):
 
     url: str | None = None
     secret: SecretStr | None = Field(None, description="shared HMAC-SHA256 secret for the signature header")
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="total deadline of one send (connect, request, whole "
+                             "answer); capped at half of FINSENT_DELIVERY__LEASE_S")
 
 
 class DeliveryPolicy(BaseModel):
