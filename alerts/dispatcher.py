@@ -15,15 +15,15 @@ import random
 import threading
 from dataclasses import dataclass
 
-import httpx
 from sqlalchemy.engine import Engine
 
 from alerts import outbox
 from alerts.errors import DeliveryError, PermanentDeliveryError
 from alerts.notifiers import build_notifier
+from alerts.notifiers.webhook import WebhookClient
 from alerts.rules import RuleSet
 from pipeline import metrics
-from pipeline.settings import Settings
+from pipeline.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Dispatcher:
         self.policy = settings.delivery
         self.rng = rng or random.Random()
         # one pooled client: a new client per send costs more than the send on a LAN
-        self._http: httpx.Client | None = None
+        self._http: WebhookClient | None = None
 
     def close(self) -> None:
         if self._http is not None:
@@ -74,7 +74,7 @@ class Dispatcher:
                                  "during the last one", summary)
             return
         if channel == "webhook" and self._http is None:
-            self._http = httpx.Client(headers={"User-Agent": "finsent-alerts"})
+            self._http = WebhookClient(headers={"User-Agent": "finsent-alerts"})
         notifier = build_notifier(channel, delivery.target, str(delivery.payload.get("notifier", "")),
                                   self.ruleset, self.settings, http_client=self._http)
         try:
@@ -93,7 +93,7 @@ class Dispatcher:
         summary.delivered += 1
         metrics.DELIVERIES.labels(channel=channel, outcome="delivered").inc()
         log.info("delivered %s %s of alert %s to %s (attempt %d)", channel, delivery.event,
-                 delivery.alert_id, delivery.target, delivery.attempts)
+                 delivery.alert_id, redact_url(delivery.target), delivery.attempts)
 
     def _failed(self, delivery: outbox.Delivery, error: str, retry_after: float | None,
                 summary: DispatchSummary) -> None:
@@ -107,10 +107,11 @@ class Dispatcher:
         summary.retried += 1
         metrics.DELIVERIES.labels(channel=delivery.channel, outcome="retry").inc()
         log.warning("delivery %s (%s to %s) failed, retry in %.2fs: %s", delivery.id, delivery.channel,
-                    delivery.target, delay, error)
+                    redact_url(delivery.target), delay, error)
 
     def _dead(self, delivery: outbox.Delivery, error: str, summary: DispatchSummary) -> None:
         outbox.mark_failed(self.engine, delivery, error, delay_s=None, dead=True)
         summary.dead += 1
         metrics.DELIVERIES.labels(channel=delivery.channel, outcome="dead").inc()
-        log.error("delivery %s (%s to %s) is dead: %s", delivery.id, delivery.channel, delivery.target, error)
+        log.error("delivery %s (%s to %s) is dead: %s", delivery.id, delivery.channel, redact_url(delivery.target),
+                  error)

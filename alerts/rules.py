@@ -43,6 +43,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -50,7 +51,7 @@ from pydantic import (
 )
 
 from alerts.errors import RuleError
-from pipeline.settings import Settings
+from pipeline.settings import Settings, secret_value
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -316,16 +317,17 @@ class EmailNotifierConfig(_Strict):
 class WebhookNotifierConfig(_Strict):
     type: Literal["webhook"]
     url: str = Field(pattern=r"^https?://")
-    secret: str | None = None
+    secret: SecretStr | None = None  # SecretStr: a parsed RuleSet shows up in logs and reprs
     secret_env: str | None = None
     timeout_s: float | None = Field(None, gt=0)
 
     def resolved_secret(self, settings: Settings | None) -> str | None:
+        """The plain secret to sign with: ``secret``, else ``$secret_env``, else the settings'."""
         if self.secret is not None:
-            return self.secret
+            return secret_value(self.secret)
         if self.secret_env:
             return os.environ.get(self.secret_env)
-        return settings.webhook.secret if settings is not None else None
+        return secret_value(settings.webhook.secret) if settings is not None else None
 
 
 NotifierConfig = Annotated[EmailNotifierConfig | WebhookNotifierConfig, Field(discriminator="type")]

@@ -3,14 +3,19 @@
 The schema is owned by Alembic (``migrations/``); code talks SQL through SQLAlchemy Core
 (``sqlalchemy.text``) on engines made here. Engines use psycopg 3 and ``pool_pre_ping``
 so a database restart costs a retry, not a crashed worker.
+
+A URL shown to anyone (log lines, error messages, ``finsent status``) goes through
+``pipeline.settings.redact_url``; a driver's error text is folded to one line, since the
+CLI prints an error as a single line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,7 +28,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.embedded import resolve_database_url
 from pipeline.errors import DatabaseError
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import Settings, get_settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,13 @@ def _resolved(configured: str | None, embedded_dir: str) -> tuple[str, str]:
     return resolve_database_url(configured, Path(embedded_dir))
 
 
+def resolve(settings: Settings | None = None) -> tuple[str, str]:
+    """``(url, how)``: the URL finsent uses and a phrase saying where it came from (for
+    error messages; show the URL only through ``redact_url``)."""
+    s = settings or get_settings()
+    return _resolved(s.database_url, str(s.embedded_pg_dir))
+
+
 def database_url(settings: Settings | None = None) -> str:
     """The URL finsent uses: configured, else local 127.0.0.1:5432, else embedded."""
     s = settings or get_settings()
@@ -44,9 +56,44 @@ def database_url(settings: Settings | None = None) -> str:
 
 def database_description(settings: Settings | None = None) -> str:
     """One line saying which database is in use (for start-up logs and `finsent status`)."""
-    s = settings or get_settings()
-    url, how = _resolved(s.database_url, str(s.embedded_pg_dir))
-    return f"{how}: {sa.engine.make_url(url).render_as_string(hide_password=True)}"
+    url, how = resolve(settings)
+    return f"{how}: {redact_url(url)}"
+
+
+def driver_reason(exc: BaseException) -> str:
+    """The driver's own error text (``exc.orig`` of a SQLAlchemy error), on one line.
+
+    psycopg's messages span lines ("...Connection refused\n\tIs the server running...");
+    the SQLAlchemy wrapper adds the statement and a link, which help nobody here.
+    """
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+def unreachable(url: str, exc: BaseException, how: str = "") -> DatabaseError:
+    """The one-line error for a database that cannot be reached: which one (password
+    hidden), why, and what to do. ``how`` says where the URL came from."""
+    if not how or "FINSENT_DATABASE_URL" in how:
+        source = "from FINSENT_DATABASE_URL"
+    else:
+        source = f"{how}; FINSENT_DATABASE_URL is unset"
+    reason = driver_reason(exc)
+    if not reason.endswith((".", "?", "!")):
+        reason += "."
+    return DatabaseError(
+        f"cannot connect to the database {redact_url(url)} ({source}): {reason} "
+        "Start PostgreSQL there, or point FINSENT_DATABASE_URL (or --database-url) at a running server"
+    )
+
+
+@contextlib.contextmanager
+def connection_errors(url: str, how: str = "") -> Iterator[None]:
+    """Inside the block, a failure to connect becomes :func:`unreachable`'s DatabaseError
+    (one line for the CLI, exit 2) instead of a SQLAlchemy traceback. Refused, unresolvable,
+    timed out or rejected credentials are all OperationalError; SQL errors pass through."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise unreachable(url, exc, how) from exc
 
 
 def make_engine(url: str | None = None, *, pool_size: int = 5) -> Engine:
@@ -73,7 +120,8 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except sa.exc.OperationalError as exc:
-        raise DatabaseError(f"cannot migrate the database: {exc.orig}; is PostgreSQL running?") from exc
+        raise DatabaseError(f"cannot migrate the database {redact_url(url)}: {driver_reason(exc)}; is PostgreSQL "
+                            "running? Check FINSENT_DATABASE_URL (or --database-url)") from exc
 
 
 def downgrade(url: str, revision: str = "base") -> None:
@@ -110,8 +158,8 @@ def retry_db(fn: Callable[[], T], *, what: str, attempts: int = 0, base_delay_s:
                 raise
             tried += 1
             if (attempts and tried >= attempts) or (stop is not None and stop()):
-                raise DatabaseError(f"{what}: database unavailable after {tried} tries: {exc.orig}") from exc
-            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc.orig, delay)
+                raise DatabaseError(f"{what}: database unavailable after {tried} tries: {driver_reason(exc)}") from exc
+            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, driver_reason(exc), delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
 

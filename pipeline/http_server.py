@@ -6,7 +6,11 @@ One threaded server (stdlib ``ThreadingHTTPServer``, HTTP/1.1 keep-alive) per pr
 * ``GET /healthz``: liveness and readiness from the registered checks
   (``add_health_check(name, fn, kind="readiness"|"liveness")``; ``fn() -> bool``, an
   exception counts as failing). 200 when every check passes, 503 otherwise, with a JSON
-  body naming each check. ``GET /healthz/live`` and ``/healthz/ready`` answer one half.
+  body naming each check and its status (``"ok"`` or ``"unavailable"``), never the error:
+  /healthz answers unauthenticated callers, and a driver's error text names hosts, ports
+  and software versions. The detail goes to the server log (once per change, so a probe
+  every few seconds does not flood it). ``GET /healthz/live`` and ``/healthz/ready``
+  answer one half.
 * ``GET /metrics``: ``pipeline.metrics.REGISTRY`` in the Prometheus text format.
 * Routes added with ``add_route(method, path, fn, auth=..., json_body=...)``. The server
   enforces, in this order: bearer token (401, when a token is configured and the route
@@ -33,7 +37,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.metrics import REGISTRY
-from pipeline.settings import Settings
+from pipeline.settings import Settings, secret_value
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +104,11 @@ class HttpServer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._on_stop: list[Callable[[], None]] = []
+        self._last_failure: dict[str, str | None] = {}  # check name -> last logged detail
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpServer:
-        return cls(settings.http_host, settings.http_port, token=settings.http_token,
+        return cls(settings.http_host, settings.http_port, token=secret_value(settings.http_token),
                    max_body_bytes=settings.http_max_body_bytes)
 
     # -- configuration -----------------------------------------------------------------------
@@ -185,16 +190,35 @@ class HttpServer:
     # -- built-in routes ------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
+        """The /healthz report: per check its kind, ``ok`` and a generic ``status``. Why a
+        check fails is logged here, not returned (see the module docstring)."""
         results: dict[str, dict[str, Any]] = {}
         for name, (kind, fn) in list(self._checks.items()):
             try:
-                ok, err = bool(fn()), None
+                ok, detail = bool(fn()), None
             except Exception as exc:  # noqa: BLE001 - a failing check is reported, not raised
-                ok, err = False, f"{type(exc).__name__}: {exc}"
-            results[name] = {"kind": kind, "ok": ok, **({"error": err} if err else {})}
+                ok, detail = False, " ".join(f"{type(exc).__name__}: {exc}".split())
+            self._log_check(name, ok, detail)
+            results[name] = {"kind": kind, "ok": ok, "status": "ok" if ok else "unavailable"}
         live = all(r["ok"] for r in results.values() if r["kind"] == "liveness")
         ready = live and all(r["ok"] for r in results.values() if r["kind"] == "readiness")
         return {"status": "ok" if ready else "unavailable", "live": live, "ready": ready, "checks": results}
+
+    def _log_check(self, name: str, ok: bool, detail: str | None) -> None:
+        """Log a check's failure with its detail when it starts or its detail changes, and
+        its recovery; repeats of the same failure go to DEBUG."""
+        with self._lock:
+            previous = self._last_failure.get(name)
+            current = None if ok else (detail or "returned False")
+            self._last_failure[name] = current
+        if current == previous:
+            if current is not None:
+                log.debug("health check %s still failing: %s", name, current)
+            return
+        if current is None:
+            log.info("health check %s recovered", name)
+        else:
+            log.warning("health check %s failing: %s", name, current)
 
     def _builtin(self, request: Request) -> Response | None:
         if request.method not in ("GET", "HEAD"):

@@ -30,7 +30,7 @@ class Services:
 
     settings: Settings
     bootstrap: str
-    database_url: str
+    database_url: str = field(repr=False)  # holds the password; show it via redact_url
     engine: Engine
     broker: EmbeddedBroker | None = None
     descriptions: dict[str, str] = field(default_factory=dict)

@@ -6,6 +6,13 @@ passing the value to :func:`get_settings` as an override. The object is frozen: 
 that needs a different value builds a new object with ``settings.model_copy(update=...)``
 rather than mutating a shared one.
 
+Credentials (``FINSENT_SMTP__PASSWORD``, ``FINSENT_WEBHOOK__SECRET``,
+``FINSENT_HTTP_TOKEN``) are ``SecretStr``: ``repr(settings)`` and any log line that prints
+a settings object show ``'**********'``; code that needs the value calls
+``.get_secret_value()`` at the point of use. The database URL stays a plain string (SQLAlchemy
+and Alembic take it as one), but ``repr(settings)`` shows it through :func:`redact_url`, and
+so must every log line and error message that names it.
+
 Grouped knobs are value objects (``BatchPolicy``, ``KafkaTimeouts``, ``SmtpSettings``,
 ``WebhookSettings``); nested fields are set with a double underscore, e.g.
 ``FINSENT_BATCH__MAX_SIZE=64`` or ``FINSENT_SMTP__HOST=mail.example.com``.
@@ -14,16 +21,63 @@ Grouped knobs are value objects (``BatchPolicy``, ``KafkaTimeouts``, ``SmtpSetti
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
 
 ENV_PREFIX = "FINSENT_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REDACTED = "***"
+
+
+def redact_url(url: str | None) -> str:
+    """``url`` with the password replaced by ``***``, for logs and error messages.
+
+    Use it wherever a database or Kafka URL may be shown: start-up lines, ``finsent
+    status``, exceptions. Text that is not a URL with credentials comes back unchanged.
+
+    >>> redact_url("postgresql+psycopg://finsent:s3cret@db.internal:5432/finsent")
+    'postgresql+psycopg://finsent:***@db.internal:5432/finsent'
+    >>> redact_url("postgresql://db.internal/finsent")
+    'postgresql://db.internal/finsent'
+    >>> redact_url("kafka1:9092,kafka2:9092")
+    'kafka1:9092,kafka2:9092'
+    >>> redact_url("kafka://user:pa%40ss@broker:9093")
+    'kafka://user:***@broker:9093'
+    >>> redact_url(None)
+    ''
+    """
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED  # unparseable: it may still hold a password
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+
+
+def secret_value(secret: SecretStr | str | None) -> str | None:
+    """The plain value of a credential field, at the point of use (None when unset).
+
+    Takes a plain ``str`` too: ``settings.model_copy(update=...)`` does not validate, so a
+    copy may hold one.
+
+    >>> secret_value(SecretStr("s3cret")), secret_value(None)
+    ('s3cret', None)
+    """
+    if secret is None:
+        return None
+    return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
 
 
 class BatchPolicy(BaseModel):
@@ -57,7 +111,7 @@ class SmtpSettings(BaseModel):
     port: int = Field(25, ge=1, le=65535)
     security: Literal["none", "starttls", "ssl"] = "none"
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
     sender: str = "finsent@localhost"
     recipients: tuple[str, ...] = ()
     timeout_s: float = Field(10.0, gt=0)
@@ -70,8 +124,9 @@ class WebhookSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     url: str | None = None
-    secret: str | None = Field(None, description="shared HMAC-SHA256 secret for the signature header")
-    timeout_s: float = Field(10.0, gt=0)
+    secret: SecretStr | None = Field(None, description="shared HMAC-SHA256 secret for the signature header")
+    timeout_s: float = Field(10.0, gt=0, description="total deadline of one send (connect, request, whole "
+                             "answer); capped at half of FINSENT_DELIVERY__LEASE_S")
 
 
 class DeliveryPolicy(BaseModel):
@@ -172,7 +227,7 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP ingest, /healthz and /metrics")
-    http_token: str | None = Field(None, description="bearer token required by HTTP ingest when set")
+    http_token: SecretStr | None = Field(None, description="bearer token required by HTTP ingest when set")
     http_max_body_bytes: int = Field(5_000_000, ge=1024)
     shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM: finish the batch in hand within this")
     model_poll_s: float = Field(5.0, gt=0, description="stream workers check model_versions for a new champion this often")
@@ -228,6 +283,12 @@ class Settings(BaseSettings):
                     "give a comma-separated list such as kafka1:9092,kafka2:9092"
                 )
         return value.strip()
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Like pydantic's, with the database URL's password masked: settings objects end
+        up in logs and tracebacks (the secrets proper are SecretStr already)."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "database_url" and value else value
 
     def group_id(self, role: str) -> str:
         """The consumer group of a stream role (``scorer``, ``trends``)."""

@@ -36,6 +36,7 @@ challenger has something to beat and ``finsent models rollback`` can return to i
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -51,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from apscheduler.job import Job
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline import db, registry
@@ -524,17 +527,91 @@ def parse_cron(expression: str) -> Any:
         raise ConfigurationError(f"schedule {expression!r} is not a valid cron expression: {exc}") from exc
 
 
+#: the only globals a stored job state may name: a cron trigger, its fields and expressions,
+#: and datetimes. Everything else in the row (the job's function, its arguments) is checked
+#: as data by :func:`load_job_state`.
+_JOB_STATE_GLOBALS = {
+    ("apscheduler.triggers.cron", "CronTrigger"),
+    *(("apscheduler.triggers.cron.fields", name) for name in (
+        "BaseField", "DayOfMonthField", "DayOfWeekField", "MonthField", "WeekField")),
+    *(("apscheduler.triggers.cron.expressions", name) for name in (
+        "AllExpression", "RangeExpression", "MonthRangeExpression", "WeekdayRangeExpression",
+        "WeekdayPositionExpression", "LastDayOfMonthExpression")),
+    ("datetime", "datetime"), ("datetime", "timedelta"), ("datetime", "timezone"),
+}
+SCHEDULE_JOB_FUNC = f"{__name__}:scheduled_retrain"
+
+
+class UnsafeJobState(pickle.UnpicklingError):
+    """A row of the job table is not a retraining job this code wrote."""
+
+
+class _JobStateUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _JOB_STATE_GLOBALS:
+            raise UnsafeJobState(f"the stored job names {module}.{name}, which a retraining job never holds")
+        return super().find_class(module, name)
+
+
+def load_job_state(data: bytes) -> dict[str, Any]:
+    """Decode one ``apscheduler_jobs.job_state`` WITHOUT running code from the database.
+
+    APScheduler 3 stores jobs pickled, and a plain ``pickle.loads`` runs whatever the bytes
+    say: anyone able to write that table would run code in the scheduler. Here only the
+    classes of a cron trigger and datetimes may be named (an allow-list unpickler), and
+    the job must call :func:`scheduled_retrain` with no arguments on our cron trigger: a
+    job naming any other function (``os:system``, say) is code execution too, without any
+    pickle trick, because APScheduler imports and calls whatever ``func`` names.
+    Raises :class:`UnsafeJobState` otherwise.
+    """
+    from apscheduler.triggers.cron import CronTrigger
+
+    state = _JobStateUnpickler(io.BytesIO(data)).load()
+    if not isinstance(state, dict):
+        raise UnsafeJobState(f"the stored job is a {type(state).__name__}, not a job state")
+    problems = []
+    if state.get("func") != SCHEDULE_JOB_FUNC:
+        problems.append(f"calls {state.get('func')!r}, not {SCHEDULE_JOB_FUNC}")
+    if tuple(state.get("args") or ()) or dict(state.get("kwargs") or {}):
+        problems.append("has arguments")
+    if not isinstance(state.get("trigger"), CronTrigger):
+        problems.append(f"has a {type(state.get('trigger')).__name__} trigger")
+    if state.get("executor") != "default":
+        problems.append(f"runs on executor {state.get('executor')!r}")
+    if problems:
+        raise UnsafeJobState(f"stored job {state.get('id')!r} " + "; ".join(problems))
+    return state
+
+
+class RetrainJobStore(SQLAlchemyJobStore):
+    """APScheduler's PostgreSQL job store, reading jobs through :func:`load_job_state`.
+
+    A row it refuses is logged and removed by APScheduler (as any job it cannot restore),
+    and ``run_schedule`` then stores the configured schedule afresh.
+    """
+
+    def _reconstitute_job(self, job_state: bytes) -> Job:
+        state = load_job_state(job_state)
+        state["jobstore"] = self
+        job = Job.__new__(Job)
+        job.__setstate__(state)
+        job._scheduler = self._scheduler
+        job._jobstore_alias = self._alias
+        return job
+
+
 def stored_job_trigger(engine: Engine) -> str | None:
-    """The trigger of the job stored by an earlier scheduler, as text, or None."""
+    """The trigger of the job stored by an earlier scheduler, as text, or None (no job
+    table, no job, or a row :func:`load_job_state` refuses: it is then replaced)."""
+    store = RetrainJobStore(engine=engine, tablename=SCHEDULE_TABLE)
     try:
-        with engine.connect() as conn:
-            state = conn.execute(sa.text(f"select job_state from {SCHEDULE_TABLE} where id = :i"),
-                                 {"i": SCHEDULE_JOB_ID}).scalar()
+        job = store.lookup_job(SCHEDULE_JOB_ID)
     except sa.exc.ProgrammingError:
         return None
-    if state is None:
+    except (pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError) as exc:
+        log.warning("ignoring the stored retraining job (it is replaced by the configured schedule): %s", exc)
         return None
-    return str(pickle.loads(state)["trigger"])  # noqa: S301 - written by our own scheduler
+    return str(job.trigger) if job is not None else None
 
 
 def run_schedule(settings: Settings, cron: str, *, config: Any | None = None,
@@ -559,7 +636,6 @@ def run_schedule(settings: Settings, cron: str, *, config: Any | None = None,
     at once, leaving that run to be marked failed (and cleaned up) by the next one.
     """
     from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     trigger = parse_cron(cron)
@@ -568,7 +644,7 @@ def run_schedule(settings: Settings, cron: str, *, config: Any | None = None,
     engine = db.make_engine(url, pool_size=2)
     _SCHEDULE_CONTEXT.update(settings=settings, config=config)
     scheduler = BlockingScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=SCHEDULE_TABLE)},
+        jobstores={"default": RetrainJobStore(engine=engine, tablename=SCHEDULE_TABLE)},
         executors={"default": ThreadPoolExecutor(max_workers=1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": settings.retrain_misfire_grace_s},
         timezone=UTC,

@@ -8,12 +8,17 @@ acknowledgement and raises :class:`alerts.errors.DeliveryError` (retry later) or
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alerts.rules import EmailNotifierConfig, RuleSet, WebhookNotifierConfig
-from pipeline.settings import Settings
+from pipeline.settings import Settings, secret_value
+
+if TYPE_CHECKING:
+    from alerts.notifiers.webhook import WebhookClient
+
+#: a webhook send must end within this fraction of the delivery lease, leaving the rest of
+#: the lease to record the outcome before another dispatcher may claim the delivery again
+SEND_DEADLINE_LEASE_FRACTION = 0.5
 
 
 class Notifier(Protocol):
@@ -24,10 +29,15 @@ class Notifier(Protocol):
 
 
 def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None, settings: Settings,
-                   *, http_client: httpx.Client | None = None) -> Notifier:
+                   *, http_client: WebhookClient | None = None) -> Notifier:
     """The notifier for an outbox row. The row's target wins (it is what was promised
     when the alert fired); the rules file supplies secrets and timeouts when it still
-    defines the notifier, the settings otherwise."""
+    defines the notifier, the settings otherwise.
+
+    A webhook's timeout is its total deadline per send, capped at half of
+    ``FINSENT_DELIVERY__LEASE_S``: a send still running when the lease lapses would be
+    sent a second time by another dispatcher.
+    """
     from alerts.notifiers.email import EmailNotifier
     from alerts.notifiers.webhook import WebhookNotifier
 
@@ -37,9 +47,10 @@ def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None
         if isinstance(config, EmailNotifierConfig):
             recipients = recipients or config.to
         return EmailNotifier(settings.smtp, recipients)
-    secret = settings.webhook.secret
+    secret = secret_value(settings.webhook.secret)
     timeout = settings.webhook.timeout_s
     if isinstance(config, WebhookNotifierConfig):
         secret = config.resolved_secret(settings)
         timeout = config.timeout_s or timeout
+    timeout = min(timeout, settings.delivery.lease_s * SEND_DEADLINE_LEASE_FRACTION)
     return WebhookNotifier(target, secret=secret, timeout_s=timeout, receiver=name, client=http_client)

@@ -20,7 +20,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from alerts.errors import DeliveryError, PermanentDeliveryError
-from pipeline.settings import SmtpSettings
+from pipeline.settings import SmtpSettings, secret_value
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -94,7 +94,7 @@ class EmailNotifier:
         try:
             with self._connect() as conn:
                 if self.smtp.username:
-                    conn.login(self.smtp.username, self.smtp.password or "")
+                    conn.login(self.smtp.username, secret_value(self.smtp.password) or "")
                 conn.send_message(message, to_addrs=list(self.recipients))
         except smtplib.SMTPRecipientsRefused as exc:
             raise PermanentDeliveryError(f"{where} refused every recipient: {exc.recipients}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from pipeline.settings import Settings
@@ -29,11 +30,12 @@ def register(sub: Any) -> None:
 def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline import db
 
-    url = db.database_url(settings)
+    url, how = db.resolve(settings)
     db.upgrade(url, args.revision)
     engine = db.make_engine(url)
     try:
-        print(f"database at revision {db.current_revision(engine)} ({db.database_description(settings)})")
+        with db.connection_errors(url, how):
+            print(f"database at revision {db.current_revision(engine)} ({db.database_description(settings)})")
     finally:
         engine.dispose()
     return 0
@@ -42,11 +44,12 @@ def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline import db
 
-    url = db.database_url(settings)
-    db.downgrade(url, args.revision)
+    url, how = db.resolve(settings)
     engine = db.make_engine(url)
     try:
-        print(f"database at revision {db.current_revision(engine)}")
+        with db.connection_errors(url, how):
+            db.downgrade(url, args.revision)
+            print(f"database at revision {db.current_revision(engine)}")
     finally:
         engine.dispose()
     return 0
@@ -55,9 +58,11 @@ def db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
 def db_status(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline import db
 
-    engine = db.make_engine(db.database_url(settings))
+    url, how = db.resolve(settings)
+    engine = db.make_engine(url)
     try:
-        current, head = db.current_revision(engine), db.head_revision()
+        with db.connection_errors(url, how):
+            current, head = db.current_revision(engine), db.head_revision()
     finally:
         engine.dispose()
     print(f"current: {current or '(empty database)'}\nnewest:  {head}")
@@ -68,43 +73,63 @@ def db_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    """What `finsent status` reports, as a dict (also used by the demo)."""
+    """What `finsent status` reports, as a dict (also used by the demo).
+
+    Raises DatabaseError (one line, naming FINSENT_DATABASE_URL) when the database cannot
+    be reached: without it there is nothing else to report.
+    """
+    return _check(settings)[0]
+
+
+def _check(settings: Settings) -> tuple[dict[str, Any], list[str]]:
+    """The status report and the names of the services it found unreachable."""
     import sqlalchemy as sa
 
     from pipeline import db
     from pipeline.embedded import port_answers
 
     info: dict[str, Any] = {}
+    unreachable: list[str] = []
     if settings.kafka_bootstrap:
         host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
         reachable = port_answers(host, int(port), timeout=2)
         info["broker"] = f"{settings.kafka_bootstrap} ({'reachable' if reachable else 'NOT reachable'})"
+        if not reachable:
+            unreachable.append("broker")
     else:
         info["broker"] = "embedded tansu, started by 'finsent run' / 'finsent demo' (log kept in memory)"
+    url, how = db.resolve(settings)
     info["database"] = db.database_description(settings)
-    engine = db.make_engine(db.database_url(settings))
+    engine = db.make_engine(url)
     try:
-        info["schema_revision"] = db.current_revision(engine)
-        info["schema_newest"] = db.head_revision()
-        champion = None
-        if info["schema_revision"]:
-            with engine.connect() as conn:
-                row = conn.execute(
-                    sa.text("select version, path from model_versions where status = 'champion'")
-                ).first()
-            if row is not None:
-                champion = f"{row.version} ({row.path})"
-        info["champion_model"] = champion or f"none registered; model directory {settings.model_dir}"
+        with db.connection_errors(url, how):
+            info["schema_revision"] = db.current_revision(engine)
+            info["schema_newest"] = db.head_revision()
+            champion = None
+            if info["schema_revision"]:
+                with engine.connect() as conn:
+                    row = conn.execute(
+                        sa.text("select version, path from model_versions where status = 'champion'")
+                    ).first()
+                if row is not None:
+                    champion = f"{row.version} ({row.path})"
+            info["champion_model"] = champion or f"none registered; model directory {settings.model_dir}"
     finally:
         engine.dispose()
-    return info
+    return info, unreachable
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    info = collect_status(settings)
+    """Print the report; exit 2 when something it checks cannot be reached, so scripts and
+    health probes can rely on the exit status."""
+    info, unreachable = _check(settings)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps({**info, "unreachable": unreachable}, indent=2, default=str))
     else:
         for name, value in info.items():
             print(f"{name:16} {value}")
+    if unreachable:
+        print(f"finsent: error: {', '.join(unreachable)} not reachable: check FINSENT_KAFKA_BOOTSTRAP "
+              "(or --kafka-bootstrap) and that the broker is running", file=sys.stderr)
+        return 2
     return 0

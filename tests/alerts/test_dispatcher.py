@@ -252,8 +252,8 @@ def test_dispatcher_killed_mid_send_delivers_after_restart_and_never_twice(
     assert len(receiver.requests) == 2
     assert {key for key, _, _ in receiver.requests} == {delivered.idempotency_key}
     assert receiver.processed == [delivered.idempotency_key]  # processed once: the retry was a duplicate
-    for _key, body, headers in receiver.requests:
-        assert verify(SECRET, headers["X-Finsent-Timestamp"], body, headers["X-Finsent-Signature"])
+    for key, body, headers in receiver.requests:
+        assert verify(SECRET, headers["X-Finsent-Timestamp"], key, body, headers["X-Finsent-Signature"])
         assert json.loads(body)["alerts"][0]["labels"]["key"] == "topic:Earnings"
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alerts")).scalar_one() == 1

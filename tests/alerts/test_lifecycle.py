@@ -91,8 +91,10 @@ def test_negative_surge_fires_one_alert_one_email_one_signed_webhook_then_resolv
     for req in requests:
         assert req.path == "/hook"
         headers = {k.lower(): v for k, v in req.headers.items()}
-        assert verify(SECRET, headers["x-finsent-timestamp"], req.body, headers["x-finsent-signature"])
-        assert not verify("wrong-secret", headers["x-finsent-timestamp"], req.body, headers["x-finsent-signature"])
+        assert verify(SECRET, headers["x-finsent-timestamp"], headers["idempotency-key"], req.body,
+                      headers["x-finsent-signature"])
+        assert not verify("wrong-secret", headers["x-finsent-timestamp"], headers["idempotency-key"], req.body,
+                          headers["x-finsent-signature"])
         assert headers["idempotency-key"].startswith("finsent-")
         bodies.append(json.loads(req.body))
     assert [b["status"] for b in bodies] == ["firing", "resolved"]

@@ -34,3 +34,49 @@ def test_bad_setting_exits_2_with_the_variable_named(
     monkeypatch.setenv("FINSENT_DATABASE_URL", "sqlite:///x.db")
     assert main(["status"]) == 2
     assert "FINSENT_DATABASE_URL" in capsys.readouterr().err
+
+
+def _closed_port_url() -> str:
+    from pipeline.embedded import free_port
+
+    return f"postgresql+psycopg://finsent:db-pa55word@127.0.0.1:{free_port()}/finsent"
+
+
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["db", "status"], ["db", "downgrade", "base"]])
+def test_an_unreachable_database_is_one_line_naming_the_variable_and_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--database-url", _closed_port_url(), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("finsent: error: cannot connect to the database postgresql+psycopg://finsent:***@127.0.0.1:")
+    assert "FINSENT_DATABASE_URL" in line and "Start PostgreSQL" in line
+    assert "db-pa55word" not in captured.err
+
+
+def test_status_of_an_unreachable_database_prints_no_traceback_from_the_shell() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env["FINSENT_DATABASE_URL"] = _closed_port_url()
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "status"], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "FINSENT_DATABASE_URL" in done.stderr and "db-pa55word" not in done.stderr + done.stdout
+
+
+def test_status_exits_2_when_the_broker_is_not_reachable(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.embedded import free_port
+
+    bootstrap = f"127.0.0.1:{free_port()}"
+    assert main(["--database-url", database_url, "--kafka-bootstrap", bootstrap, "status"]) == 2
+    captured = capsys.readouterr()
+    assert f"{bootstrap} (NOT reachable)" in captured.out and "schema_revision" in captured.out
+    assert "FINSENT_KAFKA_BOOTSTRAP" in captured.err

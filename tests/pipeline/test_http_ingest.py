@@ -182,7 +182,8 @@ def test_unknown_routes_are_404_and_wrong_methods_405(ingest: Ingest) -> None:
     assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST"
 
 
-def test_healthz_reports_each_check_and_answers_503_when_one_fails(ingest: Ingest) -> None:
+def test_healthz_reports_each_check_and_answers_503_when_one_fails(
+        ingest: Ingest, caplog: pytest.LogCaptureFixture) -> None:
     healthy = ingest.client.get("/healthz")
     assert healthy.status_code == 200 and healthy.json()["ready"] is True
     state = {"db": True}
@@ -200,8 +201,37 @@ def test_healthz_reports_each_check_and_answers_503_when_one_fails(ingest: Inges
         raise RuntimeError("worker thread died")
 
     ingest.server.add_health_check("roles", broken, kind="liveness")
-    dead = ingest.client.get("/healthz/live")
-    assert dead.status_code == 503 and "worker thread died" in dead.json()["checks"]["roles"]["error"]
+    with caplog.at_level("WARNING", logger="pipeline.http_server"):
+        dead = ingest.client.get("/healthz/live")
+    assert dead.status_code == 503 and dead.json()["checks"]["roles"]["status"] == "unavailable"
+    assert "worker thread died" not in dead.text  # the detail is for the server log only
+    assert "health check roles failing: RuntimeError: worker thread died" in caplog.text
+
+
+def test_healthz_does_not_echo_database_errors_to_callers(caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline import db
+    from pipeline.embedded import free_port
+    from pipeline.settings import load_settings
+
+    port = free_port()  # nothing listens there
+    url = f"postgresql+psycopg://finsent:hunter2@127.0.0.1:{port}/finsent"
+    engine = db.make_engine(url)
+    server = build_role(load_settings(http_port=0), SimpleNamespace(engine=engine, bootstrap=""), ingest=False)
+    try:
+        with server, httpx.Client(base_url=server.url, timeout=10) as client, \
+                caplog.at_level("DEBUG", logger="pipeline.http_server"):
+            answers = [client.get(path) for path in ("/healthz", "/healthz/ready", "/healthz")]
+    finally:
+        engine.dispose()
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json()["checks"] == {"database": {"kind": "readiness", "ok": False, "status": "unavailable"}}
+        for leak in (str(port), "127.0.0.1", "hunter2", "psycopg", "refused", "OperationalError"):
+            assert leak not in answer.text, leak
+    # the operator still learns why, once, in the server log (repeats at DEBUG)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "health check database" in r.message]
+    assert len(warnings) == 1 and "refused" in warnings[0].message
+    assert "hunter2" not in caplog.text
 
 
 def test_metrics_count_ingested_documents(ingest: Ingest) -> None:

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigurationError
-from pipeline.settings import load_settings
+from pipeline.settings import load_settings, secret_value
 
 
 def test_malformed_database_url_is_rejected_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,3 +63,51 @@ def test_group_prefix_names_both_consumer_groups_and_rejects_spaces(monkeypatch:
     monkeypatch.setenv("FINSENT_KAFKA_GROUP_PREFIX", "two words")
     with pytest.raises(ConfigurationError, match="FINSENT_KAFKA_GROUP_PREFIX"):
         load_settings()
+
+
+SECRETS = ("db-pa55word", "smtp-pa55word", "hook-s3cret", "ingest-t0ken")
+
+
+def test_credentials_never_show_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINSENT_DATABASE_URL", "postgresql://finsent:db-pa55word@db.internal:5432/finsent")
+    monkeypatch.setenv("FINSENT_SMTP__USERNAME", "alerts")
+    monkeypatch.setenv("FINSENT_SMTP__PASSWORD", "smtp-pa55word")
+    monkeypatch.setenv("FINSENT_WEBHOOK__SECRET", "hook-s3cret")
+    monkeypatch.setenv("FINSENT_HTTP_TOKEN", "ingest-t0ken")
+    s = load_settings()
+    for shown in (repr(s), str(s), repr(s.smtp), repr(s.webhook), f"{s!r}"):
+        for secret in SECRETS:
+            assert secret not in shown, secret
+    assert "postgresql+psycopg://finsent:***@db.internal:5432/finsent" in repr(s)
+    # the values are all there for the code that needs them
+    assert s.database_url == "postgresql+psycopg://finsent:db-pa55word@db.internal:5432/finsent"
+    assert secret_value(s.smtp.password) == "smtp-pa55word"
+    assert secret_value(s.webhook.secret) == "hook-s3cret"
+    assert secret_value(s.http_token) == "ingest-t0ken"
+
+
+def test_redact_url_examples() -> None:
+    import doctest
+
+    import pipeline.settings
+
+    result = doctest.testmod(pipeline.settings)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def test_the_start_up_line_names_the_database_without_its_password(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from sqlalchemy.engine import make_url
+
+    from pipeline.services import start_services
+
+    # the test server trusts local connections, so any password gets in
+    with_password = make_url(database_url).set(password="db-pa55word").render_as_string(hide_password=False)
+    settings = load_settings(database_url=with_password)
+    with caplog.at_level("INFO", logger="pipeline.services"):
+        with start_services(settings, migrate=True, kafka=False) as services:
+            assert "***" in services.descriptions["database"]
+            assert "db-pa55word" not in repr(services)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.services"]
+    assert "database: configured (FINSENT_DATABASE_URL): postgresql+psycopg://" in line and ":***@" in line
+    assert "db-pa55word" not in caplog.text

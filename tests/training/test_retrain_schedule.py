@@ -154,3 +154,88 @@ def test_schedule_command_stores_its_job_and_stops_cleanly_on_sigterm(
     _, state = stored_job(engine)  # type: ignore[misc]
     assert "day_of_week='mon', hour='4', minute='30'" in str(state["trigger"])
     assert state["next_run_time"].weekday() == 0 and state["next_run_time"].hour == 4
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a hostile row of the job table would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _store_row(engine: sa.Engine, job_state: bytes, next_run_time: float) -> None:
+    from training.retrain import RetrainJobStore
+
+    RetrainJobStore(engine=engine, tablename=SCHEDULE_TABLE).jobs_t.create(engine, checkfirst=True)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"delete from {SCHEDULE_TABLE}"))
+        conn.execute(sa.text(f"insert into {SCHEDULE_TABLE} (id, next_run_time, job_state) values (:i, :t, :s)"),
+                     {"i": SCHEDULE_JOB_ID, "t": next_run_time, "s": job_state})
+
+
+def _schedule_briefly(database_url: str, tmp_path: Path, cron: str) -> dict[str, Any]:
+    """Start the scheduler on ``cron``, wait until it has stored our job, stop it."""
+    from pipeline.settings import load_settings
+    from training.retrain import UnsafeJobState, load_job_state, run_schedule
+
+    def ours() -> dict[str, Any] | None:
+        # never pickle.loads here: until it is replaced, the row is the hostile one
+        with engine.connect() as conn:
+            data = conn.execute(sa.text(f"select job_state from {SCHEDULE_TABLE} where id = :i"),
+                                {"i": SCHEDULE_JOB_ID}).scalar()
+        try:
+            return load_job_state(data) if data else None
+        except UnsafeJobState:
+            return None
+
+    s = load_settings(database_url=database_url, model_registry_dir=tmp_path / "registry")
+    stop = threading.Event()
+    thread = threading.Thread(target=run_schedule, args=(s, cron), kwargs={"stop_event": stop}, daemon=True)
+    engine = sa.create_engine(database_url)
+    thread.start()
+    try:
+        return wait_until(ours, 30, "the configured job to replace the stored row")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        engine.dispose()
+
+
+def test_a_hostile_pickle_in_the_job_table_runs_no_code_and_is_replaced(
+        engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
+    from training.retrain import UnsafeJobState, load_job_state, stored_job_trigger
+
+    marker = tmp_path / "pwned"
+    hostile = pickle.dumps({"trigger": _RunsCode(marker)})
+    _store_row(engine, hostile, time.time() + 3600)
+    with pytest.raises(UnsafeJobState, match="posix.system"):
+        load_job_state(hostile)
+    assert stored_job_trigger(engine) is None
+    state = _schedule_briefly(database_url, tmp_path, "0 3 * * *")
+    assert "hour='3'" in str(state["trigger"])
+    assert not marker.exists()
+
+
+def test_a_stored_job_calling_another_function_is_refused_and_replaced(
+        engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
+    """Plain APScheduler data can run code too: ``func`` names what the scheduler imports and
+    calls. Same trigger as configured, so the old code kept this row as "our" schedule."""
+    from training.retrain import UnsafeJobState, load_job_state, stored_job_trigger
+
+    marker = tmp_path / "pwned"
+    trigger = parse_cron("0 3 * * *")
+    state = {"version": 1, "id": SCHEDULE_JOB_ID, "func": "os:system", "trigger": trigger, "executor": "default",
+             "args": (f"touch {marker}",), "kwargs": {}, "name": "finsent retraining", "misfire_grace_time": 3600,
+             "coalesce": True, "max_instances": 1, "next_run_time": datetime.now(UTC) + timedelta(hours=1)}
+    _store_row(engine, pickle.dumps(state), time.time() + 3600)
+    with pytest.raises(UnsafeJobState, match="calls 'os:system'.*has arguments"):
+        load_job_state(pickle.dumps(state))
+    assert stored_job_trigger(engine) is None
+    stored = _schedule_briefly(database_url, tmp_path, "0 3 * * *")
+    assert stored["args"] == () and str(stored["trigger"]) == str(trigger)
+    assert not marker.exists()
