@@ -331,10 +331,12 @@ class LagReporter:
 
 def run_consumer_loop(*, role: str, reader: PartitionReader, policy: BatchPolicy, poll_timeout_ms: int,
                       stop: threading.Event, process: Callable[[list[Any]], None],
-                      between_batches: Callable[[], None] | None = None) -> None:
+                      between_batches: Callable[[], None] | None = None,
+                      on_idle: Callable[[], None] | None = None) -> None:
     """Read, process, commit until ``stop`` is set; then return (the caller closes the
     consumer). ``process`` raising ``ServiceUnavailable`` while stopping means the batch
-    was not stored: it is left uncommitted for redelivery."""
+    was not stored: it is left uncommitted for redelivery. ``on_idle`` runs after every
+    poll that returned nothing (the shutdown drain's hook, :mod:`consumers.drain`)."""
     consumer = reader.consumer
     lag = LagReporter(role)
     while not stop.is_set():
@@ -343,6 +345,8 @@ def run_consumer_loop(*, role: str, reader: PartitionReader, policy: BatchPolicy
         records = reader.poll_batch(policy, stop, poll_timeout_ms)
         if not records:
             lag.maybe_update(consumer)
+            if on_idle is not None:
+                on_idle()
             continue
         started = time.perf_counter()
         try:

@@ -51,6 +51,7 @@ from consumers.batching import (
     PartitionReader,
     fenced_as_configuration_error,
 )
+from consumers.drain import DrainingStop
 from consumers.model_watch import ModelWatcher
 from pipeline import metrics
 from pipeline.db import retry_db
@@ -59,6 +60,7 @@ from pipeline.documents import Document
 from pipeline.errors import BrokerError, InputError, ServiceUnavailable
 from pipeline.inference import Classifier, Prediction
 from pipeline.kafka_io import json_bytes, make_consumer, make_producer
+from pipeline.roles import Stage
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -135,13 +137,19 @@ class ScoredBatch:
 
 
 class Scorer:
-    """The scorer role. ``run(stop)`` serves until ``stop`` is set, then drains the batch
-    in hand, commits and returns."""
+    """The scorer role. ``run(stop)`` serves until ``stop`` is set, then finishes the batch
+    in hand, commits and returns. With ``drain`` (the embedded broker, whose log dies with
+    the process) it first consumes the documents Kafka topic to its end, within the stop's
+    deadline (:mod:`consumers.drain`); ``left_behind`` then says what it could not."""
 
     name = ROLE
+    stage = Stage.SCORE
 
-    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None,
+                 drain: bool = False) -> None:
         self.settings = settings
+        self.drain = drain
+        self.left_behind: str | None = None
         self.bootstrap = bootstrap
         self.engine = engine
         self.group_id = group_id or settings.group_id(ROLE_GROUP)
@@ -166,22 +174,27 @@ class Scorer:
                                  listener=merge, max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
                                  fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         merge.consumer = consumer  # callbacks come from poll(), which starts below
+        loop_stop = DrainingStop(stop, role=ROLE, kafka_topic=self.settings.kafka_topic_documents,
+                                 enabled=self.drain, grace_s=self.settings.shutdown_grace_s)
+        loop_stop.attach(merge)
         self._ready = True
         log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
                  self.settings.kafka_topic_documents)
         try:
             with fenced_as_configuration_error(self.settings, self.group_id):
-                self._loop(consumer, merge, stop)
+                self._loop(consumer, merge, loop_stop)
+            self.left_behind = loop_stop.report()
         finally:
             self._ready = False
             consumer.close(autocommit=False)
             self._producer.close(timeout=self.settings.shutdown_grace_s)
 
-    def _loop(self, consumer: Any, merge: PartitionReader, stop: threading.Event) -> None:
+    def _loop(self, consumer: Any, merge: PartitionReader, stop: DrainingStop) -> None:
         """Poll, classify batch n+1 while a helper thread stores and forwards batch n;
         commit batch n's offsets (on this thread: the consumer is not thread-safe) once it
         is stored and forwarded. At most one batch is in the helper at a time, so the
-        scored topic receives batches in order."""
+        scored topic receives batches in order. ``stop`` drains before it reads as set
+        when asked to (:mod:`consumers.drain`)."""
         lag = LagReporter(ROLE)
         pending: tuple[ScoredBatch, Future[None]] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-scorer-store") as helper:
@@ -194,6 +207,7 @@ class Scorer:
                             self._complete(pending, merge, stop)
                             pending = None
                         lag.maybe_update(consumer)
+                        stop.idle()
                         continue
                     batch = self.prepare(records)
                     if pending is not None:

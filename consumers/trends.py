@@ -48,6 +48,7 @@ from consumers.batching import (
     fenced_as_configuration_error,
     run_consumer_loop,
 )
+from consumers.drain import DrainingStop
 from consumers.model_watch import ModelWatcher
 from pipeline import metrics
 from pipeline.db import retry_db
@@ -55,6 +56,7 @@ from pipeline.dlq import DeadLetter, send_dead_letter
 from pipeline.errors import BrokerError, InputError
 from pipeline.inference import MemoryCell, read_manifest
 from pipeline.kafka_io import make_consumer, make_producer
+from pipeline.roles import Stage
 from pipeline.settings import BatchPolicy, Settings
 
 log = logging.getLogger(__name__)
@@ -153,13 +155,19 @@ class KeyPlan:
 
 
 class Trends:
-    """The trends role. ``run(stop)`` serves until ``stop`` is set, then drains the batch
-    in hand, commits and returns."""
+    """The trends role. ``run(stop)`` serves until ``stop`` is set, then finishes the batch
+    in hand, commits and returns. With ``drain`` (the embedded broker, whose log dies with
+    the process) it first consumes the scored Kafka topic to its end, within the stop's
+    deadline (:mod:`consumers.drain`); ``left_behind`` then says what it could not."""
 
     name = ROLE
+    stage = Stage.TREND
 
-    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None,
+                 drain: bool = False) -> None:
         self.settings = settings
+        self.drain = drain
+        self.left_behind: str | None = None
         self.bootstrap = bootstrap
         self.engine = engine
         self.group_id = group_id or settings.group_id(ROLE_GROUP)
@@ -187,6 +195,9 @@ class Trends:
                                  listener=reader, max_poll_records=self.policy.max_size,
                                  fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         reader.consumer = consumer
+        loop_stop = DrainingStop(stop, role=ROLE, kafka_topic=self.settings.kafka_topic_scored, enabled=self.drain,
+                                 grace_s=self.settings.shutdown_grace_s)
+        loop_stop.attach(reader)
         self._ready = True
         log.info("trends: memory cell of model %s on %s (lateness horizon %.0fs)", memory.version,
                  self.settings.kafka_topic_scored, self.horizon.total_seconds())
@@ -194,9 +205,11 @@ class Trends:
             with fenced_as_configuration_error(self.settings, self.group_id):
                 run_consumer_loop(
                     role=ROLE, reader=reader, policy=self.policy,
-                    poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=stop,
-                    process=lambda records: self.process(records, stop), between_batches=self._between_batches,
+                    poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=loop_stop,
+                    process=lambda records: self.process(records, loop_stop), between_batches=self._between_batches,
+                    on_idle=loop_stop.idle,
                 )
+            self.left_behind = loop_stop.report()
         finally:
             self._ready = False
             consumer.close(autocommit=False)

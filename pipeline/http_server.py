@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.metrics import REGISTRY
+from pipeline.roles import Stage
 from pipeline.settings import Settings, secret_value
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class HttpServer:
     """The process's HTTP server. Add routes and checks, then ``start()`` or ``run(stop)``."""
 
     name = "http"
+    #: Shutdown order in a daemon (pipeline.roles); ``build_role`` sets it.
+    stage: Stage = Stage.DOWNSTREAM
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
                  max_body_bytes: int = 5_000_000) -> None:
@@ -362,6 +365,9 @@ def build_role(settings: Settings, services: Any, *, daemon: Any = None, ingest:
     from pipeline.embedded import port_answers
 
     server = HttpServer.from_settings(settings)
+    # Taking documents in is the first stage of the data flow: at shutdown it stops first,
+    # so nothing arrives after the scorer stopped. Health and metrics alone stop last.
+    server.stage = Stage.INGEST if ingest else Stage.DOWNSTREAM
     if daemon is not None:
         server.add_health_check("roles", daemon.alive, kind="liveness")
         server.add_health_check("roles_ready", daemon.ready, kind="readiness")

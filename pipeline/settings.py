@@ -229,7 +229,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP ingest, /healthz and /metrics")
     http_token: SecretStr | None = Field(None, description="bearer token required by HTTP ingest when set")
     http_max_body_bytes: int = Field(5_000_000, ge=1024)
-    shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM: finish the batch in hand within this")
+    shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM: stop every role, stage by stage (and drain the embedded broker), within this")
     model_poll_s: float = Field(5.0, gt=0, description="stream workers check model_versions for a new champion this often")
     lateness_horizon_s: float = Field(
         604_800.0, ge=0, description="trends: a record older than its key's newest by more than this is "

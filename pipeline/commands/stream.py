@@ -49,15 +49,19 @@ def register(sub: Any) -> None:
 # -- roles -------------------------------------------------------------------------------
 
 def stream_role(name: str, settings: Settings, services: Any) -> Any:
-    """The scorer or trends role on ``services``' broker and database."""
+    """The scorer or trends role on ``services``' broker and database. On the embedded
+    broker (log in memory) it drains its input Kafka topic when stopped, since whatever
+    it leaves there is lost with the process; on Apache Kafka it stops after the batch in
+    hand and the rest waits in the durable log."""
+    drain = getattr(services, "broker", None) is not None
     if name == "scorer":
         from consumers.scorer import Scorer
 
-        return Scorer(settings, services.bootstrap, services.engine)
+        return Scorer(settings, services.bootstrap, services.engine, drain=drain)
     if name == "trends":
         from consumers.trends import Trends
 
-        return Trends(settings, services.bootstrap, services.engine)
+        return Trends(settings, services.bootstrap, services.engine, drain=drain)
     raise ValueError(f"unknown role {name!r}")
 
 
@@ -110,7 +114,8 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
             "(or --kafka-bootstrap); to run every role in one process with an embedded broker use 'finsent run'"
         )
     with start_services(settings) as services:
-        daemon = Daemon([stream_role(args.role, settings, services)], shutdown_grace_s=settings.shutdown_grace_s)
+        daemon = Daemon([stream_role(args.role, settings, services)], shutdown_grace_s=settings.shutdown_grace_s,
+                        durable_log=services.broker is None)
         http = http_role(settings, services, daemon, ingest=False)
         if http is not None:
             daemon.roles.append(http)
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         roles: list[Any] = producer_roles(settings, services)
         roles += [stream_role(name, settings, services) for name in WORKER_ROLES]
         roles += alerts_roles(settings, services)
-        daemon = Daemon(roles, shutdown_grace_s=settings.shutdown_grace_s)
+        daemon = Daemon(roles, shutdown_grace_s=settings.shutdown_grace_s, durable_log=services.broker is None)
         http = http_role(settings, services, daemon, ingest=True)
         if http is not None:
             daemon.roles.append(http)
@@ -216,7 +221,7 @@ def run_demo(settings: Settings, *, sample: Path | None = None, timeout_s: float
     ids = [d.id for d in documents]
     with start_services(settings) as services:
         roles = [stream_role(name, settings, services) for name in WORKER_ROLES]
-        daemon = Daemon(roles, shutdown_grace_s=settings.shutdown_grace_s)
+        daemon = Daemon(roles, shutdown_grace_s=settings.shutdown_grace_s, durable_log=services.broker is None)
         runner = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, daemon=True)
         runner.start()
         try:

@@ -50,6 +50,7 @@ from pipeline.producers.base import (
     Source,
     clean_string,
 )
+from pipeline.roles import Stage
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -389,6 +390,7 @@ class RssRole:
     """The feed poller as a role of ``finsent run``: owns its producer and HTTP client."""
 
     name = "rss"
+    stage = Stage.INGEST
 
     def __init__(self, settings: Settings, bootstrap: str, engine: Engine, urls: Sequence[str] | None = None,
                  *, interval_s: float | None = None) -> None:
