@@ -74,7 +74,8 @@ def main() -> int:
             runs.append(result)
             resume = ", ".join(f"{r:.1f}" for r in result.resume_s)
             print(f"run {run + 1}/{args.runs}: {'PASS' if result.passed else 'FAIL'} in {result.elapsed_s:.0f}s; "
-                  f"resume s: [{resume}]; never resumed: {result.unresumed}", flush=True)
+                  f"resume s: [{resume}]; killed before resuming: {result.killed_before_resuming}; "
+                  f"never resumed: {result.unresumed}", flush=True)
             if not result.passed:
                 print("  " + (result.error or "").splitlines()[0] + f" (logs: {run_dir})", flush=True)
     finally:
@@ -90,6 +91,7 @@ def main() -> int:
         "resume_p50_s": statistics.median(resumes) if resumes else None, "resume_p95_s": p95,
         "resume_max_s": max(resumes) if resumes else None,
         "never_resumed": sum(r.unresumed for r in runs),
+        "killed_before_resuming": sum(r.killed_before_resuming for r in runs),
         "target_resume_s": args.session_ms / 1000 + 5,
         "failures": [(r.error or "").splitlines()[0] for r in runs if not r.passed],
     }

@@ -50,6 +50,7 @@ class Worker:
     proc: subprocess.Popen[bytes]
     started: float
     restarted: bool = False  # started to replace a killed one: its resume time counts
+    killed: bool = False  # killed by the chaos itself (maybe before it resumed)
 
 
 @dataclass
@@ -57,7 +58,8 @@ class ChaosResult:
     n_docs: int
     events: list[str] = field(default_factory=list)
     resume_s: list[float] = field(default_factory=list)  # restarted workers, start → first partitions
-    unresumed: int = 0  # restarted workers that never got partitions before the run ended
+    unresumed: int = 0  # restarted workers that lived to the end and never got partitions
+    killed_before_resuming: int = 0  # restarted workers killed again before they got partitions
     elapsed_s: float = 0.0
     error: str | None = None
 
@@ -153,6 +155,7 @@ def run_chaos(settings: Settings, engine: sa.engine.Engine, model_dir: Path, wor
             else:  # kill -9 (or a join that found every role full)
                 name = rng.choice(sorted(live))
                 kill9(live[name].proc)
+                live[name].killed = True
                 live[name] = launch(live[name].role, name, restarted=True)
                 result.events.append(f"{time.monotonic() - started:5.1f}s kill -9 {name}, restarted")
         # Every role keeps at least one member to the end.
@@ -188,7 +191,9 @@ def run_chaos(settings: Settings, engine: sa.engine.Engine, model_dir: Path, wor
     for w in workers:
         if w.restarted:
             at = watcher.assigned.get(id(w))
-            if at is None:
+            if at is None and w.killed:
+                result.killed_before_resuming += 1
+            elif at is None:
                 result.unresumed += 1
             else:
                 result.resume_s.append(at - w.started)
