@@ -114,7 +114,8 @@ class SmtpSettings(BaseModel):
     password: SecretStr | None = None
     sender: str = "finsent@localhost"
     recipients: tuple[str, ...] = ()
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="total deadline of one send (connect, TLS, EHLO, STARTTLS, "
+                             "AUTH, the message and QUIT together); capped at half of FINSENT_DELIVERY__LEASE_S")
     tls_ca_file: Path | None = Field(None, description="CA bundle to trust for STARTTLS/SSL (default: the system's)")
 
 

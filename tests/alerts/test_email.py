@@ -1,11 +1,18 @@
 """Alert e-mail over real aiosmtpd servers speaking STARTTLS with AUTH and implicit TLS,
-verified against a throwaway CA (no certificate checks switched off)."""
+verified against a throwaway CA (no certificate checks switched off), and over raw TCP
+servers that drip their answers a byte at a time (the total deadline of one send)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import select
 import shutil
+import socket
 import ssl
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +20,27 @@ from pathlib import Path
 import pytest
 
 from alerts.errors import DeliveryError, PermanentDeliveryError
+from alerts.notifiers import build_notifier
 from alerts.notifiers.email import EmailNotifier, build_message
 from pipeline.embedded import free_port
 from pipeline.settings import SmtpSettings
+from tests.alerts.conftest import alert_settings
+from tests.conftest import SmtpServer
+
+#: the total deadline of the sends below that must be cut off
+DEADLINE_S = 1.5
+#: how much later than the deadline a cut-off send may end, on a loaded 2-core machine; a
+#: per-read timeout instead of a total deadline takes 18 s on a dripped greeting
+MARGIN_S = 2.0
+#: a dripping server sends one byte this often
+DRIP_INTERVAL_S = 0.3
+#: each answer of the "slow" aiosmtpd server comes this late: well inside a per-read
+#: timeout of DEADLINE_S, but MAIL, RCPT and DATA together take longer than DEADLINE_S
+ANSWER_DELAY_S = 0.7
+#: 60 bytes: 18 s when dripped
+DRIPPED_GREETING = b"220 " + b"d" * 54 + b"\r\n"
+#: a TLS handshake record header announcing 16 KiB, then zeros: a handshake that never ends
+DRIPPED_TLS = b"\x16\x03\x03\x40\x00" + b"\x00" * 55
 
 PAYLOAD = {
     "event": "firing", "notifier": "email", "evaluated_at": "2026-11-20T10:00:00+00:00",
@@ -52,7 +77,8 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-def _server(certificate: tuple[Path, Path], *, implicit: bool) -> Iterator[TlsSmtp]:
+@contextlib.contextmanager
+def _server(certificate: tuple[Path, Path], *, implicit: bool, answer_delay_s: float = 0.0) -> Iterator[TlsSmtp]:
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -62,7 +88,20 @@ def _server(certificate: tuple[Path, Path], *, implicit: bool) -> Iterator[TlsSm
     server = TlsSmtp(port=free_port(), ca_file=cert)
 
     class Recorder:
+        async def handle_MAIL(self, _server, _session, envelope, address, options):  # noqa: N802 - aiosmtpd API
+            await asyncio.sleep(answer_delay_s)
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+            return "250 OK"
+
+        async def handle_RCPT(self, _server, _session, envelope, address, options):  # noqa: N802 - aiosmtpd API
+            await asyncio.sleep(answer_delay_s)
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            return "250 OK"
+
         async def handle_DATA(self, _server, _session, envelope):  # noqa: N802 - aiosmtpd API
+            await asyncio.sleep(answer_delay_s)
             server.messages.append(envelope.content)
             return "250 OK"
 
@@ -87,12 +126,101 @@ def _server(certificate: tuple[Path, Path], *, implicit: bool) -> Iterator[TlsSm
 
 @pytest.fixture
 def starttls_server(certificate: tuple[Path, Path]) -> Iterator[TlsSmtp]:
-    yield from _server(certificate, implicit=False)
+    with _server(certificate, implicit=False) as server:
+        yield server
 
 
 @pytest.fixture
 def ssl_server(certificate: tuple[Path, Path]) -> Iterator[TlsSmtp]:
-    yield from _server(certificate, implicit=True)
+    with _server(certificate, implicit=True) as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer: sent once the client has sent ``after`` (b"": at once), all at
+    once or one byte every ``DRIP_INTERVAL_S``."""
+
+    text: bytes
+    after: bytes = b"\n"
+    drip: bool = False
+
+
+class DripServer:
+    """A raw TCP imitation of an SMTP server, for what aiosmtpd will not do: misbehave byte
+    by byte. It serves one connection with its script, then holds the connection open;
+    ``hung_up`` is set when the client closes it."""
+
+    def __init__(self, script: list[Reply]) -> None:
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.hung_up = threading.Event()
+        self._consumed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="drip-smtp", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:  # closed before anyone connected
+            return
+        with conn:
+            try:
+                for reply in self.script:
+                    if not (self._wait_for(conn, reply.after) and self._write(conn, reply)):
+                        return
+                self._wait_for(conn, b"\x00never sent\x00")
+            except OSError:  # reset by the client
+                self.hung_up.set()
+
+    def _pump(self, conn: socket.socket, timeout_s: float) -> bool:
+        """Take what the client sent within ``timeout_s``; False once it hung up or the test ended."""
+        if self._stop.is_set():
+            return False
+        readable, _, _ = select.select([conn], [], [], timeout_s)
+        if readable:
+            data = conn.recv(65536)
+            if not data:
+                self.hung_up.set()
+                return False
+            self.received += data
+        return True
+
+    def _wait_for(self, conn: socket.socket, marker: bytes) -> bool:
+        while (found := self.received.find(marker, self._consumed)) < 0:
+            if not self._pump(conn, 0.1):
+                return False
+        self._consumed = found + len(marker)
+        return True
+
+    def _write(self, conn: socket.socket, reply: Reply) -> bool:
+        if not reply.drip:
+            conn.sendall(reply.text)
+            return True
+        for byte in reply.text:
+            due = time.monotonic() + DRIP_INTERVAL_S
+            while (left := due - time.monotonic()) > 0:
+                if not self._pump(conn, left):
+                    return False
+            conn.sendall(bytes([byte]))
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def drip_server(*script: Reply) -> Iterator[DripServer]:
+    server = DripServer(list(script))
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def _smtp(server: TlsSmtp, security: str, **extra: object) -> SmtpSettings:
@@ -142,3 +270,94 @@ def test_html_part_escapes_what_it_shows() -> None:
     assert "&lt;script&gt;" in html and "<script>" not in html
     assert '<a href="https://news.example/1">' in html
     assert "Profit warning <script>" in text and "https://news.example/1" in text and "negative_share" in text
+
+
+def _cut_off(notifier: EmailNotifier) -> tuple[DeliveryError, float]:
+    """Send, expecting the total deadline to end it: the error and the seconds it took."""
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as caught:
+        notifier.send(PAYLOAD, "finsent-key-slow")
+    return caught.value, time.monotonic() - started
+
+
+def _assert_cut_off_at_the_deadline(error: DeliveryError, elapsed: float, port: int) -> None:
+    assert not isinstance(error, PermanentDeliveryError), error  # retried by the dispatcher
+    assert f"127.0.0.1:{port}" in str(error) and f"within {DEADLINE_S:g} s (total deadline" in str(error), error
+    assert DEADLINE_S <= elapsed < DEADLINE_S + MARGIN_S, elapsed
+
+
+def _drip_smtp(port: int, security: str, ca_file: Path | None = None) -> SmtpSettings:
+    return SmtpSettings(host="127.0.0.1", port=port, security=security, tls_ca_file=ca_file,
+                        sender="alerts@example.com", timeout_s=60)
+
+
+def test_a_greeting_dripped_a_byte_at_a_time_is_cut_off_at_the_total_deadline() -> None:
+    with drip_server(Reply(DRIPPED_GREETING, after=b"", drip=True)) as server:
+        notifier = EmailNotifier(_drip_smtp(server.port, "none"), ("risk@example.com",), timeout_s=DEADLINE_S)
+        error, elapsed = _cut_off(notifier)
+        assert server.hung_up.wait(timeout=5), "the connection was left open"
+    _assert_cut_off_at_the_deadline(error, elapsed, server.port)
+
+
+def test_a_dripped_implicit_tls_handshake_is_cut_off_at_the_total_deadline(certificate: tuple[Path, Path]) -> None:
+    with drip_server(Reply(DRIPPED_TLS, after=b"", drip=True)) as server:
+        notifier = EmailNotifier(_drip_smtp(server.port, "ssl", certificate[0]), ("risk@example.com",),
+                                 timeout_s=DEADLINE_S)
+        error, elapsed = _cut_off(notifier)
+        assert server.hung_up.wait(timeout=5), "the connection was left open"
+    _assert_cut_off_at_the_deadline(error, elapsed, server.port)
+
+
+def test_a_dripped_starttls_handshake_is_cut_off_at_the_total_deadline(certificate: tuple[Path, Path]) -> None:
+    script = (Reply(b"220 drip ESMTP\r\n", after=b""), Reply(b"250-drip\r\n250 STARTTLS\r\n"),
+              Reply(b"220 go ahead\r\n"), Reply(DRIPPED_TLS, after=b"", drip=True))
+    with drip_server(*script) as server:
+        notifier = EmailNotifier(_drip_smtp(server.port, "starttls", certificate[0]), ("risk@example.com",),
+                                 timeout_s=DEADLINE_S)
+        error, elapsed = _cut_off(notifier)
+        assert server.hung_up.wait(timeout=5), "the connection was left open"
+    assert b"STARTTLS" in bytes(server.received).upper()
+    _assert_cut_off_at_the_deadline(error, elapsed, server.port)
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_answers_each_inside_a_per_read_timeout_are_still_cut_off_at_the_total_deadline(
+        certificate: tuple[Path, Path], security: str) -> None:
+    # MAIL, RCPT and DATA answer ANSWER_DELAY_S late each: a per-read timeout of DEADLINE_S
+    # would let this send succeed after 2.1 s; the total deadline ends it at 1.5 s
+    with _server(certificate, implicit=security == "ssl", answer_delay_s=ANSWER_DELAY_S) as server:
+        extra = {"username": "finsent", "password": "right"} if security == "starttls" else {}
+        notifier = EmailNotifier(_smtp(server, security, **extra), ("risk@example.com",), timeout_s=DEADLINE_S)
+        error, elapsed = _cut_off(notifier)
+    _assert_cut_off_at_the_deadline(error, elapsed, server.port)
+
+
+def test_a_prompt_server_delivers_within_the_same_deadline(smtp_server: SmtpServer, ssl_server: TlsSmtp) -> None:
+    plain = SmtpSettings(host=smtp_server.host, port=smtp_server.port, sender="alerts@example.com", timeout_s=60)
+    EmailNotifier(plain, ("risk@example.com",), timeout_s=DEADLINE_S).send(PAYLOAD, "finsent-key-3")
+    EmailNotifier(_smtp(ssl_server, "ssl"), ("risk@example.com",), timeout_s=DEADLINE_S).send(PAYLOAD, "finsent-key-4")
+    assert len(smtp_server.wait_for(1)) == 1 and len(ssl_server.messages) == 1
+
+
+def test_a_slow_quit_after_the_message_was_accepted_is_not_a_failed_send() -> None:
+    script = (Reply(b"220 drip ESMTP\r\n", after=b""), Reply(b"250 drip\r\n"), Reply(b"250 sender ok\r\n"),
+              Reply(b"250 recipient ok\r\n"), Reply(b"354 go ahead\r\n"),
+              Reply(b"250 queued\r\n", after=b"\r\n.\r\n"), Reply(b"221 " + b"b" * 20 + b"\r\n", drip=True))
+    with drip_server(*script) as server:
+        notifier = EmailNotifier(_drip_smtp(server.port, "none"), ("risk@example.com",), timeout_s=DEADLINE_S)
+        started = time.monotonic()
+        notifier.send(PAYLOAD, "finsent-key-5")  # a retry would only send the accepted message twice
+        elapsed = time.monotonic() - started
+        assert server.hung_up.wait(timeout=5), "the connection was left open"
+    assert b"Message-ID: <finsent-key-5@finsent>" in server.received
+    assert elapsed < DEADLINE_S + MARGIN_S, elapsed
+
+
+def test_the_send_deadline_is_capped_below_the_delivery_lease() -> None:
+    database_url = "postgresql://finsent@127.0.0.1:9/never-connected"
+    settings = alert_settings(database_url, lease_s=4.0)
+    assert settings.smtp.timeout_s == 5  # longer than the lease: capped
+    notifier = build_notifier("email", "risk@example.com", "email", None, settings)
+    assert isinstance(notifier, EmailNotifier) and notifier.timeout_s == 2.0
+    assert build_notifier("email", "risk@example.com", "email", None,
+                          alert_settings(database_url, lease_s=60.0)).timeout_s == 5
