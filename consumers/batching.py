@@ -44,7 +44,7 @@ from kafka.errors import CommitFailedError, FencedInstanceIdError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline import metrics
-from pipeline.errors import ConfigurationError, ServiceUnavailable
+from pipeline.errors import ConfigurationError
 from pipeline.settings import BatchPolicy, Settings
 
 log = logging.getLogger(__name__)
@@ -327,37 +327,3 @@ class LagReporter:
             self.total = total
         except (KafkaError, AssertionError, ValueError) as exc:  # a rebalance in progress
             log.debug("%s: lag not measured this time: %s", self.role, exc)
-
-
-def run_consumer_loop(*, role: str, reader: PartitionReader, policy: BatchPolicy, poll_timeout_ms: int,
-                      stop: threading.Event, process: Callable[[list[Any]], None],
-                      between_batches: Callable[[], None] | None = None,
-                      on_idle: Callable[[], None] | None = None) -> None:
-    """Read, process, commit until ``stop`` is set; then return (the caller closes the
-    consumer). ``process`` raising ``ServiceUnavailable`` while stopping means the batch
-    was not stored: it is left uncommitted for redelivery. ``on_idle`` runs after every
-    poll that returned nothing (the shutdown drain's hook, :mod:`consumers.drain`)."""
-    consumer = reader.consumer
-    lag = LagReporter(role)
-    while not stop.is_set():
-        if between_batches is not None:
-            between_batches()
-        records = reader.poll_batch(policy, stop, poll_timeout_ms)
-        if not records:
-            lag.maybe_update(consumer)
-            if on_idle is not None:
-                on_idle()
-            continue
-        started = time.perf_counter()
-        try:
-            process(records)
-        except ServiceUnavailable as exc:
-            if stop.is_set():
-                log.warning("%s: stopping with a batch not stored (%s); it stays uncommitted "
-                            "and will be redelivered", role, exc)
-                return
-            raise
-        reader.commit(records, role)
-        metrics.BATCHES.labels(role=role).inc()
-        metrics.BATCH_LATENCY.labels(role=role).observe(time.perf_counter() - started)
-        lag.maybe_update(consumer)

@@ -37,31 +37,22 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from consumers.batching import (
-    FETCH_MAX_WAIT_MS,
-    LagReporter,
-    PartitionReader,
-    fenced_as_configuration_error,
-)
-from consumers.drain import DrainingStop
-from consumers.model_watch import ModelWatcher
+from consumers.batching import PartitionReader
+from consumers.worker import StreamWorker
 from pipeline import metrics
 from pipeline.db import retry_db
-from pipeline.dlq import DeadLetter, send_dead_letter
 from pipeline.documents import Document
-from pipeline.errors import BrokerError, InputError, ServiceUnavailable
+from pipeline.errors import InputError
 from pipeline.inference import Classifier, Prediction
-from pipeline.kafka_io import json_bytes, make_consumer, make_producer
+from pipeline.records import ScoredRecord, keys_of
 from pipeline.roles import Stage
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +89,6 @@ STORED_PREDICTIONS = sa.text("""
 """)
 
 
-def keys_of(topic: str, entities: tuple[str, ...] | list[str]) -> list[str]:
-    """The memory keys a document moves: its predicted topic and every entity it names."""
-    keys = [f"topic:{topic}"]
-    seen: set[str] = set()
-    for entity in entities:
-        ticker = str(entity).strip().upper()
-        if ticker and ticker not in seen:
-            seen.add(ticker)
-            keys.append(f"entity:{ticker}")
-    return keys
-
-
-class _StoppedUnstored(Exception):
-    """Internal: stopping while a batch could not be stored (it stays uncommitted)."""
-
-
 @dataclass(frozen=True)
 class ParsedRecord:
     document: Document
@@ -133,119 +108,42 @@ class ScoredBatch:
     predictions: list[Prediction] = field(default_factory=list)
     latency_ms: float = 0.0
     futures: list[Any] = field(default_factory=list)
-    started: float = field(default_factory=time.perf_counter)
 
 
-class Scorer:
-    """The scorer role. ``run(stop)`` serves until ``stop`` is set, then finishes the batch
-    in hand, commits and returns. With ``drain`` (the embedded broker, whose log dies with
-    the process) it first consumes the documents Kafka topic to its end, within the stop's
-    deadline (:mod:`consumers.drain`); ``left_behind`` then says what it could not."""
+class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
+    """The scorer role (see the module docstring); the loop, commits, dead letters and hot
+    reload come from :class:`consumers.worker.StreamWorker`."""
 
-    name = ROLE
-    stage = Stage.SCORE
+    name: ClassVar[str] = ROLE
+    stage: ClassVar[Stage] = Stage.SCORE
+    role_group: ClassVar[str] = ROLE_GROUP
+    pipelined: ClassVar[bool] = True  # classify batch n+1 while batch n is stored and forwarded
 
-    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None,
-                 drain: bool = False) -> None:
-        self.settings = settings
-        self.drain = drain
-        self.left_behind: str | None = None
-        self.bootstrap = bootstrap
-        self.engine = engine
-        self.group_id = group_id or settings.group_id(ROLE_GROUP)
-        self.watcher: ModelWatcher[Classifier] = ModelWatcher(
-            settings, engine, lambda path: Classifier.load(Path(path), settings), ROLE
-        )
-        self._ready = False
-        self._producer: Any = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.documents_scored = 0
 
-    def ready(self) -> bool:
-        return self._ready
+    def input_topic(self) -> str:
+        return self.settings.kafka_topic_documents
 
-    # -- the loop ------------------------------------------------------------------------
+    def load_model(self, model_dir: Path) -> Classifier:
+        return Classifier.load(Path(model_dir), self.settings)
 
-    def run(self, stop: threading.Event) -> None:
-        classifier = retry_db(lambda: self.watcher.load_initial(), what="scorer: model lookup", stop=stop.is_set)
-        metrics.MODEL_INFO.labels(version=classifier.version).set(1)
-        self._producer = make_producer(self.settings, self.bootstrap)
-        merge = PartitionReader(None, _event_time_key, role=ROLE)
-        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_documents],
-                                 listener=merge, max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
-                                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
-        merge.consumer = consumer  # callbacks come from poll(), which starts below
-        loop_stop = DrainingStop(stop, role=ROLE, kafka_topic=self.settings.kafka_topic_documents,
-                                 enabled=self.drain, grace_s=self.settings.shutdown_grace_s)
-        loop_stop.attach(merge)
-        self._ready = True
-        log.info("scorer: serving model %s (%s) on %s", classifier.version, classifier.provider,
-                 self.settings.kafka_topic_documents)
-        try:
-            with fenced_as_configuration_error(self.settings, self.group_id):
-                self._loop(consumer, merge, loop_stop)
-            self.left_behind = loop_stop.report()
-        finally:
-            self._ready = False
-            consumer.close(autocommit=False)
-            self._producer.close(timeout=self.settings.shutdown_grace_s)
+    def make_reader(self) -> PartitionReader:
+        return PartitionReader(None, _event_time_key, role=ROLE)
 
-    def _loop(self, consumer: Any, merge: PartitionReader, stop: DrainingStop) -> None:
-        """Poll, classify batch n+1 while a helper thread stores and forwards batch n;
-        commit batch n's offsets (on this thread: the consumer is not thread-safe) once it
-        is stored and forwarded. At most one batch is in the helper at a time, so the
-        scored topic receives batches in order. ``stop`` drains before it reads as set
-        when asked to (:mod:`consumers.drain`)."""
-        lag = LagReporter(ROLE)
-        pending: tuple[ScoredBatch, Future[None]] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-scorer-store") as helper:
-            try:
-                while not stop.is_set():
-                    self._between_batches()
-                    records = merge.poll_batch(self.settings.batch, stop, self.settings.kafka.poll_timeout_ms)
-                    if not records:
-                        if pending is not None:
-                            self._complete(pending, merge, stop)
-                            pending = None
-                        lag.maybe_update(consumer)
-                        stop.idle()
-                        continue
-                    batch = self.prepare(records)
-                    if pending is not None:
-                        self._complete(pending, merge, stop)
-                    pending = (batch, helper.submit(self.finish, batch, stop))
-                    lag.maybe_update(consumer)
-                if pending is not None:
-                    self._complete(pending, merge, stop)
-                    pending = None
-            except _StoppedUnstored:
-                return
+    def consumer_options(self) -> dict[str, Any]:
+        return {"max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES}
 
-    def _complete(self, pending: tuple[ScoredBatch, Future[None]], merge: PartitionReader,
-                  stop: threading.Event) -> None:
-        batch, future = pending
-        try:
-            future.result()
-        except ServiceUnavailable as exc:
-            if stop.is_set():
-                log.warning("scorer: stopping with a batch not stored (%s); it stays uncommitted and "
-                            "will be redelivered", exc)
-                raise _StoppedUnstored() from exc
-            raise
-        merge.commit(batch.records, ROLE)
-        metrics.BATCHES.labels(role=ROLE).inc()
-        metrics.BATCH_LATENCY.labels(role=ROLE).observe(time.perf_counter() - batch.started)
+    def describe(self, model: Classifier) -> str:
+        return f"{model.version} ({model.provider}) on {self.input_topic()}"
 
-    def _between_batches(self) -> None:
-        old = self.watcher.model
-        if self.watcher.maybe_reload() and old is not None and self.watcher.model is not None:
+    def on_model_change(self, old: Classifier | None, new: Classifier) -> None:
+        if old is not None:
             metrics.MODEL_INFO.labels(version=old.version).set(0)
-            metrics.MODEL_INFO.labels(version=self.watcher.model.version).set(1)
+        metrics.MODEL_INFO.labels(version=new.version).set(1)
 
     # -- one batch -----------------------------------------------------------------------
-
-    def process(self, records: list[Any], stop: threading.Event) -> None:
-        """Score, store and forward one batch; raises only when the batch is not stored."""
-        self.finish(self.prepare(records), stop)
 
     def prepare(self, records: list[Any]) -> ScoredBatch:
         """Parse and classify (dead letters are sent, not yet flushed). CPU-bound: the
@@ -260,13 +158,11 @@ class Scorer:
                     raise InputError("record has no value (tombstone)")
                 document = Document.from_json_bytes(record.value)
             except InputError as exc:
-                batch.futures.append(self._dead_letter(str(exc), record.topic, record.partition, record.offset,
-                                                       record.value, record.key))
+                batch.futures.append(self.dead_letter_record(str(exc), record))
                 continue
             if "\x00" in document.id or "\x00" in document.source:
-                batch.futures.append(self._dead_letter("document id or source contains a NUL character",
-                                                       record.topic, record.partition, record.offset,
-                                                       record.value, record.key))
+                batch.futures.append(self.dead_letter_record("document id or source contains a NUL character",
+                                                             record))
                 continue
             document = _without_nul(document)
             # A document twice in one batch is scored once (ids are stable).
@@ -291,7 +187,7 @@ class Scorer:
                     batch.futures.extend(self._forward(item.document, row, batch.version))
             self.documents_scored += len(stored)
             metrics.DOCUMENTS_SCORED.inc(len(stored))
-        self._flush(batch.futures)
+        self.flush(batch.futures)
 
     def _store(self, items: list[ParsedRecord], predictions: list[Prediction], version: str, latency_ms: float,
                stop: threading.Event, futures: list[Any]) -> dict[str, Any]:
@@ -321,52 +217,25 @@ class Scorer:
                                        stop=stop.is_set))
             except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
                 item = pair[0]
-                futures.append(self._dead_letter(
+                futures.append(self.dead_letter(
                     f"PostgreSQL refused the document: {getattr(exc, 'orig', exc)}", item.kafka_topic,
                     item.partition, item.offset, item.raw, item.document.id.encode("utf-8")))
         return stored
 
     def _forward(self, document: Document, row: Any, version: str) -> list[Any]:
-        payload = {
-            "document_id": document.id,
-            "event_at": document.published_at.isoformat(),
-            "source": document.source,
-            "model_version": version,
-            "topic_id": row.topic_id,
-            "topic": row.topic,
-            "topic_confidence": row.topic_confidence,
-            "sentiment": row.sentiment,
-            "p_bearish": row.p_bearish,
-            "p_neutral": row.p_neutral,
-            "p_bullish": row.p_bullish,
-            "doc_vector": list(row.doc_vector or ()),
-        }
+        """One scored record per key the document moves, keyed by the key (one trends
+        worker owns each key); the values are the stored prediction's."""
         sends = []
         for key in keys_of(row.topic, document.entities):
-            value = json_bytes({"key": key, **payload})
-            sends.append(self._producer.send(self.settings.kafka_topic_scored, key=key.encode("utf-8"), value=value))
+            record = ScoredRecord(
+                key=key, document_id=document.id, event_at=document.published_at, source=document.source,
+                model_version=version, topic_id=row.topic_id, topic=row.topic,
+                topic_confidence=row.topic_confidence, sentiment=row.sentiment, p_bearish=row.p_bearish,
+                p_neutral=row.p_neutral, p_bullish=row.p_bullish, doc_vector=tuple(row.doc_vector or ()),
+            )
+            sends.append(self._producer.send(self.settings.kafka_topic_scored, key=key.encode("utf-8"),
+                                              value=record.to_bytes()))
         return sends
-
-    def _dead_letter(self, reason: str, kafka_topic: str, partition: int, offset: int, payload: bytes | None,
-                     key: bytes | None) -> Any:
-        log.warning("scorer: dead letter from %s[%d]@%d: %s", kafka_topic, partition, offset, reason[:300])
-        metrics.DEAD_LETTERS.labels(stage=ROLE).inc()
-        letter = DeadLetter.build(reason, ROLE, payload, source_kafka_topic=kafka_topic, partition=partition,
-                                  offset=offset)
-        return send_dead_letter(self._producer, self.settings.kafka_topic_dlq, letter, key=key)
-
-    def _flush(self, futures: list[Any]) -> None:
-        """Wait until every record of the batch is acknowledged; BrokerError otherwise
-        (the batch then stays uncommitted and is redone: the DB writes are idempotent)."""
-        if not futures:
-            return
-        self._producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000.0)
-        for future in futures:
-            try:
-                future.get(timeout=self.settings.kafka.request_timeout_ms / 1000.0)
-            except Exception as exc:  # noqa: BLE001 - kafka-python raises several types
-                raise BrokerError(f"scorer: the broker did not acknowledge a record ({exc}); "
-                                  "check FINSENT_KAFKA_BOOTSTRAP") from exc
 
 
 def _event_time_key(record: Any) -> str:

@@ -36,26 +36,19 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from consumers.batching import (
-    FETCH_MAX_WAIT_MS,
-    PartitionReader,
-    fenced_as_configuration_error,
-    run_consumer_loop,
-)
-from consumers.drain import DrainingStop
-from consumers.model_watch import ModelWatcher
+from consumers.batching import PartitionReader
+from consumers.worker import StreamWorker
 from pipeline import metrics
 from pipeline.db import retry_db
-from pipeline.dlq import DeadLetter, send_dead_letter
-from pipeline.errors import BrokerError, InputError
+from pipeline.errors import InputError
 from pipeline.inference import MemoryCell, read_manifest
-from pipeline.kafka_io import make_consumer, make_producer
+from pipeline.records import ScoredRecord
 from pipeline.roles import Stage
 from pipeline.settings import BatchPolicy, Settings
 
@@ -67,7 +60,6 @@ ROLE = "trends"
 #: hundred bytes and cheap to apply, and one transaction per larger batch means one
 #: rewind per key where several late documents arrive together, instead of one each.
 BATCH_FACTOR = 32
-SENTIMENTS = ("bearish", "neutral", "bullish")
 
 
 @dataclass(frozen=True)
@@ -103,41 +95,17 @@ class ScoredItem:
         assert self.order_at is not None
         return (self.order_at, self.document_id)
 
+    @classmethod
+    def from_record(cls, record: ScoredRecord) -> ScoredItem:
+        return cls(key=record.key, document_id=record.document_id, event_at=record.event_at,
+                   sentiment=record.sentiment, p_bearish=record.p_bearish, p_neutral=record.p_neutral,
+                   p_bullish=record.p_bullish, topic_confidence=record.topic_confidence,
+                   doc_vector=list(record.doc_vector))
+
 
 def parse_scored(raw: bytes | None) -> ScoredItem:
     """A scored record's value; InputError with the reason when it is not one."""
-    if raw is None:
-        raise InputError("record has no value (tombstone)")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"scored record is not UTF-8 JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError("scored record must be a JSON object")
-    try:
-        key = str(data["key"])
-        if not key.startswith(("topic:", "entity:")) or len(key) > 300:
-            raise InputError(f"scored record key {key[:80]!r} is not topic:<name> or entity:<TICKER>")
-        event_at = datetime.fromisoformat(str(data["event_at"]))
-        if event_at.tzinfo is None:
-            raise InputError("scored record event_at has no time zone")
-        sentiment = str(data["sentiment"])
-        if sentiment not in SENTIMENTS:
-            raise InputError(f"scored record sentiment {sentiment!r} is not one of {SENTIMENTS}")
-        vector = [float(x) for x in data.get("doc_vector") or []]
-        item = ScoredItem(
-            key=key, document_id=str(data["document_id"]), event_at=event_at, sentiment=sentiment,
-            p_bearish=float(data["p_bearish"]), p_neutral=float(data["p_neutral"]),
-            p_bullish=float(data["p_bullish"]), topic_confidence=float(data["topic_confidence"]),
-            doc_vector=vector,
-        )
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"scored record is missing or has a bad field: {exc!r}") from None
-    if not item.document_id:
-        raise InputError("scored record has an empty document_id")
-    return item
+    return ScoredItem.from_record(ScoredRecord.from_bytes(raw))
 
 
 @dataclass
@@ -154,108 +122,79 @@ class KeyPlan:
     outputs: np.ndarray | None = None
 
 
-class Trends:
-    """The trends role. ``run(stop)`` serves until ``stop`` is set, then finishes the batch
-    in hand, commits and returns. With ``drain`` (the embedded broker, whose log dies with
-    the process) it first consumes the scored Kafka topic to its end, within the stop's
-    deadline (:mod:`consumers.drain`); ``left_behind`` then says what it could not."""
+@dataclass
+class TrendsBatch:
+    """A parsed batch: per key, its documents (a document twice in a batch counts once)."""
 
-    name = ROLE
-    stage = Stage.TREND
+    by_key: dict[str, dict[str, ScoredItem]]
+    futures: list[Any]
 
-    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None,
-                 drain: bool = False) -> None:
-        self.settings = settings
-        self.drain = drain
-        self.left_behind: str | None = None
-        self.bootstrap = bootstrap
-        self.engine = engine
-        self.group_id = group_id or settings.group_id(ROLE_GROUP)
-        self.watcher: ModelWatcher[Memory] = ModelWatcher(settings, engine, lambda p: load_memory(p, settings), ROLE)
-        self.horizon = timedelta(seconds=settings.lateness_horizon_s)
+
+class Trends(StreamWorker[Memory, TrendsBatch]):
+    """The trends role (see the module docstring); the loop, commits, dead letters and hot
+    reload come from :class:`consumers.worker.StreamWorker`."""
+
+    name: ClassVar[str] = ROLE
+    stage: ClassVar[Stage] = Stage.TREND
+    role_group: ClassVar[str] = ROLE_GROUP
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.horizon = timedelta(seconds=self.settings.lateness_horizon_s)
         # A quarter of the scorer's wait: under a backlog batches fill at once anyway, and
         # at steady load the scorer has already waited for its batch once.
-        self.policy = BatchPolicy(max_size=min(4096, settings.batch.max_size * BATCH_FACTOR),
-                                  max_wait_ms=max(1, settings.batch.max_wait_ms // 4))
-        self._ready = False
-        self._producer: Any = None
+        self.policy = BatchPolicy(max_size=min(4096, self.settings.batch.max_size * BATCH_FACTOR),
+                                  max_wait_ms=max(1, self.settings.batch.max_wait_ms // 4))
         self.applied = 0
         self.rewinds = 0
 
-    def ready(self) -> bool:
-        return self._ready
+    def input_topic(self) -> str:
+        return self.settings.kafka_topic_scored
 
-    def run(self, stop: threading.Event) -> None:
-        memory = retry_db(lambda: self.watcher.load_initial(), what="trends: model lookup", stop=stop.is_set)
-        self._producer = make_producer(self.settings, self.bootstrap)
+    def load_model(self, model_dir: Path) -> Memory:
+        return load_memory(model_dir, self.settings)
+
+    def make_reader(self) -> PartitionReader:
         # No merge: a key lives in one partition of the scored topic, so the order across
         # partitions does not matter here; the reader keeps the resume rule.
-        reader = PartitionReader(None, None, role=ROLE, max_buffered=4 * self.policy.max_size)
-        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.settings.kafka_topic_scored],
-                                 listener=reader, max_poll_records=self.policy.max_size,
-                                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
-        reader.consumer = consumer
-        loop_stop = DrainingStop(stop, role=ROLE, kafka_topic=self.settings.kafka_topic_scored, enabled=self.drain,
-                                 grace_s=self.settings.shutdown_grace_s)
-        loop_stop.attach(reader)
-        self._ready = True
-        log.info("trends: memory cell of model %s on %s (lateness horizon %.0fs)", memory.version,
-                 self.settings.kafka_topic_scored, self.horizon.total_seconds())
-        try:
-            with fenced_as_configuration_error(self.settings, self.group_id):
-                run_consumer_loop(
-                    role=ROLE, reader=reader, policy=self.policy,
-                    poll_timeout_ms=self.settings.kafka.poll_timeout_ms, stop=loop_stop,
-                    process=lambda records: self.process(records, loop_stop), between_batches=self._between_batches,
-                    on_idle=loop_stop.idle,
-                )
-            self.left_behind = loop_stop.report()
-        finally:
-            self._ready = False
-            consumer.close(autocommit=False)
-            self._producer.close(timeout=self.settings.shutdown_grace_s)
+        return PartitionReader(None, None, role=ROLE, max_buffered=4 * self.policy.max_size)
 
-    def _between_batches(self) -> None:
-        self.watcher.maybe_reload()
+    def batch_policy(self) -> BatchPolicy:
+        return self.policy
+
+    def consumer_options(self) -> dict[str, Any]:
+        return {"max_poll_records": self.policy.max_size}
+
+    def describe(self, model: Memory) -> str:
+        return (f"{model.version}'s memory cell on {self.input_topic()} "
+                f"(lateness horizon {self.horizon.total_seconds():.0f}s)")
 
     # -- one batch -----------------------------------------------------------------------
 
-    def process(self, records: list[Any], stop: threading.Event) -> None:
-        futures: list[Any] = []
-        by_key: dict[str, dict[str, ScoredItem]] = {}
+    def prepare(self, records: list[Any]) -> TrendsBatch:
+        batch = TrendsBatch({}, [])
         for record in records:
             try:
                 item = parse_scored(record.value)
             except InputError as exc:
-                futures.append(self._dead_letter(str(exc), record))
+                batch.futures.append(self.dead_letter_record(str(exc), record))
                 continue
-            by_key.setdefault(item.key, {})[item.document_id] = item
-        if by_key:
+            batch.by_key.setdefault(item.key, {})[item.document_id] = item
+        return batch
+
+    def finish(self, batch: TrendsBatch, stop: threading.Event) -> None:
+        if batch.by_key:
             memory = self.watcher.model
             assert memory is not None
 
             def transaction() -> int:
                 with self.engine.begin() as conn:
-                    return self.apply(conn, memory, by_key)
+                    return self.apply(conn, memory, batch.by_key)
 
             applied = retry_db(transaction, what="trends: applying a batch", stop=stop.is_set)
             self.applied += applied
             metrics.TREND_UPDATES.inc(applied)
-        if futures:
-            self._producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000.0)
-            for future in futures:
-                try:
-                    future.get(timeout=self.settings.kafka.request_timeout_ms / 1000.0)
-                except Exception as exc:  # noqa: BLE001 - kafka-python raises several types
-                    raise BrokerError(f"trends: the broker did not acknowledge a dead letter ({exc})") from exc
-
-    def _dead_letter(self, reason: str, record: Any) -> Any:
-        log.warning("trends: dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset,
-                    reason[:300])
-        metrics.DEAD_LETTERS.labels(stage=ROLE).inc()
-        letter = DeadLetter.build(reason, ROLE, record.value, source_kafka_topic=record.topic,
-                                  partition=record.partition, offset=record.offset)
-        return send_dead_letter(self._producer, self.settings.kafka_topic_dlq, letter, key=record.key)
+        self.flush(batch.futures)
 
     def apply(self, conn: Connection, memory: Memory, by_key: dict[str, dict[str, ScoredItem]]) -> int:
         """Apply a batch in the caller's transaction; returns the (key, document) pairs applied."""

@@ -45,8 +45,9 @@ SENTIMENTS: tuple[str, ...] = ("bearish", "neutral", "bullish")
 REQUIRED_FILES = ("manifest.json",)
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
-#: Documents per onnxruntime call. Within one call every text is padded to the longest,
-#: so the runtime cuts its own length-sorted buckets whatever the caller's batch size.
+#: Documents per onnxruntime call when ``Settings.batch_independent_inference`` is off.
+#: Within one call every text is padded to the longest, so the runtime cuts its own
+#: length-sorted buckets whatever the caller's batch size.
 RUN_BATCH = 32
 
 
@@ -151,11 +152,12 @@ class Classifier:
 
     @classmethod
     def load(cls, model_dir: Path, settings: Settings, *, model_file: str | None = None,
-             run_batch: int = RUN_BATCH) -> Classifier:
+             run_batch: int | None = None) -> Classifier:
         """Open the classifier of ``model_dir``: the GPU file on the CUDA provider when the
         settings allow it and onnxruntime offers it, else the int8 file on the CPU.
         ``model_file`` forces a file (the benchmark compares precisions with it);
-        ``run_batch`` is the number of documents per onnxruntime call."""
+        ``run_batch`` is the number of documents per onnxruntime call (default: 1 with
+        ``Settings.batch_independent_inference``, else :data:`RUN_BATCH`)."""
         from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
@@ -175,6 +177,8 @@ class Classifier:
         tokenizer.no_padding()
         provider = session.get_providers()[0]
         log.info("classifier %s loaded from %s (%s, %s)", manifest["version"], model_dir, name, provider)
+        if run_batch is None:
+            run_batch = 1 if settings.batch_independent_inference else RUN_BATCH
         return cls(session, tokenizer, manifest, provider, settings.max_text_chars, run_batch)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""``python -m training train|export``: the training entry point (``finsent train|export`` call it).
+"""``python -m training train|export|soup``: flags in, :mod:`training.api` calls out.
 
     python -m training train --sentiment-csv S.csv --topic-csv T.csv --work-dir runs/r1 \\
         --out runs/r1/model --epochs 5 --class-weighting none
@@ -8,6 +8,7 @@
         --out runs/soup/checkpoints/soup.pt --sentiment-csv S.csv --topic-csv T.csv
 
 Every ``TrainConfig`` field is a flag (``--layer-decay 0.9``, ``--tasks sentiment`` ...).
+Nothing but parsing and printing lives here: the work is in the api functions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.errors import FinsentError
+from training import api
 from training.train import TrainConfig
 
 
@@ -35,10 +38,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=kind, default=default)
         else:
             parser.add_argument(flag, dest=f.name, type=type(default), default=default)
-
-
-def _config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,88 +71,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_memory(model_dir: Path, sentiment_csv: Path | None, quick: bool = False) -> bool:
-    """Hand the model directory to the memory cell's trainer (training.memory), which
-    builds its streams from the classifier's outputs on the sentiment dev rows."""
-    try:
-        from training.memory import train_memory_into  # type: ignore[attr-defined]
-    except ImportError:
-        logging.getLogger(__name__).warning("training.memory.train_memory_into is not available; "
-                                            "the model directory keeps a random-init memory cell")
-        return False
-    if sentiment_csv is None:
-        logging.getLogger(__name__).warning("no sentiment CSV: the memory cell stays random-init")
-        return False
-    train_memory_into(model_dir, sentiment_csv, quick=quick, progress=not quick)
-    return True
+def _print(record: dict) -> None:
+    print(json.dumps(record), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnx_model", "fusion_base", "fusion_utils", "onnx_model_bert", "root"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    api.quiet_third_party_logs()
     args = build_parser().parse_args(argv)
     reproduce = "python -m training " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    data = {"sentiment_csv": args.sentiment_csv, "topic_csv": args.topic_csv}
     if args.command == "train":
-        from training.api import _export, _training_info, finish_model_dir
-        from training.data import fixed_dev_split
-        from training.train import train_classifier
-
         if not args.sentiment_csv and not args.topic_csv:
             print("error: give --sentiment-csv and/or --topic-csv", file=sys.stderr)
             return 2
-        config = _config(args)
-        train, dev = fixed_dev_split(args.sentiment_csv, args.topic_csv)
-        result = train_classifier(config, train, dev, work_dir=args.work_dir)
-        info = _training_info(result)
-        (args.work_dir / "result.json").write_text(json.dumps(info, indent=2))
-        print(json.dumps({"best_epoch": result.best_epoch, "dev_pytorch": info["dev_pytorch"],
-                          "wall_s": info["wall_s"], "train_docs_per_s": info["train_docs_per_s"]}), flush=True)
-        if args.no_export:
-            return 0
-        out = args.out or args.work_dir / "model"
-        model_dir = _export(result.model, config, out, dev, version=args.version, tiny=config.tiny, memory_from=None)
-        if args.memory:
-            train_memory(model_dir, args.sentiment_csv, quick=config.tiny)
-        metrics = finish_model_dir(model_dir, dev, training=info, reproduce=reproduce,
-                                   data={"sentiment_csv": str(args.sentiment_csv), "topic_csv": str(args.topic_csv)})
-        print(json.dumps({"model_dir": str(model_dir), "int8": metrics["summary_int8"]}), flush=True)
-        return 0
-    if args.command == "soup":
-        from training.data import fixed_dev_split
-        from training.soup import greedy_soup
-
-        _, dev = fixed_dev_split(args.sentiment_csv, args.topic_csv)
-        print(json.dumps(greedy_soup(args.checkpoints, dev, args.out), indent=1), flush=True)
-        return 0
-    from training.api import _export, finish_model_dir
-    from training.data import fixed_dev_split
-    from training.train import load_checkpoint
-
-    training_info = None
-    result_json = args.checkpoint.parent.parent / "result.json"
-    history_json = args.checkpoint.parent.parent / "history.json"
-    if result_json.is_file():
-        training_info = json.loads(result_json.read_text())
-    elif history_json.is_file():
-        training_info = {"history": json.loads(history_json.read_text())}
-    model, config = load_checkpoint(args.checkpoint)
-    if training_info is not None:
-        training_info.setdefault("config", dataclasses.asdict(config))
-        training_info["exported_checkpoint"] = args.checkpoint.name
-        if args.note:
-            training_info["note"] = args.note
-    _, dev = fixed_dev_split(args.sentiment_csv, args.topic_csv)
-    model_dir = _export(model, config, args.out, dev, version=args.version, tiny=config.tiny,
-                        memory_from=args.memory_from, gpu_precision=args.gpu_precision)
-    if args.memory:
-        train_memory(model_dir, args.sentiment_csv, quick=config.tiny)
-    metrics = finish_model_dir(model_dir, dev, training=training_info, reproduce=reproduce,
-                               data={"sentiment_csv": str(args.sentiment_csv), "topic_csv": str(args.topic_csv),
-                                     "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}})
-    print(json.dumps({"model_dir": str(model_dir), "int8": metrics["summary_int8"]}), flush=True)
+        config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        run = api.train(args.work_dir, **data, config=config, out=args.out, version=args.version,
+                        export_model=not args.no_export, memory=args.memory, reproduce=reproduce)
+        _print({"best_epoch": run.best_epoch, "dev_pytorch": run.dev_pytorch, "wall_s": run.wall_s,
+                "train_docs_per_s": run.train_docs_per_s})
+        if run.exported is not None:
+            _print({"model_dir": str(run.exported.model_dir), "int8": run.exported.int8})
+    elif args.command == "soup":
+        print(json.dumps(api.soup(args.checkpoints, args.out, **data), indent=1), flush=True)
+    else:
+        exported = api.export(args.checkpoint, args.out, **data, version=args.version,
+                              gpu_precision=args.gpu_precision, memory=args.memory,
+                              memory_from=args.memory_from, note=args.note, reproduce=reproduce)
+        _print({"model_dir": str(exported.model_dir), "int8": exported.int8})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FinsentError as exc:  # raised, not caught, in main(): finsent's CLI reports its own way
+        print(f"python -m training: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,134 +1,216 @@
-"""The training API used by ``finsent train|export`` and the retraining job.
+"""The training package's one entry point for the application (``finsent train | export |
+retrain``) and for ``python -m training``: typed keyword arguments in, result objects out.
 
-``train_and_export`` is the whole path from CSV files to a complete model directory:
-fixed dev split, fine-tuning, ONNX export with parity checks, memory cell, evaluation of
-the shipped int8 model through the serving runtime, report and model card.
-Labels in rows are data-file ids (sentiment 0 bearish, 1 bullish, 2 neutral).
+Importing this module needs no torch: every function checks the ``train`` extra first
+(:class:`~training.errors.TrainExtraMissing`, a ConfigurationError naming the install
+command) and imports the heavy modules then, so the command line loads torch only for the
+commands that train. Every error is a :class:`~pipeline.errors.FinsentError` whose message
+says what to do; the classes are re-exported here.
+
+Labels in the CSVs are data-file ids (sentiment 0 bearish, 1 bullish, 2 neutral).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import threading
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.inference import SENTIMENTS, TOPICS
-from training.data import HeadRows, build_examples, fixed_dev_split
-from training.evaluate import plot_confusion
-from training.export import evaluate_model_dir, write_model_dir
-from training.train import (
-    TrainConfig,
-    TrainResult,
-    load_checkpoint,
-    load_tokenizer,
-    train_classifier,
+from pipeline.errors import ConfigurationError, InputError
+from training.errors import (
+    ExportParityError,
+    MemoryExportError,
+    RetrainLocked,
+    TrainExtraMissing,
+    UnsafeJobState,
 )
+from training.extra import require_train_extra
 
-__all__ = ["TrainConfig", "train_and_export", "export_checkpoint", "evaluate_model_dir", "fixed_dev_split",
-           "finish_model_dir"]
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
-log = logging.getLogger(__name__)
+    from pipeline.settings import Settings
+    from training.retrain_report import RetrainOutcome
+    from training.train import TrainConfig
 
+__all__ = [
+    "ExportParityError", "ExportedModel", "MemoryExportError", "RetrainLocked", "TrainExtraMissing",
+    "TrainedModel", "UnsafeJobState", "export", "quiet_third_party_logs", "retrain_once",
+    "run_retrain_schedule", "soup", "train", "train_config", "train_config_from_json",
+]
 
-def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {h: {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)} for h, m in metrics.items()}
-
-
-def finish_model_dir(model_dir: Path, dev: HeadRows, *, training: dict[str, Any] | None = None,
-                     reproduce: str = "", data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate the directory's int8 model on ``dev`` (through the runtime) and write
-    metrics.json, the confusion-matrix PNGs and MODEL_CARD.md beside it."""
-    model_dir = Path(model_dir)
-    dev_metrics = evaluate_model_dir(model_dir, dev.sentiment, dev.topic)
-    export_report = json.loads((model_dir / "export_report.json").read_text()) if (model_dir / "export_report.json").exists() else {}
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    metrics = {"version": manifest["version"], "dev_int8": dev_metrics, "summary_int8": _summary(dev_metrics),
-               "export_parity": export_report, "training": training or {}, "data": data or {},
-               "reproduce": reproduce}
-    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if "sentiment" in dev_metrics:
-        plot_confusion(dev_metrics["sentiment"], SENTIMENTS, "sentiment (dev, int8)", model_dir / "confusion_sentiment.png")
-    if "topic" in dev_metrics:
-        plot_confusion(dev_metrics["topic"], TOPICS, "topic (dev, int8)", model_dir / "confusion_topic.png")
-    from training.card import write_model_card
-
-    write_model_card(model_dir, manifest, metrics, reproduce=reproduce)
-    return metrics
+#: onnxruntime's transformer optimizer logs every fusion at INFO, some of it through the root
+#: logger; the export commands show progress bars and a result line instead
+NOISY_LOGGERS = ("onnx_model", "fusion_base", "fusion_utils", "onnx_model_bert", "root")
 
 
-def _training_info(result: TrainResult) -> dict[str, Any]:
-    return {"config": asdict(result.config), "history": result.history, "best_epoch": result.best_epoch,
-            "wall_s": round(result.wall_s, 1), "train_docs_per_s": round(result.train_docs_per_s, 2),
-            "steps": result.steps, "dev_pytorch": _summary(result.dev)}
+@dataclass(frozen=True)
+class ExportedModel:
+    """A finished model directory and its headline: accuracy and macro-F1 per head of the
+    shipped int8 classifier on the fixed dev split (through the serving runtime)."""
+
+    model_dir: Path
+    int8: dict[str, dict[str, float]]
 
 
-def _with_extras(train: HeadRows, extra_sentiment: Sequence[tuple[str, int]], extra_topic: Sequence[tuple[str, int]]) -> HeadRows:
-    return HeadRows(list(train.sentiment) + list(extra_sentiment), list(train.topic) + list(extra_topic))
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fine-tuning run: ``work_dir`` holds checkpoints, history and ``result.json``;
+    ``dev_pytorch`` is the best epoch's dev accuracy / macro-F1 per head in PyTorch;
+    ``exported`` is None when the run was not exported."""
+
+    work_dir: Path
+    best_epoch: int
+    dev_pytorch: dict[str, dict[str, float]]
+    wall_s: float
+    train_docs_per_s: float
+    exported: ExportedModel | None
 
 
-def train_and_export(out_dir: Path, *, sentiment_csv: Path | None, topic_csv: Path | None,
-                     extra_sentiment: Sequence[tuple[str, int]] = (), extra_topic: Sequence[tuple[str, int]] = (),
-                     config: TrainConfig | None = None, version: str | None = None,
-                     work_dir: Path | None = None, memory_from: Path | None = None,
-                     reproduce: str = "") -> Path:
-    """Train on the files' train part (+ extras), select on the fixed dev split, export a
-    complete model directory to ``out_dir`` and return it. ``memory_from``: copy the
-    memory cell of an existing model directory (e.g. the champion) instead of a fresh
-    random one, when its feature size matches."""
-    config = config or TrainConfig()
-    train, dev = fixed_dev_split(sentiment_csv, topic_csv)
-    train = _with_extras(train, extra_sentiment, extra_topic)
-    result = train_classifier(config, train, dev, work_dir=work_dir)
-    model_dir = _export(result.model, config, out_dir, dev, version=version,
-                        tiny=config.tiny, memory_from=memory_from)
-    finish_model_dir(model_dir, dev, training=_training_info(result), reproduce=reproduce,
-                     data={"sentiment_csv": str(sentiment_csv), "topic_csv": str(topic_csv),
-                           "train_rows": {"sentiment": len(train.sentiment), "topic": len(train.topic)},
-                           "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}})
-    return model_dir
+def quiet_third_party_logs() -> None:
+    """Raise :data:`NOISY_LOGGERS` to WARNING (the root logger included, so INFO logging
+    becomes opt-in per logger). Call it once, after configuring logging, before
+    :func:`train` or :func:`export` to get the output ``python -m training`` gives."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _export(model: Any, config: TrainConfig, out_dir: Path, dev: HeadRows, *, version: str | None,
-            tiny: bool, memory_from: Path | None, gpu_precision: str | None = None) -> Path:
-    examples = build_examples(load_tokenizer(config.max_tokens), dev, config.max_tokens)
-    model_dir, _ = write_model_dir(model, Path(out_dir), examples, version=version, max_tokens=config.max_tokens,
-                                   gpu_precision=gpu_precision or ("fp32" if tiny else "fp16"),
-                                   int8_min_agreement=0.0 if tiny else 0.98, seed=config.seed)
-    if memory_from is not None:
-        adopt_memory(model_dir, Path(memory_from))
-    return model_dir
+def train_config(**fields: Any) -> TrainConfig:
+    """A :class:`~training.train.TrainConfig` with ``fields`` changed from the defaults
+    (``epochs=1, tiny=True`` ...). InputError names an unknown field."""
+    require_train_extra()
+    from training.train import TrainConfig
 
-
-def adopt_memory(model_dir: Path, source_dir: Path) -> bool:
-    """Copy ``memory.onnx`` (and its manifest entry) from ``source_dir`` when compatible."""
     try:
-        source = json.loads((source_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    mem = source.get("memory") or {}
-    if mem.get("feature_dim") != manifest["memory"]["feature_dim"] or not (source_dir / mem.get("file", "")).is_file():
-        log.warning("memory cell of %s is not compatible; keeping the new one", source_dir)
-        return False
-    shutil.copyfile(source_dir / mem["file"], model_dir / "memory.onnx")
-    manifest["memory"] = {**mem, "file": "memory.onnx"}
-    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return True
+        return TrainConfig(**fields)
+    except TypeError as exc:
+        raise InputError(f"training config: {exc}") from exc
 
 
-def export_checkpoint(checkpoint: Path, out_dir: Path, *, sentiment_csv: Path | None, topic_csv: Path | None,
-                      version: str | None = None, gpu_precision: str | None = None, training: dict[str, Any] | None = None,
-                      reproduce: str = "", memory_from: Path | None = None) -> Path:
-    """Export a ``checkpoints/epochN.pt`` to a complete model directory (parity checked on dev)."""
+def train_config_from_json(text: str | None) -> TrainConfig | None:
+    """A TrainConfig from a JSON object of overrides (``--train-config '{"epochs": 1}'``),
+    or None for no text. InputError says what is wrong with the text."""
+    if not text:
+        return None
+    require_train_extra()
+    from training.train import TrainConfig
+
+    try:
+        overrides = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"--train-config is not JSON: {exc}; give e.g. '{{\"epochs\": 1}}'") from exc
+    if not isinstance(overrides, dict):
+        raise InputError("--train-config must be a JSON object of TrainConfig fields, e.g. '{\"epochs\": 1}'")
+    try:
+        return TrainConfig(**overrides)
+    except TypeError as exc:
+        raise InputError(f"--train-config: {exc}") from exc
+
+
+def train(work_dir: Path, *, sentiment_csv: Path | None = None, topic_csv: Path | None = None,
+          config: TrainConfig | None = None, out: Path | None = None, version: str | None = None,
+          export_model: bool = True, memory: bool = False, reproduce: str = "") -> TrainedModel:
+    """Fine-tune on the CSVs' train part, select the best epoch on the fixed dev split,
+    write ``work_dir/result.json`` and (``export_model``) export a complete model directory
+    to ``out`` (default ``work_dir/model``). ``memory``: train the memory cell on the new
+    classifier (needs ``sentiment_csv``; else it stays random-init, with a warning).
+    ``reproduce`` is the command line recorded in metrics.json and the model card.
+    Raises ConfigurationError when neither CSV is given."""
+    if sentiment_csv is None and topic_csv is None:
+        raise _no_data("training")
+    require_train_extra()
+    from training.data import fixed_dev_split
+    from training.train import TrainConfig, train_classifier
+    from training.train_run import build_model_dir, training_info
+
+    config = config or TrainConfig()
+    work_dir = Path(work_dir)
+    train_rows, dev = fixed_dev_split(sentiment_csv, topic_csv)
+    result = train_classifier(config, train_rows, dev, work_dir=work_dir)
+    info = training_info(result)
+    (work_dir / "result.json").write_text(json.dumps(info, indent=2))
+    exported = None
+    if export_model:
+        model_dir, metrics = build_model_dir(
+            result.model, config, Path(out) if out else work_dir / "model", dev, version=version,
+            memory_csv=sentiment_csv, train_memory=memory, training=info, reproduce=reproduce,
+            data={"sentiment_csv": str(sentiment_csv), "topic_csv": str(topic_csv)})
+        exported = ExportedModel(model_dir, metrics["summary_int8"])
+    return TrainedModel(work_dir, result.best_epoch, info["dev_pytorch"], info["wall_s"], info["train_docs_per_s"],
+                        exported)
+
+
+def export(checkpoint: Path, out: Path, *, sentiment_csv: Path | None = None, topic_csv: Path | None = None,
+           version: str | None = None, gpu_precision: str | None = None, memory: bool = False,
+           memory_from: Path | None = None, note: str = "", reproduce: str = "") -> ExportedModel:
+    """Export a training checkpoint (``<run>/checkpoints/epochN.pt``) to a complete model
+    directory ``out``, parity-checked against PyTorch on the CSVs' fixed dev split.
+    ``gpu_precision``: "fp16" | "fp32" (default fp16, fp32 for a tiny model). The memory
+    cell is trained on the new classifier (``memory``), copied from the model directory
+    ``memory_from`` when compatible, or random-init. ``note`` goes into the model card.
+    Raises InputError for a missing checkpoint, ConfigurationError without data."""
+    if not Path(checkpoint).is_file():
+        raise InputError(f"checkpoint {checkpoint} does not exist; training writes WORK_DIR/checkpoints/epochN.pt")
+    if sentiment_csv is None and topic_csv is None:
+        raise _no_data("export checks parity on the dev split, so it")
+    require_train_extra()
+    from training.data import fixed_dev_split
+    from training.train import load_checkpoint
+    from training.train_run import build_model_dir, checkpoint_training_info
+
     model, config = load_checkpoint(Path(checkpoint))
+    info = checkpoint_training_info(Path(checkpoint), config, note)
     _, dev = fixed_dev_split(sentiment_csv, topic_csv)
-    model_dir = _export(model, config, out_dir, dev, version=version, tiny=config.tiny,
-                        memory_from=memory_from, gpu_precision=gpu_precision)
-    finish_model_dir(model_dir, dev, training=training, reproduce=reproduce,
-                     data={"sentiment_csv": str(sentiment_csv), "topic_csv": str(topic_csv),
-                           "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}})
-    return model_dir
+    model_dir, metrics = build_model_dir(
+        model, config, Path(out), dev, version=version, memory_from=memory_from, gpu_precision=gpu_precision,
+        memory_csv=sentiment_csv, train_memory=memory, training=info, reproduce=reproduce,
+        data={"sentiment_csv": str(sentiment_csv), "topic_csv": str(topic_csv),
+              "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}})
+    return ExportedModel(model_dir, metrics["summary_int8"])
+
+
+def soup(checkpoints: Sequence[Path], out: Path, *, sentiment_csv: Path | None = None,
+         topic_csv: Path | None = None) -> dict[str, Any]:
+    """Average ``checkpoints`` greedily (model soup, judged on the fixed dev split) into the
+    checkpoint ``out``, which :func:`export` reads. Returns the members, score and what was
+    tried."""
+    if sentiment_csv is None and topic_csv is None:
+        raise _no_data("the soup is judged on the dev split, so it")
+    require_train_extra()
+    from training.data import fixed_dev_split
+    from training.soup import greedy_soup
+
+    _, dev = fixed_dev_split(sentiment_csv, topic_csv)
+    return greedy_soup([Path(c) for c in checkpoints], dev, Path(out))
+
+
+def retrain_once(settings: Settings, *, trigger: str = "manual", config: TrainConfig | None = None,
+                 engine: Engine | None = None) -> RetrainOutcome:
+    """One champion/challenger retraining run (:mod:`training.retrain_run`). Returns the
+    outcome (status 'promoted', 'rejected' or 'failed', with the reason and
+    ``summary()``); raises :class:`RetrainLocked` when another run holds the lock.
+    ``engine``: reuse a database engine (default: one from ``settings``, migrated first)."""
+    require_train_extra()
+    from training.retrain_run import run_retraining
+
+    return run_retraining(settings, trigger=trigger, config=config, engine=engine)
+
+
+def run_retrain_schedule(settings: Settings, cron: str, *, config: TrainConfig | None = None,
+                         stop_event: threading.Event | None = None) -> None:
+    """Retrain on the crontab schedule ``cron`` (5 fields, UTC; or 6 with leading seconds)
+    until SIGTERM/SIGINT or ``stop_event`` (:mod:`training.retrain_schedule`). Raises
+    ConfigurationError for an invalid expression."""
+    require_train_extra()
+    from training.retrain_schedule import run_schedule
+
+    run_schedule(settings, cron, config=config, stop_event=stop_event)
+
+
+def _no_data(what: str) -> ConfigurationError:
+    return ConfigurationError(f"{what} needs labelled data: give sentiment_csv and/or topic_csv "
+                              "(FINSENT_TRAIN_SENTIMENT_CSV / FINSENT_TRAIN_TOPIC_CSV)")

@@ -1,5 +1,6 @@
 """ONNX export of the classifier: fp32 graph, transformer fusions, int8 for the CPU, a GPU
-variant, the memory cell, and the complete model directory with its manifest and report.
+variant, and the memory cell's file. The complete model directory around them (manifest,
+tokenizer, labels, metrics, card) is :mod:`training.model_dir`.
 
 Every export checks parity against PyTorch on real (dev) texts and raises
 :class:`ExportParityError` when a variant is off, so a broken model never reaches
@@ -16,24 +17,23 @@ logits decide the argmax).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.inference import SENTIMENTS, TOPICS
 from pipeline.memory_features import feature_dim
-from pipeline.settings import load_settings
 from training.data import IGNORE, Example
-from training.model import MultiTaskClassifier, tokenizer_path
+from training.errors import ExportParityError
+from training.memory import MemoryNet
+from training.memory_export import export_memory_onnx
+from training.model import MultiTaskClassifier
 from training.train import predict
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAMES = ["topic_logits", "sentiment_logits", "doc_vector"]
 OPSET = 17
-
-
-class ExportParityError(RuntimeError):
-    """An exported variant disagrees with PyTorch beyond the tolerance: do not ship it."""
 
 
 def export_fp32(model: MultiTaskClassifier, path: Path) -> Path:
@@ -292,70 +288,11 @@ def export_classifier(model: MultiTaskClassifier, out_dir: Path, examples: Seque
 
 
 def export_memory(out_dir: Path, memory_net: Any | None, doc_vector_dim: int, seed: int = 0) -> dict[str, Any]:
-    """``memory.onnx`` from the memory engineer's MemoryNet (a random-init one when none is given)."""
-    from training.memory import MemoryNet, export_memory_onnx
-
+    """``memory.onnx`` from a :class:`~training.memory.MemoryNet` (a random-init one when none
+    is given, seeded by ``seed``); returns the manifest's "memory" entry."""
     if memory_net is None:
         torch.manual_seed(seed)
         memory_net = MemoryNet(feature_dim(doc_vector_dim))
     info = export_memory_onnx(memory_net, out_dir / "memory.onnx")
     return {"file": "memory.onnx", "state_dim": int(memory_net.state_dim),
             "feature_dim": int(memory_net.feature_dim), "parity_max_abs_diff": info["max_abs_diff"]}
-
-
-def write_model_dir(model: MultiTaskClassifier, out_dir: Path, examples: Sequence[Example], *, version: str | None,
-                    max_tokens: int, memory_net: Any | None = None, gpu_precision: str = "fp16",
-                    int8_min_agreement: float = 0.98, optimize: bool = True, extra_manifest: dict[str, Any] | None = None,
-                    seed: int = 0) -> tuple[Path, dict[str, Any]]:
-    """A complete model directory (contract in notes/model_contract.md): both classifier
-    variants, memory.onnx, tokenizer.json, labels.json, manifest.json. Returns the directory
-    and the export (parity) report. Metrics and the model card are added by the caller."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    created = datetime.now(UTC)
-    version = version or created.strftime("v%Y%m%d-%H%M%S")
-    report = export_classifier(model, out_dir, examples, gpu_precision=gpu_precision, optimize=optimize,
-                               int8_min_agreement=int8_min_agreement)
-    memory = export_memory(out_dir, memory_net, model.doc_vector_dim, seed=seed)
-    shutil.copyfile(tokenizer_path(), out_dir / "tokenizer.json")
-    labels = {"topics": list(TOPICS), "sentiments": list(SENTIMENTS),
-              "data_sentiment_ids": {"bearish": 0, "bullish": 1, "neutral": 2}}
-    (out_dir / "labels.json").write_text(json.dumps(labels, indent=2))
-    manifest: dict[str, Any] = {
-        "version": version,
-        "created_at": created.isoformat(),
-        "topics": list(TOPICS),
-        "sentiments": list(SENTIMENTS),
-        "max_tokens": int(max_tokens),
-        "doc_vector_dim": int(model.doc_vector_dim),
-        "classifier": {"cpu": "classifier.int8.onnx", "gpu": "classifier.onnx", "gpu_precision": gpu_precision},
-        "memory": memory,
-        "tokenizer": "tokenizer.json",
-        "pad_token_id": 0,
-        "text_normalisation": "pipeline.inference.model_text",
-    }
-    manifest.update(extra_manifest or {})
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
-    return out_dir, report
-
-
-def evaluate_model_dir(model_dir: Path, sentiment_rows: Sequence[tuple[str, int]],
-                       topic_rows: Sequence[tuple[str, int]]) -> dict[str, Any]:
-    """Metrics of a model directory's CPU (int8) classifier through the serving runtime.
-    Rows carry data-file label ids (sentiment 0 bearish, 1 bullish, 2 neutral)."""
-    from pipeline.inference import Classifier
-    from training.data import DATA_TO_MODEL_SENTIMENT
-    from training.evaluate import classification_report
-
-    settings = load_settings(ort_providers=("CPUExecutionProvider",))
-    clf = Classifier.load(Path(model_dir), settings)
-    out: dict[str, Any] = {}
-    if sentiment_rows:
-        preds = clf.classify([t for t, _ in sentiment_rows])
-        y = [DATA_TO_MODEL_SENTIMENT[label] for _, label in sentiment_rows]
-        out["sentiment"] = classification_report(y, [SENTIMENTS.index(p.sentiment) for p in preds], SENTIMENTS)
-    if topic_rows:
-        preds = clf.classify([t for t, _ in topic_rows])
-        out["topic"] = classification_report([label for _, label in topic_rows], [p.topic_id for p in preds], TOPICS)
-    return out

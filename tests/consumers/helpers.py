@@ -15,7 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from consumers.scorer import keys_of
+from pipeline.records import keys_of
 from pipeline.documents import Document
 from pipeline.inference import MemoryCell
 from pipeline.kafka_io import make_producer

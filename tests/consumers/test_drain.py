@@ -52,10 +52,10 @@ class HeldScorer(Scorer):
 
     batches: list[int]
 
-    def _loop(self, consumer: Any, merge: Any, stop: DrainingStop) -> None:
+    def _loop(self, reader: Any, stop: DrainingStop) -> None:
         self.loop_stop = stop
         self.batches = []
-        super()._loop(consumer, merge, stop)
+        super()._loop(reader, stop)
 
     def prepare(self, records: list[Any]) -> Any:
         while not self.loop_stop.is_set():  # true once the drain's deadline has passed

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.scorer import keys_of
+from pipeline.records import keys_of
 from consumers.trends import parse_scored
 from pipeline.documents import Document
 from pipeline.errors import InputError

@@ -9,8 +9,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from pipeline.errors import ModelError
 from pipeline.memory_features import feature_dim, memory_features
-from training.memory import MemoryExportError, MemoryNet, export_memory_onnx
+from training.errors import ExportParityError, MemoryExportError
+from training.memory import MemoryNet
+from training.memory_export import export_memory_onnx
 
 
 def test_memory_state_round_trips_through_onnx_like_torch(tmp_path: Path) -> None:
@@ -48,14 +51,15 @@ def test_export_refuses_a_feature_dim_the_network_was_not_built_for(tmp_path: Pa
         export_memory_onnx(MemoryNet(10), tmp_path / "m.onnx", 11)
 
 
-def test_export_error_is_a_runtime_error() -> None:
-    assert issubclass(MemoryExportError, RuntimeError)
+def test_export_errors_are_model_errors_the_cli_reports_in_one_line() -> None:
+    assert issubclass(MemoryExportError, ModelError) and issubclass(ExportParityError, ModelError)
 
 
 def test_memory_trained_briefly_on_synthetic_streams_exports_and_reports(tmp_path: Path) -> None:
     import json
 
-    from training.memory import MemoryTrainConfig, train_and_evaluate
+    from training.memory_run import train_and_evaluate
+    from training.memory_train import MemoryTrainConfig
     from training.simulate import synthetic_feature_bank
 
     bank = synthetic_feature_bank(n=300, doc_vector_dim=4, seed=0)
@@ -75,7 +79,7 @@ def test_memory_trained_briefly_on_synthetic_streams_exports_and_reports(tmp_pat
 
 
 def test_memory_training_is_deterministic_for_a_seed() -> None:
-    from training.memory import MemoryTrainConfig, train_memory
+    from training.memory_train import MemoryTrainConfig, train_memory
     from training.simulate import simulate_streams, synthetic_feature_bank
 
     config = MemoryTrainConfig.quick(seed=3)

@@ -26,7 +26,7 @@ def _sentiment_csv(path: Path) -> Path:
 
 def test_memory_trained_on_the_model_dirs_classifier_is_installed_and_served(tmp_path: Path,
                                                                             tiny_model_dir: Path) -> None:
-    from training.memory import train_memory_into
+    from training.memory_run import train_memory_into
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)  # the session fixture is shared: never mutate it

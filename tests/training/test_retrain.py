@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from pipeline import registry
 from pipeline.settings import Settings
-from training.retrain import decide
+from training.retrain_gate import decide
 
 SENTIMENT_WORDS = {0: "plunge slump crash", 1: "soar rally surge", 2: "meeting schedule agenda"}
 
@@ -53,7 +53,7 @@ def write_easy_data(root: Path, per_sentiment: int = 30, per_topic: int = 12) ->
 
 
 def tiny_config(steps: int) -> Any:
-    from training.api import TrainConfig
+    from training.train import TrainConfig
 
     return TrainConfig(tiny=True, epochs=50, max_steps=steps, batch_size=16, max_tokens=32, save_checkpoints=False,
                        progress=False, lr=3e-3, head_lr=3e-3, seed=1)
@@ -121,7 +121,7 @@ def easy_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def good_model_dir(easy_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model that learned the easy data: the champion a one-step challenger cannot beat."""
     pytest.importorskip("torch")
-    from training.api import train_and_export
+    from training.train_run import train_and_export
 
     return train_and_export(tmp_path_factory.mktemp("good") / "good", sentiment_csv=easy_data[0],
                             topic_csv=easy_data[1], config=tiny_config(GOOD_STEPS), version="good-champion")
@@ -129,7 +129,7 @@ def good_model_dir(easy_data: tuple[Path, Path], tmp_path_factory: pytest.TempPa
 
 def test_champion_teaches_the_challenger_unless_switched_off_or_the_config_names_a_teacher(
         settings: Settings, tmp_path: Path) -> None:
-    from training.retrain import with_champion_teacher
+    from training.retrain_run import with_champion_teacher
 
     champion = registry.ModelVersion(version="v1", status="champion", path=tmp_path / "v1", metrics={})
     config = tiny_config(1)
@@ -144,7 +144,7 @@ def test_champion_teaches_the_challenger_unless_switched_off_or_the_config_names
 def test_worse_challenger_is_rejected_and_the_champion_keeps_serving(
         engine: sa.Engine, settings: Settings, easy_data: tuple[Path, Path], good_model_dir: Path,
         tmp_path: Path) -> None:
-    from training.retrain import run_retraining
+    from training.retrain_run import run_retraining
 
     with engine.begin() as conn:
         registry.register_version(conn, "good-champion", good_model_dir, {})
@@ -178,7 +178,7 @@ def test_worse_challenger_is_rejected_and_the_champion_keeps_serving(
 
 def test_run_without_training_data_fails_with_the_reason_and_changes_nothing(
         engine: sa.Engine, settings: Settings, tmp_path: Path) -> None:
-    from training.retrain import run_retraining
+    from training.retrain_run import run_retraining
 
     s = settings.model_copy(update={"model_dir": tmp_path / "none"})
     outcome = run_retraining(s, config=tiny_config(BAD_STEPS), engine=engine)

@@ -81,7 +81,7 @@ def test_second_concurrent_retrain_reports_the_lock_and_does_nothing(
 
 def test_retrain_killed_while_writing_the_model_leaves_no_registered_version(
         engine: sa.Engine, settings: Settings, database_url: str, tmp_path: Path) -> None:
-    from training.retrain import run_retraining
+    from training.retrain_run import run_retraining
 
     s = retrain_settings(settings, write_easy_data(tmp_path / "data"), tmp_path)
     registry_dir = Path(s.model_registry_dir)

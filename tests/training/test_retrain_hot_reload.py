@@ -25,7 +25,7 @@ def test_promoted_challenger_is_picked_up_mid_stream_and_every_document_is_score
         engine: sa.Engine, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
     from consumers.scorer import Scorer
     from pipeline.labels import store_label
-    from training.retrain import run_retraining
+    from training.retrain_run import run_retraining
 
     s = retrain_settings(settings, write_easy_data(tmp_path / "data"), tmp_path).model_copy(
         update={"model_dir": tiny_model_dir, "model_poll_s": 0.3})

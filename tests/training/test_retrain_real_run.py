@@ -48,7 +48,8 @@ def test_real_retraining_run_on_shipped_data_and_200_labels(database_url: str, t
     from pipeline.inference import Classifier
     from pipeline.labels import store_label
     from pipeline.settings import load_settings
-    from training.retrain import run_retraining, train_config_from_json
+    from training.api import train_config_from_json
+    from training.retrain_run import run_retraining
 
     champion_dir = ROOT / "models"
     settings = load_settings(database_url=database_url, model_dir=champion_dir, model_registry_dir=tmp_path / "registry",

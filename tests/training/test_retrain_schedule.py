@@ -23,11 +23,12 @@ from tests.training.test_retrain import (
     tiny_config,
     write_easy_data,
 )
-from training.retrain import SCHEDULE_JOB_ID, SCHEDULE_TABLE, parse_cron
+from training.retrain_jobstore import SCHEDULE_JOB_ID, SCHEDULE_TABLE
+from training.retrain_schedule import parse_cron
 
 
 def start_scheduler(s: Settings, cron: str) -> tuple[threading.Thread, threading.Event]:
-    from training.retrain import run_schedule
+    from training.retrain_schedule import run_schedule
 
     stop = threading.Event()
     thread = threading.Thread(target=run_schedule, args=(s, cron),
@@ -169,7 +170,7 @@ class _RunsCode:
 
 
 def _store_row(engine: sa.Engine, job_state: bytes, next_run_time: float) -> None:
-    from training.retrain import RetrainJobStore
+    from training.retrain_jobstore import RetrainJobStore
 
     RetrainJobStore(engine=engine, tablename=SCHEDULE_TABLE).jobs_t.create(engine, checkfirst=True)
     with engine.begin() as conn:
@@ -181,7 +182,9 @@ def _store_row(engine: sa.Engine, job_state: bytes, next_run_time: float) -> Non
 def _schedule_briefly(database_url: str, tmp_path: Path, cron: str) -> dict[str, Any]:
     """Start the scheduler on ``cron``, wait until it has stored our job, stop it."""
     from pipeline.settings import load_settings
-    from training.retrain import UnsafeJobState, load_job_state, run_schedule
+    from training.errors import UnsafeJobState
+    from training.retrain_jobstore import load_job_state
+    from training.retrain_schedule import run_schedule
 
     def ours() -> dict[str, Any] | None:
         # never pickle.loads here: until it is replaced, the row is the hostile one
@@ -208,7 +211,8 @@ def _schedule_briefly(database_url: str, tmp_path: Path, cron: str) -> dict[str,
 
 def test_a_hostile_pickle_in_the_job_table_runs_no_code_and_is_replaced(
         engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
-    from training.retrain import UnsafeJobState, load_job_state, stored_job_trigger
+    from training.errors import UnsafeJobState
+    from training.retrain_jobstore import load_job_state, stored_job_trigger
 
     marker = tmp_path / "pwned"
     hostile = pickle.dumps({"trigger": _RunsCode(marker)})
@@ -225,7 +229,8 @@ def test_a_stored_job_calling_another_function_is_refused_and_replaced(
         engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
     """Plain APScheduler data can run code too: ``func`` names what the scheduler imports and
     calls. Same trigger as configured, so the old code kept this row as "our" schedule."""
-    from training.retrain import UnsafeJobState, load_job_state, stored_job_trigger
+    from training.errors import UnsafeJobState
+    from training.retrain_jobstore import load_job_state, stored_job_trigger
 
     marker = tmp_path / "pwned"
     trigger = parse_cron("0 3 * * *")
@@ -239,3 +244,28 @@ def test_a_stored_job_calling_another_function_is_refused_and_replaced(
     stored = _schedule_briefly(database_url, tmp_path, "0 3 * * *")
     assert stored["args"] == () and str(stored["trigger"]) == str(trigger)
     assert not marker.exists()
+
+
+def test_the_stored_job_names_the_scheduled_retrain_function() -> None:
+    from apscheduler.util import obj_to_ref, ref_to_obj
+
+    from training.retrain_jobstore import SCHEDULE_JOB_FUNC
+    from training.retrain_schedule import scheduled_retrain
+
+    assert obj_to_ref(scheduled_retrain) == SCHEDULE_JOB_FUNC
+    assert ref_to_obj(SCHEDULE_JOB_FUNC) is scheduled_retrain
+
+
+def test_a_job_stored_before_the_module_split_is_kept_under_the_current_name() -> None:
+    """A scheduler running the code before training/retrain.py was split stored its job as
+    'training.retrain:scheduled_retrain': the upgrade keeps that schedule and its fire time."""
+    from training.retrain_jobstore import SCHEDULE_JOB_FUNC, load_job_state
+
+    trigger = parse_cron("0 3 * * *")
+    next_run = datetime.now(UTC) + timedelta(hours=1)
+    state = {"version": 1, "id": SCHEDULE_JOB_ID, "func": "training.retrain:scheduled_retrain", "trigger": trigger,
+             "executor": "default", "args": (), "kwargs": {}, "name": "finsent retraining",
+             "misfire_grace_time": 3600, "coalesce": True, "max_instances": 1, "next_run_time": next_run}
+    loaded = load_job_state(pickle.dumps(state))
+    assert loaded["func"] == SCHEDULE_JOB_FUNC
+    assert loaded["next_run_time"] == next_run and str(loaded["trigger"]) == str(trigger)

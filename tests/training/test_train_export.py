@@ -13,7 +13,9 @@ torch = pytest.importorskip("torch")
 from pipeline.inference import Classifier  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 from training.data import build_examples  # noqa: E402
-from training.export import ExportParityError, export_fp32, quantize_int8, write_model_dir  # noqa: E402
+from training.errors import ExportParityError  # noqa: E402
+from training.export import export_fp32, quantize_int8  # noqa: E402
+from training.model_dir import write_model_dir  # noqa: E402
 from training.tiny import tiny_rows  # noqa: E402
 from training.train import TrainConfig, load_checkpoint, load_tokenizer, predict, train_classifier  # noqa: E402
 

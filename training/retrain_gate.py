@@ -1,0 +1,65 @@
+"""The champion/challenger gate of retraining: a pure function of both models' metrics on
+the same evaluation rows, so the promotion rule is testable without training anything.
+
+Promote only when, on each head the champion was evaluated on, the challenger's macro-F1 is
+not worse by more than ``margin`` and no class's recall drops by more than
+``max_recall_drop`` (``Settings.retrain_promote_margin`` / ``retrain_max_recall_drop``): a
+model that is better on average but loses a class (say, bearish) would hide the surges the
+alerts exist for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+HEADS = ("sentiment", "topic")
+EPSILON = 1e-9
+
+
+@dataclass
+class Decision:
+    """Whether the challenger replaces the champion, and every reason why (or why not)."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+
+def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, *, margin: float,
+           max_recall_drop: float) -> Decision:
+    """The champion/challenger gate, a pure function of both models' metrics on the same rows.
+
+    ``metrics[head]`` has ``macro_f1`` and ``recall`` (class -> recall). A head the champion
+    was not evaluated on is not compared; a head the champion has and the challenger lacks
+    rejects it. With no champion at all, the challenger is promoted.
+    """
+    if not champion:
+        return Decision(True, ["no champion to compare with: the challenger becomes the first champion"])
+    problems: list[str] = []
+    notes: list[str] = []
+    for head in HEADS:
+        if head not in champion:
+            continue
+        if head not in challenger:
+            problems.append(f"the challenger has no {head} metrics")
+            continue
+        new, old = float(challenger[head]["macro_f1"]), float(champion[head]["macro_f1"])
+        if new < old - margin - EPSILON:
+            problems.append(f"{head} macro-F1 {new:.4f} is worse than the champion's {old:.4f} "
+                            f"by {old - new:.4f} (allowed: {margin})")
+        else:
+            notes.append(f"{head} macro-F1 {new:.4f} vs champion {old:.4f} ({new - old:+.4f})")
+        new_recall = challenger[head].get("recall") or {}
+        for cls, old_r in (champion[head].get("recall") or {}).items():
+            new_r = float(new_recall.get(cls, 0.0))
+            if float(old_r) - new_r > max_recall_drop + EPSILON:
+                problems.append(f"{head} recall of {cls!r} drops {float(old_r):.4f} -> {new_r:.4f} "
+                                f"(allowed drop: {max_recall_drop})")
+    if problems:
+        return Decision(False, problems)
+    return Decision(True, notes + [f"no class's recall dropped by more than {max_recall_drop}"])
