@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test install install-dev lint typecheck bench-model bench-pipeline clean
+.PHONY: demo test install install-dev install-gpu lint typecheck bench-model bench-pipeline clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +23,25 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-base
 install-dev: $(VENV)/.installed-dev
 
+# onnxruntime (CPU, a base dependency so that a plain `pip install .` works) and
+# onnxruntime-gpu ship the same module and cannot coexist: install the gpu extra, remove
+# the CPU wheel, and reinstall the GPU one over the files the removal took with it.
+install-gpu: $(VENV)/.installed-base
+	$(PIP) install -q -e '.[gpu]'
+	$(PIP) uninstall -q -y onnxruntime
+	$(PIP) install -q --force-reinstall --no-deps 'onnxruntime-gpu>=1.17'
+
 demo: $(VENV)/.installed-base
 	$(BIN)/finsent demo
 
-test: $(VENV)/.installed-dev
+LINTED := finsent pipeline consumers alerts training migrations tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check pipeline consumers alerts training tests bench
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy
 
 bench-model: $(VENV)/.installed-dev

@@ -10,7 +10,6 @@ a delivery outbox to e-mail and signed webhooks.
     silences.py    stop notifications of matching alerts for a while
     backtest.py    replay rules over stored data with the live state machine
     service.py     AlertService: the Role `finsent run` / `finsent alerts run` start
-    role.py        build_roles() for the daemon
 
 Never imports torch or transformers.
 """

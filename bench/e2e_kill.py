@@ -11,7 +11,7 @@ within the deadline (5 minutes from the first start) and no document is scored t
     python bench/e2e_kill.py --runs 5 --kill-after 8
 
 The headlines are written here from the sample stream's templates about fictional
-companies (``pipeline/sample/make_sample.py``); every one is distinct. Results:
+companies (``finsent/demo/make_sample.py``); every one is distinct. Results:
 bench/results/e2e_kill.json and e2e_kill.md.
 """
 
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
 
+from finsent.demo import make_sample  # noqa: E402
 from pipeline.embedded import EmbeddedBroker, ensure_kafka_topics  # noqa: E402
-from pipeline.sample import make_sample  # noqa: E402
 from tests.conftest import ADMIN_URL, create_database, drop_database  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -92,7 +92,7 @@ def daemon_env(bootstrap: str, database_url: str, prefix: str, work: Path) -> di
 
 
 def finsent(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *args]
+    return [sys.executable, "-m", "finsent.cli", *args]
 
 
 def counts(engine: sa.engine.Engine) -> dict[str, int]:

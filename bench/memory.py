@@ -30,8 +30,8 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "models",
-                        help="model directory whose classifier supplies the features (default: models/)")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "finsent" / "model",
+                        help="model directory whose classifier supplies the features (default: finsent/model/)")
     parser.add_argument("--sentiment-csv", type=Path, default=None,
                         help="labelled sentiment CSV (text,label); default: FINSENT_TRAIN_SENTIMENT_CSV")
     parser.add_argument("--synthetic", action="store_true", help="synthetic features instead of a classifier")
@@ -42,15 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
 
-    from training.memory import (
-        MemoryTrainConfig,
-        _jsonable,
-        _memory_rows,
-        evaluate_memory,
-        stream_sets,
-        train_and_evaluate,
-        write_report,
-    )
+    from training.memory_evaluate import evaluate_memory
+    from training.memory_report import jsonable, write_report
+    from training.memory_run import memory_rows, stream_sets, train_and_evaluate
+    from training.memory_train import MemoryTrainConfig
     from training.simulate import classifier_feature_bank, synthetic_feature_bank
 
     config = MemoryTrainConfig.quick(args.seed) if args.quick else MemoryTrainConfig(seed=args.seed)
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("pass --sentiment-csv (or set FINSENT_TRAIN_SENTIMENT_CSV), or use --synthetic")
         if not (args.model_dir / "manifest.json").exists():
             parser.error(f"{args.model_dir} has no manifest.json: pass --model-dir of a trained model")
-        rows, note = _memory_rows(Path(csv), args.quick, args.seed)
+        rows, note = memory_rows(Path(csv), args.quick, args.seed)
         bank = classifier_feature_bank(args.model_dir, rows)
     train_bank, eval_bank = bank.halves(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         train, _val, eval_sets = stream_sets(train_bank, eval_bank, config)
         result = evaluate_memory(memory_file, train, eval_sets, config)
         result.update({"feature_source": bank.source, "memory_file": str(memory_file),
-                       "config": _jsonable(asdict(config))})
+                       "config": jsonable(asdict(config))})
     result["documents"] = note
     result["bench_seconds"] = time.perf_counter() - started
     write_report(result, args.out, stem="memory", png="memory.png")

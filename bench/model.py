@@ -84,7 +84,7 @@ def timed(run: Callable[[], Any], min_seconds: float) -> tuple[float, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "finsent" / "model")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--sentiment-csv", type=Path, default=Path(os.environ.get("FINSENT_TRAIN_SENTIMENT_CSV", ROOT.parent / "shared/data/tfn_sentiment_train.csv")))
     parser.add_argument("--topic-csv", type=Path, default=Path(os.environ.get("FINSENT_TRAIN_TOPIC_CSV", ROOT.parent / "shared/data/tfn_topic_train.csv")))

@@ -13,7 +13,7 @@ Measured in one run, on the same machine and model:
    so a few milliseconds optimistic); p50 / p99.
 
 Results go to ``bench/results/pipeline.json`` and ``.md``. Run: ``python bench/pipeline.py``
-(the shipped model in models/, or ``--model-dir``). Uses the embedded broker and a
+(the shipped model in finsent/model/, or ``--model-dir``). Uses the embedded broker and a
 throwaway database on the local PostgreSQL (or FINSENT_DATABASE_URL's server).
 """
 
@@ -168,7 +168,7 @@ def latency(settings: Settings, engine: sa.engine.Engine, docs: list[Document], 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: FINSENT_MODEL_DIR or models/")
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: FINSENT_MODEL_DIR or finsent/model/")
     parser.add_argument("--documents", type=int, default=4000, help="documents for the throughput phase")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--max-latency-documents", type=int, default=5000,

@@ -37,12 +37,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, FencedInstanceIdError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from consumers.alignment import UNKNOWN, GroupClock, parse_event_time
 from pipeline import metrics
 from pipeline.errors import ConfigurationError
 from pipeline.settings import BatchPolicy, Settings
@@ -107,15 +109,23 @@ class PartitionReader(AssignmentLog):
     (both logged when they cut in). With ``sort_key=None`` there is no merge (trends: a
     key lives in one partition, so cross-partition order does not matter there).
 
+    Group alignment: with a ``clock`` (:class:`consumers.alignment.GroupClock`, the scorers)
+    the merge extends across the group: a record later than the group's slowest partition
+    plus the allowed drift is held back, and while nothing can be released the reader keeps
+    polling (pausing its fetches once ``max_buffered`` records are held) without spinning.
+    A stop releases everything (draining matters more than order then).
+
     Offsets: :meth:`commit` commits, per partition still assigned, the offset just past
     the records handed out and processed, never the read-ahead.
     """
 
     def __init__(self, consumer: Any, sort_key: Callable[[Any], str] | None, *, role: str,
-                 max_buffered: int = MAX_BUFFERED, merge_wait_s: float = MERGE_WAIT_S) -> None:
+                 max_buffered: int = MAX_BUFFERED, merge_wait_s: float = MERGE_WAIT_S,
+                 clock: GroupClock | None = None) -> None:
         super().__init__(role)
         self.consumer = consumer
         self.sort_key = sort_key
+        self.clock = clock
         self.max_buffered = max_buffered
         self.merge_wait_s = merge_wait_s
         self.buffers: dict[Any, deque[tuple[str, Any]]] = {}
@@ -130,6 +140,8 @@ class PartitionReader(AssignmentLog):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         super().on_partitions_revoked(revoked)
+        if self.clock is not None:
+            self.clock.forget({tp.partition for tp in revoked})
         for tp in revoked:
             buffer = self.buffers.pop(tp, None)
             if buffer:
@@ -204,7 +216,17 @@ class PartitionReader(AssignmentLog):
         forced = False
         while not stop.is_set():
             now = time.monotonic()
+            if self.total and self._held():
+                # the group is behind: wait for it, still polling (no spin, rule 3)
+                if (now - started) * 1000.0 >= poll_timeout_ms:
+                    return []
+                self._hold_poll(MERGE_POLL_MS)
+                first_at = None
+                continue
             if first_at is None:
+                if self.total:  # released after a hold
+                    first_at = now
+                    continue
                 remaining_ms = poll_timeout_ms - (now - started) * 1000.0
                 if remaining_ms <= 0:
                     return []
@@ -230,12 +252,81 @@ class PartitionReader(AssignmentLog):
                      self.role, _partition_names(self._lagging_empty()), self.total, time.monotonic() - started)
         return self._take(policy.max_size, forced or stop.is_set())
 
+    # -- group alignment -----------------------------------------------------------------
+
+    def _own_watermarks(self) -> dict[int, object]:
+        """Per assigned partition: the event time of its next record, None when it is caught
+        up (nothing buffered, fetched to its high watermark), ``UNKNOWN`` otherwise."""
+        own: dict[int, object] = {}
+        for tp in self.consumer.assignment():
+            buffer = self.buffers.get(tp)
+            if buffer:
+                own[tp.partition] = parse_event_time(buffer[0][0])
+                continue
+            end = self.consumer.highwater(tp)
+            position = self.next_offset.get(tp)
+            if end is not None and (end == 0 or (position is not None and position >= end)):
+                own[tp.partition] = None
+            else:
+                own[tp.partition] = UNKNOWN
+        return own
+
+    def _limit(self) -> datetime | None | object:
+        """The latest event time that may be handed out now (see :class:`GroupClock`)."""
+        if self.clock is None:
+            return None
+        own = self._own_watermarks()
+        partitions = self.consumer.partitions_for_topic(self.clock.kafka_topic) or set(own)
+        return self.clock.limit(own, set(partitions))
+
+    @staticmethod
+    def _releasable(key: str, limit: datetime | None | object) -> bool:
+        if limit is None:
+            return True
+        at = parse_event_time(key)
+        if at is None:
+            return True  # not a document: it goes to the dead letters at once
+        return isinstance(limit, datetime) and at <= limit
+
+    def _held(self) -> bool:
+        """True when the earliest buffered record is beyond the group's limit."""
+        if self.clock is None:
+            return False
+        heads = [buf[0][0] for buf in self.buffers.values() if buf]
+        if not heads:
+            return False
+        head = min(heads)
+        limit = self._limit()
+        if self._releasable(head, limit):
+            return False
+        at = parse_event_time(head)
+        if at is not None:
+            self.clock.held(at, limit, self.total)
+        return True
+
+    def _hold_poll(self, timeout_ms: int) -> None:
+        """Poll while held: keeps the group membership alive and fills the read-ahead, with
+        every fetch paused once ``max_buffered`` records are held."""
+        if self.total < self.max_buffered:
+            self._poll(timeout_ms)
+            return
+        paused = list(self.consumer.assignment())
+        self.consumer.pause(*paused)
+        try:
+            self._poll(timeout_ms)
+        finally:
+            still = self.consumer.assignment()
+            self.consumer.resume(*[tp for tp in paused if tp in still])
+
     def _take(self, n: int, force: bool) -> list[Any]:
         heads = [(buf[0][0], buf[0][1].offset, i, tp) for i, (tp, buf) in enumerate(self.buffers.items()) if buf]
         heapq.heapify(heads)
         lagging = set() if force else set(self._lagging_empty())
+        limit = None if force else self._limit()
         out: list[Any] = []
         while heads and len(out) < n and not lagging:
+            if not self._releasable(heads[0][0], limit):
+                break  # the group is behind: the rest waits (see GroupClock)
             _, _, i, tp = heapq.heappop(heads)
             buffer = self.buffers[tp]
             out.append(buffer.popleft()[1])

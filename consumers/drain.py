@@ -5,7 +5,7 @@ when the process exits is gone (issue #11: SIGTERM shortly after start left docu
 scored but never trended). So on the embedded broker a stream worker asked to stop keeps
 consuming until its input Kafka topic has nothing left for its assigned partitions, and
 only then finishes like a normal stop. The daemon stops the stages in data-flow order
-(:mod:`pipeline.daemon`), so when trends drains, the scorer has already forwarded its
+(:mod:`finsent.daemon`), so when trends drains, the scorer has already forwarded its
 last record.
 
 Drained means: after the stop was seen, a poll returned nothing that *started* after an

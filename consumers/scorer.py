@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from consumers.alignment import GroupClock
 from consumers.batching import PartitionReader
 from consumers.worker import StreamWorker
 from pipeline import metrics
@@ -130,7 +131,10 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
         return Classifier.load(Path(model_dir), self.settings)
 
     def make_reader(self) -> PartitionReader:
-        return PartitionReader(None, _event_time_key, role=ROLE)
+        clock = GroupClock(self.engine, self.group_id, self.input_topic(), role=ROLE,
+                           max_drift_s=self.settings.scorer_max_drift_s,
+                           missing_wait_s=self.settings.scorer_align_wait_s)
+        return PartitionReader(None, _event_time_key, role=ROLE, clock=clock)
 
     def consumer_options(self) -> dict[str, Any]:
         return {"max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES}

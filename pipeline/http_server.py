@@ -92,7 +92,7 @@ class HttpServer:
     """The process's HTTP server. Add routes and checks, then ``start()`` or ``run(stop)``."""
 
     name = "http"
-    #: Shutdown order in a daemon (pipeline.roles); ``build_role`` sets it.
+    #: Shutdown order in a daemon (pipeline.roles); ``finsent.roles.http_role`` sets it.
     stage: Stage = Stage.DOWNSTREAM
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
@@ -350,45 +350,3 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             log.debug("%s %s", self.address_string(), format % args)
 
     return Handler
-
-
-def build_role(settings: Settings, services: Any, *, daemon: Any = None, ingest: bool = True) -> HttpServer:
-    """The HTTP server of ``finsent run`` / ``finsent worker``, as a role (not started).
-
-    Health checks: ``roles`` (liveness: no role crashed, from ``daemon.alive()``),
-    ``roles_ready`` (readiness: ``daemon.ready()``), ``database`` and ``kafka`` (readiness).
-    With ``ingest`` the server also takes ``POST /v1/documents`` and ``/v1/labels`` through
-    its own producer, closed when the server stops.
-    """
-    import sqlalchemy as sa
-
-    from pipeline.embedded import port_answers
-
-    server = HttpServer.from_settings(settings)
-    # Taking documents in is the first stage of the data flow: at shutdown it stops first,
-    # so nothing arrives after the scorer stopped. Health and metrics alone stop last.
-    server.stage = Stage.INGEST if ingest else Stage.DOWNSTREAM
-    if daemon is not None:
-        server.add_health_check("roles", daemon.alive, kind="liveness")
-        server.add_health_check("roles_ready", daemon.ready, kind="readiness")
-    engine = getattr(services, "engine", None)
-    if engine is not None:
-        def database() -> bool:
-            with engine.connect() as conn:
-                conn.execute(sa.text("select 1"))
-            return True
-
-        server.add_health_check("database", database)
-    bootstrap = getattr(services, "bootstrap", "") or ""
-    if bootstrap:
-        first = bootstrap.split(",")[0].strip()
-        host, _, port = first.rpartition(":")
-        server.add_health_check("kafka", lambda: port_answers(host, int(port), timeout=1.0))
-    if ingest and bootstrap:
-        from pipeline.producers.base import DocumentProducer
-        from pipeline.producers.http_ingest import HttpIngest
-
-        producer = DocumentProducer.from_settings(settings, bootstrap, stage="ingest:http")
-        HttpIngest(settings, producer, engine).install(server)
-        server.on_stop(producer.close)
-    return server

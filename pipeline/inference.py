@@ -81,7 +81,7 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(
             f"{model_dir} is not a model directory (no manifest.json); point FINSENT_MODEL_DIR "
-            "at a directory written by 'finsent export' (the shipped one is models/)"
+            "at a directory written by 'finsent export' (the shipped one is finsent/model/ in the installed package)"
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -106,16 +106,66 @@ def _session_options(settings: Settings) -> Any:
     return options
 
 
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_warned: set[str] = set()
+
+
+def _installed_runtimes() -> list[str]:
+    """The onnxruntime distributions installed (``onnxruntime``, ``onnxruntime-gpu``):
+    both install the same module, so with both present whichever came last wins."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(dist)
+    return found
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
 def choose_providers(settings: Settings) -> list[str]:
-    """The configured providers that this onnxruntime build offers, in order; CPU last
-    as the fallback even when it was not listed."""
+    """The execution providers to open sessions with, in order, CPU last as the fallback.
+
+    ``FINSENT_ORT_PROVIDERS`` empty (the default) means automatic: CUDA when the installed
+    onnxruntime offers it, else the CPU. A configured provider this build does not offer
+    is skipped with one WARNING that says why and what to install: a run that asked for
+    the GPU must not quietly serve from the CPU."""
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
-    chosen = [p for p in settings.ort_providers if p in available]
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
+    runtimes = _installed_runtimes()
+    if len(runtimes) > 1:
+        _warn_once("both onnxruntime and onnxruntime-gpu are installed; they provide the same module, so "
+                   "which one loads is an accident of install order. Keep one: 'make install-gpu' replaces "
+                   "the CPU runtime, 'make install' the GPU one")
+    wanted = list(settings.ort_providers) or [CUDA, CPU]
+    chosen = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    if missing and settings.ort_providers:
+        why = ("this onnxruntime build is CPU-only (the onnxruntime wheel): install the GPU runtime with "
+               "'make install-gpu' (pip install 'finsent[gpu]' after uninstalling onnxruntime)"
+               if CUDA in missing and "onnxruntime-gpu" not in runtimes else
+               f"this onnxruntime build offers only {sorted(available)}")
+        _warn_once(f"FINSENT_ORT_PROVIDERS asks for {', '.join(missing)}, which cannot be used: {why}; "
+                   "serving from the CPU")
+    if CPU not in chosen:
+        chosen.append(CPU)
     return chosen
+
+
+def provider_in_use(settings: Settings) -> str:
+    """The provider a classifier loaded with ``settings`` runs on, as ``finsent status``
+    reports it (no model needed: the first usable of :func:`choose_providers`)."""
+    return choose_providers(settings)[0]
 
 
 def _open_session(path: Path, settings: Settings, providers: list[str]) -> Any:
@@ -163,11 +213,18 @@ class Classifier:
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
         providers = choose_providers(settings)
-        use_gpu = providers[0] == "CUDAExecutionProvider"
+        use_gpu = providers[0] == CUDA
         name = model_file or manifest["classifier"]["gpu" if use_gpu else "cpu"]
         if not use_gpu:
-            providers = ["CPUExecutionProvider"]
+            providers = [CPU]
         session = _open_session(model_dir / name, settings, providers)
+        if use_gpu and session.get_providers()[0] != CUDA and model_file is None:
+            # onnxruntime-gpu lists CUDA even where the driver or CUDA libraries are missing,
+            # then builds the session on the CPU: say so, and serve the CPU (int8) file.
+            _warn_once(f"the CUDA execution provider is installed but could not be initialised (no GPU, driver "
+                       f"or CUDA/cuDNN libraries?); serving {manifest['classifier']['cpu']} from the CPU")
+            name = manifest["classifier"]["cpu"]
+            session = _open_session(model_dir / name, settings, [CPU])
         try:
             tokenizer = Tokenizer.from_file(str(model_dir / manifest["tokenizer"]))
         except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exceptions

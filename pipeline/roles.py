@@ -39,7 +39,9 @@ class Stage(IntEnum):
 
 @runtime_checkable
 class Role(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The role's name in logs, metrics and ``/healthz``."""
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set; then drain, commit and return."""

@@ -26,13 +26,24 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
 
 ENV_PREFIX = "FINSENT_"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The model shipped with finsent: package data of the application package, which is
+#: installed next to this one (a source checkout and a wheel alike). A path, not an
+#: import: the base layer never imports the application.
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "finsent" / "model"
 REDACTED = "***"
 
 
@@ -201,13 +212,17 @@ class Settings(BaseSettings):
     kafka: KafkaTimeouts = KafkaTimeouts()
     batch: BatchPolicy = BatchPolicy()
 
-    model_dir: Path = Field(PROJECT_ROOT / "models", description="directory of the champion model")
+    model_dir: Path = Field(
+        SHIPPED_MODEL_DIR, description="the model served while no champion is registered (default: the shipped one)"
+    )
     model_registry_dir: Path = Field(
         Path.home() / ".finsent" / "models", description="where retraining writes new model versions"
     )
     ort_providers: tuple[str, ...] = Field(
-        ("CUDAExecutionProvider", "CPUExecutionProvider"),
-        description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
+        (),
+        description="onnxruntime execution providers in order of preference; empty = automatic (CUDA when the "
+                    "installed runtime offers it, else CPU); a listed provider that cannot be used is skipped "
+                    "with one WARNING",
     )
     ort_intra_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime's default)")
     ort_inter_threads: int = Field(1, ge=0)
@@ -241,6 +256,15 @@ class Settings(BaseSettings):
     lateness_horizon_s: float = Field(
         604_800.0, ge=0, description="trends: a record older than its key's newest by more than this is "
         "applied in arrival order (logged) instead of rewinding the key's memory",
+    )
+    scorer_max_drift_s: float = Field(
+        86_400.0, ge=0, description="scorers sharing a backlog hold back documents later than the group's slowest "
+        "partition plus this (event time), so a key's documents reach trends within its lateness horizon; "
+        "must not exceed FINSENT_LATENESS_HORIZON_S",
+    )
+    scorer_align_wait_s: float = Field(
+        30.0, ge=0, description="how long scorers wait for a partition whose event-time watermark no member "
+        "has published yet before ignoring it (logged)",
     )
 
     train_sentiment_csv: Path | None = Field(None, description="labelled sentiment training CSV (text,label)")
@@ -290,6 +314,16 @@ class Settings(BaseSettings):
                     "give a comma-separated list such as kafka1:9092,kafka2:9092"
                 )
         return value.strip()
+
+    @model_validator(mode="after")
+    def _check_drift_within_horizon(self) -> Settings:
+        if self.scorer_max_drift_s > self.lateness_horizon_s:
+            raise ValueError(
+                f"FINSENT_SCORER_MAX_DRIFT_S ({self.scorer_max_drift_s:g}) exceeds FINSENT_LATENESS_HORIZON_S "
+                f"({self.lateness_horizon_s:g}): scorers could then hand a key documents further out of order than "
+                "trends can rewind; lower the drift or raise the horizon"
+            )
+        return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Like pydantic's, with the database URL's password masked: settings objects end

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from consumers.progress import GroupProgress
-from pipeline.daemon import Daemon
+from finsent.daemon import Daemon
 from pipeline.roles import Stage
 from pipeline.settings import Settings
 from tests.consumers.helpers import count, make_documents, produce, wait_for
@@ -27,7 +27,7 @@ def test_finsent_run_processes_documents_and_exits_0_on_sigterm(
 ) -> None:
     s = settings.model_copy(update={"model_dir": tiny_model_dir, "shutdown_grace_s": 15.0})
     log = open(tmp_path / "run.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], cwd=ROOT, env=worker_env(s),
+    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "run"], cwd=ROOT, env=worker_env(s),
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:
@@ -105,7 +105,7 @@ def test_shutdown_stops_the_stages_in_data_flow_order_each_after_the_previous_re
     daemon = Daemon(roles, shutdown_grace_s=10.0)
     daemon.stop.set()
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="pipeline.daemon"):
+    with caplog.at_level(logging.INFO, logger="finsent.daemon"):
         assert daemon.run(install_signals=False) == 0
     assert caplog.records[-1].getMessage() == "every role stopped cleanly"
     rank = {name: int(stage if stage is not None else Stage.DOWNSTREAM) for name, stage in stages.items()}
@@ -129,7 +129,7 @@ def test_a_role_that_left_records_behind_keeps_the_daemon_from_claiming_a_clean_
              RecordingRole("trends", Stage.TREND, events, left_behind="trends: 7 records of finsent.scored")]
     daemon = Daemon(roles, shutdown_grace_s=10.0, durable_log=False)
     daemon.stop.set()
-    with caplog.at_level(logging.INFO, logger="pipeline.daemon"):
+    with caplog.at_level(logging.INFO, logger="finsent.daemon"):
         assert daemon.run(install_signals=False) == 1
     messages = [r.getMessage() for r in caplog.records]
     assert "every role stopped cleanly" not in messages
@@ -153,7 +153,7 @@ def test_a_stage_overrunning_the_grace_is_named_and_with_the_embedded_broker_cal
     daemon = Daemon([stuck, later], shutdown_grace_s=0.5, durable_log=False)
     daemon.stop.set()
     try:
-        with caplog.at_level(logging.INFO, logger="pipeline.daemon"):
+        with caplog.at_level(logging.INFO, logger="finsent.daemon"):
             assert daemon.run(install_signals=False) == 1
     finally:
         release.set()
@@ -179,7 +179,7 @@ def test_sigterm_right_after_ingest_on_the_embedded_broker_scores_and_trends_eve
     del env["FINSENT_KAFKA_BOOTSTRAP"]  # finsent run starts its own embedded broker
     log_path = tmp_path / "run.log"
     log = open(log_path, "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "run"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline.commands.stream import SAMPLE_STREAM, SAMPLE_WATCHLIST, run_demo
+from finsent.commands.demo import SAMPLE_STREAM, SAMPLE_WATCHLIST, run_demo
 from pipeline.entities import load_watchlist
 from pipeline.settings import Settings
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from finsent.cli import main
 from pipeline import registry
-from pipeline.cli import main
 from tests.pipeline.test_registry import register
 
 

@@ -2,7 +2,7 @@
 
     python -m training train --sentiment-csv S.csv --topic-csv T.csv --work-dir runs/r1 \\
         --out runs/r1/model --epochs 5 --class-weighting none
-    python -m training export --checkpoint runs/r1/checkpoints/epoch4.pt --out models \\
+    python -m training export --checkpoint runs/r1/checkpoints/epoch4.pt --out finsent/model \\
         --sentiment-csv S.csv --topic-csv T.csv
     python -m training soup runs/a/checkpoints/epoch5.pt runs/b/checkpoints/epoch5.pt \\
         --out runs/soup/checkpoints/soup.pt --sentiment-csv S.csv --topic-csv T.csv

@@ -4,7 +4,7 @@ tokenizer, labels, metrics, card) is :mod:`training.model_dir`.
 
 Every export checks parity against PyTorch on real (dev) texts and raises
 :class:`ExportParityError` when a variant is off, so a broken model never reaches
-``models/`` or the registry:
+``finsent/model/`` or the registry:
 
 * fp32 ONNX: max |logit difference| <= ``fp32_atol`` and argmax agreement >= 99.9 %;
 * int8: argmax agreement with PyTorch fp32 >= ``int8_min_agreement`` on each head.

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.errors import BrokerError, InputError
 from pipeline.http_server import HttpServer, Request, Response, error
+from pipeline.labels import store_label
 from pipeline.producers.base import DocumentProducer, IncomingDocument, field_errors
 from pipeline.settings import Settings
 
@@ -131,11 +132,6 @@ class HttpIngest:
     # -- labels -----------------------------------------------------------------------------------
 
     def post_labels(self, request: Request) -> Response:
-        try:
-            from pipeline.labels import store_label
-        except ImportError:
-            return error(501, "labels are not available: pipeline.labels is not installed in this build "
-                              "(the retraining feature); use 'finsent label' once it is")
         if self.engine is None:
             return error(501, "this server has no database configured, so it cannot store labels")
         data, problem = _parse_json(request.body)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alerts.backtest import run_backtest, store
 from alerts.lifecycle import LiveEvaluator
 from alerts.rules import parse_rules
-from pipeline.cli import main
+from finsent.cli import main
 from tests.alerts.conftest import T0, Point, alert_settings, insert_points, instants, surge_stream
 
 STEP_S = 120
@@ -123,15 +123,15 @@ def test_data_clock_service_catches_up_a_replayed_history_like_the_backtest(engi
     assert _episodes(result.episodes) == live
 
 
-def test_build_roles_gives_the_daemon_an_alert_role_only_with_rules(database_url, engine, tmp_path: Path) -> None:
+def test_alert_roles_give_the_daemon_an_alert_role_only_with_rules(database_url, engine, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from alerts.role import build_roles
+    from finsent.roles import alert_roles
     from pipeline.roles import Role
 
     settings = alert_settings(database_url, webhook_url="http://127.0.0.1:9/unused")
-    assert build_roles(settings, SimpleNamespace(engine=engine)) == []
+    assert alert_roles(settings, SimpleNamespace(engine=engine)) == []
     rules = tmp_path / "rules.yaml"
     rules.write_text(json.dumps(RULES))
-    (role,) = build_roles(settings.model_copy(update={"rules": rules}), SimpleNamespace(engine=engine))
+    (role,) = alert_roles(settings.model_copy(update={"rules": rules}), SimpleNamespace(engine=engine))
     assert isinstance(role, Role) and role.name == "alerts" and not role.ready()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline.cli import main
+from finsent.cli import main
 from tests.alerts.conftest import Point, insert_points
 
 ROOT = Path(__file__).resolve().parents[2]

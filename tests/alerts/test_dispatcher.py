@@ -199,7 +199,7 @@ def _start_alerts_run(database_url: str, rules: Path, log: Path) -> subprocess.P
         "FINSENT_DELIVERY__BASE_DELAY_S": "0.05", "FINSENT_DELIVERY__MAX_DELAY_S": "0.2",
     })
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "alerts", "run"], cwd=ROOT, env=env,
+        return subprocess.Popen([sys.executable, "-m", "finsent.cli", "alerts", "run"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 

@@ -267,5 +267,5 @@ def test_demo_rules_load_without_any_notification_settings() -> None:
     from alerts.rules import load_rules
     from pipeline.settings import load_settings
 
-    ruleset = load_rules(Path(__file__).resolve().parents[2] / "examples" / "demo-rules.yaml", load_settings())
+    ruleset = load_rules(Path(__file__).resolve().parents[2] / "finsent" / "demo" / "rules.yaml", load_settings())
     assert {r.name for r in ruleset.rules} == {"ticker-negative-share", "ticker-negative-spike"}

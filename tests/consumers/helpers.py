@@ -15,10 +15,10 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline.records import keys_of
 from pipeline.documents import Document
 from pipeline.inference import MemoryCell
 from pipeline.kafka_io import make_producer
+from pipeline.records import keys_of
 from pipeline.settings import Settings
 
 TICKERS = ("NVLX", "BRWL", "CSTR", "HLXB", "QNTR", "MRVA")

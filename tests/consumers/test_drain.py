@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from consumers.drain import DrainingStop
 from consumers.scorer import Scorer
 from consumers.trends import Trends
-from pipeline.daemon import Daemon
+from finsent.daemon import Daemon
 from pipeline.roles import StopRequest
 from pipeline.settings import Settings
 from tests.consumers.helpers import assert_exactly_once, count, make_documents, produce

@@ -8,10 +8,10 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.records import keys_of
 from consumers.trends import parse_scored
 from pipeline.documents import Document
 from pipeline.errors import InputError
+from pipeline.records import keys_of
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -41,8 +41,8 @@ from alerts.rules import RuleSet, parse_rules
 from consumers.progress import GroupProgress
 from consumers.scorer import Scorer
 from consumers.trends import Trends
+from finsent.cli import main
 from pipeline import db
-from pipeline.cli import main
 from pipeline.embedded import EmbeddedBroker, ensure_kafka_topics
 from pipeline.inference import Classifier
 from pipeline.settings import BatchPolicy, Settings, load_settings

@@ -1,4 +1,4 @@
-"""Worker subprocesses (``python -m pipeline.cli worker ROLE``) for the fault tests."""
+"""Worker subprocesses (``python -m finsent.cli worker ROLE``) for the fault tests."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def start_worker(role: str, settings: Settings, log_path: Path, **extra: str) ->
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker", role], cwd=ROOT, env=worker_env(settings, **extra),
+            [sys.executable, "-m", "finsent.cli", "worker", role], cwd=ROOT, env=worker_env(settings, **extra),
             stdout=log, stderr=subprocess.STDOUT,
         )
     finally:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.commands.model import OUTPUT_COLUMNS
+from finsent.cli import main
+from finsent.commands.classify import OUTPUT_COLUMNS
 from pipeline.inference import SENTIMENTS, TOPICS
 
 

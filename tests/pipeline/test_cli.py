@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import main
+from finsent.cli import main
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -24,7 +24,7 @@ def test_db_upgrade_then_status_reports_revision_and_no_champion(
     assert main(["--database-url", empty_database_url, "db", "status"]) == 0
     assert main(["--database-url", empty_database_url, "status"]) == 0
     out = capsys.readouterr().out
-    assert "0001_initial" in out
+    assert "0002_partition_watermarks" in out
     assert "champion_model" in out and "none registered" in out
 
 
@@ -63,7 +63,7 @@ def test_status_of_an_unreachable_database_prints_no_traceback_from_the_shell() 
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
     env["FINSENT_DATABASE_URL"] = _closed_port_url()
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "status"], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "finsent.cli", "status"], env=env, capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2], timeout=60)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr

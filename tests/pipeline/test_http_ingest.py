@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
+from finsent.roles import http_role
 from pipeline.entities import Watchlist
-from pipeline.http_server import HttpServer, build_role
+from pipeline.http_server import HttpServer
 from pipeline.producers.base import DocumentProducer
 from pipeline.producers.http_ingest import build_http_server
 from pipeline.settings import Settings
@@ -216,7 +217,7 @@ def test_healthz_does_not_echo_database_errors_to_callers(caplog: pytest.LogCapt
     port = free_port()  # nothing listens there
     url = f"postgresql+psycopg://finsent:hunter2@127.0.0.1:{port}/finsent"
     engine = db.make_engine(url)
-    server = build_role(load_settings(http_port=0), SimpleNamespace(engine=engine, bootstrap=""), ingest=False)
+    server = http_role(load_settings(http_port=0), SimpleNamespace(engine=engine, bootstrap=""), ingest=False)
     try:
         with server, httpx.Client(base_url=server.url, timeout=10) as client, \
                 caplog.at_level("DEBUG", logger="pipeline.http_server"):
@@ -310,7 +311,7 @@ def test_daemon_http_role_serves_health_of_roles_database_and_kafka(settings: Se
 
     daemon = Daemon()
     services = SimpleNamespace(bootstrap=settings.kafka_bootstrap, engine=engine)
-    role = build_role(settings, services, daemon=daemon, ingest=True)
+    role = http_role(settings, services, daemon=daemon, ingest=True)
     stop = threading.Event()
     thread = threading.Thread(target=role.run, args=(stop,))
     thread.start()
@@ -349,7 +350,7 @@ def test_ingest_http_command_serves_until_sigterm_and_exits_0(settings: Settings
         "FINSENT_KAFKA_TOPIC_DLQ": settings.kafka_topic_dlq, "FINSENT_KAFKA_TOPIC_SCORED": settings.kafka_topic_scored,
         "FINSENT_HTTP_TOKEN": "tok",
     })
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ingest", "http", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "ingest", "http", "--port", "0",
                              "--watchlist", str(watchlist)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline.cli import main
+from finsent.cli import main
 from pipeline.errors import InputError
 from pipeline.labels import export_labels, feedback_rows, store_label
 

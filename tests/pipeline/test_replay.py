@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from pipeline.cli import main
+from finsent.cli import main
 from pipeline.documents import Document
 from pipeline.entities import Watchlist
 from pipeline.errors import InputError

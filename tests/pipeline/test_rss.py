@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import sqlalchemy as sa
 
-from pipeline.cli import main
+from finsent.cli import main
 from pipeline.documents import Document
 from pipeline.embedded import EmbeddedBroker, ensure_kafka_topics
 from pipeline.entities import Watchlist

@@ -99,15 +99,15 @@ def test_the_start_up_line_names_the_database_without_its_password(
         database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     from sqlalchemy.engine import make_url
 
-    from pipeline.services import start_services
+    from finsent.services import start_services
 
     # the test server trusts local connections, so any password gets in
     with_password = make_url(database_url).set(password="db-pa55word").render_as_string(hide_password=False)
     settings = load_settings(database_url=with_password)
-    with caplog.at_level("INFO", logger="pipeline.services"):
+    with caplog.at_level("INFO", logger="finsent.services"):
         with start_services(settings, migrate=True, kafka=False) as services:
             assert "***" in services.descriptions["database"]
             assert "db-pa55word" not in repr(services)
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.services"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "finsent.services"]
     assert "database: configured (FINSENT_DATABASE_URL): postgresql+psycopg://" in line and ":***@" in line
     assert "db-pa55word" not in caplog.text

@@ -40,7 +40,7 @@ def retrain_process(database_url: str, s: Settings, steps: int) -> subprocess.Po
     })
     config = json.dumps(asdict(tiny_config(steps)))
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "--database-url", database_url, "retrain", "--now",
+        [sys.executable, "-m", "finsent.cli", "--database-url", database_url, "retrain", "--now",
          "--train-config", config],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

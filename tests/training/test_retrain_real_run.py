@@ -4,7 +4,7 @@ asked for: it trains MiniLM for real, ~17 min for one epoch on 2 cores).
     FINSENT_REAL_RETRAIN='{"epochs": 1, "threads": 2, "save_checkpoints": false}' \
         .venv/bin/pytest -q -s tests/training/test_retrain_real_run.py
 
-The champion is the shipped model (``models/``). The 387 sample-stream documents are stored
+The champion is the shipped model (``finsent/model/``). The 387 sample-stream documents are stored
 and scored by it; 200 of them (its wrong sentiment predictions first) get the sample
 generator's true sentiment as human labels; then ``run_retraining`` trains a challenger on
 the base CSVs (``FINSENT_DATA_DIR``, default ../shared/data) plus those labels and decides.
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not CONFIG, reason="set FINSENT_REAL_RETRAIN to 
 
 
 def sample_truth() -> dict[str, str]:
-    from pipeline.sample import make_sample as ms
+    from finsent.demo import make_sample as ms
 
     truth: dict[str, str] = {}
     for pool, label in ((ms.BULLISH, "bullish"), (ms.BEARISH, "bearish"), (ms.NEUTRAL, "neutral")):
@@ -51,7 +51,7 @@ def test_real_retraining_run_on_shipped_data_and_200_labels(database_url: str, t
     from training.api import train_config_from_json
     from training.retrain_run import run_retraining
 
-    champion_dir = ROOT / "models"
+    champion_dir = ROOT / "finsent" / "model"
     settings = load_settings(database_url=database_url, model_dir=champion_dir, model_registry_dir=tmp_path / "registry",
                              train_sentiment_csv=DATA_DIR / "tfn_sentiment_train.csv",
                              train_topic_csv=DATA_DIR / "tfn_topic_train.csv", ort_providers=("CPUExecutionProvider",))

@@ -136,12 +136,12 @@ def test_schedule_command_stores_its_job_and_stops_cleanly_on_sigterm(
     import subprocess
     import sys
 
-    from pipeline.cli import main
+    from finsent.cli import main
 
     assert main(["--database-url", database_url, "retrain", "--schedule", "61 * * * *"]) == 2
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
     env["FINSENT_MODEL_REGISTRY_DIR"] = str(tmp_path / "registry")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--database-url", database_url,
+    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "--database-url", database_url,
                              "retrain", "--schedule", "30 4 * * 1"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[2])
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from finsent.cli import main
 from pipeline.inference import TOPICS, load_model
 from pipeline.settings import load_settings
 

@@ -1,33 +1,36 @@
-"""``finsent demo | run | worker | ingest``: the streaming data path (issue 4).
-
-* ``finsent run``: every role in one process (producers from configuration, HTTP ingest
-  with /healthz and /metrics, scorer, trends, alerts when the alert engine is installed),
-  with the embedded broker and database when none are configured.
-* ``finsent worker scorer|trends``: one role, for scale-out against a shared Kafka
-  cluster (``FINSENT_KAFKA_BOOTSTRAP``) and PostgreSQL.
-* ``finsent demo``: embedded everything, the shipped sample stream, a summary.
-"""
+"""``finsent demo``: embedded broker and database, the shipped sample stream replayed
+through scorer and trends, a summary, and what the demo rules raise over it."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
+import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from alerts.backtest import run_backtest
+from alerts.rules import load_rules
+from consumers.progress import GroupProgress
+from finsent.daemon import Daemon
+from finsent.roles import WORKER_ROLES, stream_role
+from finsent.services import start_services
+from pipeline.entities import load_watchlist
+from pipeline.errors import FinsentError, InputError, ModelError
+from pipeline.inference import read_manifest
+from pipeline.producers.base import incoming_from_mapping, produce_documents
 from pipeline.settings import KafkaTimeouts, Settings
 
-log = logging.getLogger(__name__)
-
-ISSUE = "the streaming pipeline, issue 4"
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample"
+#: The demo's assets ship inside the package (a wheel carries them as package data).
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "demo"
 SAMPLE_STREAM = SAMPLE_DIR / "stream.jsonl"
 SAMPLE_WATCHLIST = SAMPLE_DIR / "watchlist.yaml"
-#: The alert engine's rules for the sample stream (owned by alerts/, shipped in examples/).
-SAMPLE_RULES = SAMPLE_DIR.parent.parent / "examples" / "demo-rules.yaml"
-WORKER_ROLES = ("scorer", "trends")
+SAMPLE_RULES = SAMPLE_DIR / "rules.yaml"
 #: Consumer-group timing for one-process runs (demo): the embedded broker's group join
 #: waits about session_timeout_ms / 2 (see the broker notes).
 QUICK_KAFKA = KafkaTimeouts(session_timeout_ms=2000, heartbeat_interval_ms=600, max_poll_interval_ms=10_000,
@@ -39,105 +42,6 @@ def register(sub: Any) -> None:
     p.add_argument("--sample", type=Path, default=None, help=f"JSONL stream to replay (default: {SAMPLE_STREAM.name})")
     p.add_argument("--timeout", type=float, default=110.0, help="give up after this many seconds")
     p.set_defaults(func=demo)
-    p = sub.add_parser("run", help="the daemon: every role in one process")
-    p.set_defaults(func=run)
-    p = sub.add_parser("worker", help="run one role: scorer or trends")
-    p.add_argument("role", choices=list(WORKER_ROLES))
-    p.set_defaults(func=worker)
-
-
-# -- roles -------------------------------------------------------------------------------
-
-def stream_role(name: str, settings: Settings, services: Any) -> Any:
-    """The scorer or trends role on ``services``' broker and database. On the embedded
-    broker (log in memory) it drains its input Kafka topic when stopped, since whatever
-    it leaves there is lost with the process; on Apache Kafka it stops after the batch in
-    hand and the rest waits in the durable log."""
-    drain = getattr(services, "broker", None) is not None
-    if name == "scorer":
-        from consumers.scorer import Scorer
-
-        return Scorer(settings, services.bootstrap, services.engine, drain=drain)
-    if name == "trends":
-        from consumers.trends import Trends
-
-        return Trends(settings, services.bootstrap, services.engine, drain=drain)
-    raise ValueError(f"unknown role {name!r}")
-
-
-def alerts_roles(settings: Settings, services: Any) -> list[Any]:
-    """The alert engine's roles when ``alerts/`` provides them (``alerts.role.build_roles``);
-    none otherwise, so the stream runs without it."""
-    try:
-        from alerts.role import build_roles  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        log.info("alert engine not installed (no alerts.role); running without alerts")
-        return []
-    return list(build_roles(settings, services))
-
-
-def http_role(settings: Settings, services: Any, daemon: Any, *, ingest: bool) -> Any | None:
-    """The HTTP server (ingest when asked, /healthz, /metrics) when pipeline.http_server
-    exists; None otherwise."""
-    try:
-        from pipeline import http_server  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        log.info("HTTP server not installed (no pipeline.http_server); no /healthz or /metrics")
-        return None
-    build = getattr(http_server, "build_role", None)
-    if build is None:
-        return None
-    return build(settings, services, daemon=daemon, ingest=ingest)
-
-
-def producer_roles(settings: Settings, services: Any) -> list[Any]:
-    """Producers given by configuration (e.g. FINSENT_FEEDS), when pipeline.producers offers them."""
-    try:
-        from pipeline.producers import roles_from_settings  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        return []
-    return list(roles_from_settings(settings, services))
-
-
-# -- commands ----------------------------------------------------------------------------
-
-def worker(args: argparse.Namespace, settings: Settings) -> int:
-    """One role until SIGTERM. Needs a shared broker: a lone worker on its own embedded
-    broker would never see anyone's documents."""
-    from pipeline.daemon import Daemon
-    from pipeline.errors import ConfigurationError
-    from pipeline.services import start_services
-
-    if not settings.kafka_bootstrap:
-        raise ConfigurationError(
-            "'finsent worker' joins a consumer group on a shared Kafka cluster: set FINSENT_KAFKA_BOOTSTRAP "
-            "(or --kafka-bootstrap); to run every role in one process with an embedded broker use 'finsent run'"
-        )
-    with start_services(settings) as services:
-        daemon = Daemon([stream_role(args.role, settings, services)], shutdown_grace_s=settings.shutdown_grace_s,
-                        durable_log=services.broker is None)
-        http = http_role(settings, services, daemon, ingest=False)
-        if http is not None:
-            daemon.roles.append(http)
-        return daemon.run()
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Every role in one process until SIGTERM."""
-    from pipeline.daemon import Daemon
-    from pipeline.services import start_services
-
-    with start_services(settings) as services:
-        roles: list[Any] = producer_roles(settings, services)
-        roles += [stream_role(name, settings, services) for name in WORKER_ROLES]
-        roles += alerts_roles(settings, services)
-        daemon = Daemon(roles, shutdown_grace_s=settings.shutdown_grace_s, durable_log=services.broker is None)
-        http = http_role(settings, services, daemon, ingest=True)
-        if http is not None:
-            daemon.roles.append(http)
-        log.info("finsent run: broker %s; database %s", services.descriptions["broker"],
-                 services.descriptions["database"])
-        return daemon.run()
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -163,8 +67,6 @@ def demo_settings(settings: Settings) -> Settings:
 def wait_processed(bootstrap: str, settings: Settings, *, produced: int, timeout_s: float,
                    stop: threading.Event | None = None) -> bool:
     """Until the scorer has committed every document and trends every scored record."""
-    from consumers.progress import GroupProgress
-
     deadline = time.monotonic() + timeout_s
     with GroupProgress(bootstrap) as progress:
         if not progress.wait_caught_up(settings.group_id("scorer"), settings.kafka_topic_documents, min_records=produced,
@@ -177,11 +79,6 @@ def wait_processed(bootstrap: str, settings: Settings, *, produced: int, timeout
 def load_sample(path: Path) -> list[Any]:
     """The sample stream's documents (JSONL rows in the ingest shape: text, title,
     published_at, id, url, ...). A bad row is an error: the file ships with finsent."""
-    import json
-
-    from pipeline.errors import InputError
-    from pipeline.producers.base import incoming_from_mapping
-
     documents = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -199,23 +96,14 @@ def run_demo(settings: Settings, *, sample: Path | None = None, timeout_s: float
              out: Any = None) -> int:
     """Replay ``sample`` through scorer and trends on embedded services, wait until
     everything is applied, print what happened, the alerts the demo rules raise over the
-    sample's event time (when the alert engine is installed) and the SQL to dig further."""
-    import sys
-
-    from pipeline.daemon import Daemon
-    from pipeline.entities import load_watchlist
-    from pipeline.errors import FinsentError, ModelError
-    from pipeline.inference import read_manifest
-    from pipeline.producers.base import produce_documents
-    from pipeline.services import start_services
-
+    sample's event time and the SQL to dig further."""
     out = out or sys.stdout
     started = time.monotonic()
     settings = demo_settings(settings)
     try:
         read_manifest(settings.model_dir)
     except ModelError as exc:
-        raise ModelError(f"{exc}. The demo needs a model: the shipped one lives in models/, or set "
+        raise ModelError(f"{exc}. The demo needs a model: the shipped one lives in finsent/model/, or set "
                          "FINSENT_MODEL_DIR to a model directory") from None
     documents = load_sample(sample or SAMPLE_STREAM)
     ids = [d.id for d in documents]
@@ -247,14 +135,7 @@ def run_demo(settings: Settings, *, sample: Path | None = None, timeout_s: float
 def print_sample_alerts(engine: Any, settings: Settings, documents: list[Any], out: Any) -> None:
     """What the alert rules raise over the sample's event-time span (the alert engine's
     backtest: the same evaluator the live service runs, stored nowhere, notifying no one)."""
-    from datetime import timedelta
-
     if settings.rules is None:
-        return
-    try:
-        from alerts.backtest import run_backtest
-        from alerts.rules import load_rules
-    except ImportError:
         return
     start = min(d.published_at for d in documents)
     end = max(d.published_at for d in documents) + timedelta(hours=1)
@@ -270,8 +151,6 @@ def print_sample_alerts(engine: Any, settings: Settings, documents: list[Any], o
 
 
 def print_summary(engine: Any, ids: list[str], elapsed_s: float, out: Any) -> None:
-    import sqlalchemy as sa
-
     with engine.connect() as conn:
         scored = conn.execute(sa.text(
             "SELECT count(DISTINCT document_id) FROM predictions WHERE document_id = ANY(:ids)"), {"ids": ids}).scalar()

@@ -24,3 +24,13 @@ def not_implemented(issue: str) -> Any:
         raise NotImplementedYet(f"'finsent {args.command}' is not implemented yet ({issue})")
 
     return handler
+
+
+def migrated_engine(settings: Settings, *, pool_size: int = 2) -> Any:
+    """An engine on the configured database, migrated to the code's schema first (the
+    light commands' way in: models, label)."""
+    from pipeline import db
+
+    url = db.database_url(settings)
+    db.upgrade(url)
+    return db.make_engine(url, pool_size=pool_size)

@@ -85,7 +85,7 @@ def _with_rules(args: argparse.Namespace, settings: Settings) -> Settings:
 
 
 def _engine(settings: Settings) -> Any:
-    from pipeline.services import start_services
+    from finsent.services import start_services
 
     return start_services(settings, migrate=True, kafka=False)
 

@@ -1,8 +1,6 @@
-"""``finsent classify | train | export``: the classifier (issue 3).
-
-``classify`` needs only onnxruntime and tokenizers. ``train`` and ``export`` need the
-``train`` extra (torch, transformers) and import it lazily, inside the handler, so the rest
-of the command line never loads torch.
+"""``finsent classify FILE --output OUT``: batch-classify a CSV or JSONL file with the
+serving model (onnxruntime + tokenizers only, never torch), streamed in chunks so memory
+stays flat whatever the file's size.
 """
 
 from __future__ import annotations
@@ -15,25 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigurationError, InputError
+from pipeline.errors import InputError
 from pipeline.settings import Settings
 
 OUTPUT_COLUMNS = ("topic", "topic_confidence", "sentiment", "p_bearish", "p_neutral", "p_bullish", "model_version")
 CHUNK = 256
-#: training knobs offered by ``finsent train`` (all of TrainConfig: ``python -m training train -h``)
-TRAIN_KNOBS: tuple[tuple[str, type, str], ...] = (
-    ("--epochs", int, "passes over the training data (default 4)"),
-    ("--lr", float, "learning rate of the top encoder layer (default 8e-5)"),
-    ("--layer-decay", float, "layer-wise learning-rate decay per layer downwards (default 0.9)"),
-    ("--class-weighting", str, "none | sqrt (default none)"),
-    ("--batch-size", int, "documents per step (default 32)"),
-    ("--max-tokens", int, "tokenizer truncation (default 64)"),
-    ("--max-steps", int, "stop after this many steps"),
-    ("--threads", int, "torch threads"),
-    ("--seed", int, "random seed (default 13)"),
-)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("classify", help="batch-classify a CSV/JSONL file",
                        description="Classify every row of a CSV or JSONL file. The output keeps the input "
@@ -44,34 +28,6 @@ def register(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=classify_command)
 
-    p = sub.add_parser("train", help="fine-tune the classifier and memory cell (needs the train extra)",
-                       description="Fine-tune the classifier on the labelled CSVs (FINSENT_TRAIN_SENTIMENT_CSV / "
-                       "FINSENT_TRAIN_TOPIC_CSV or the flags), export the best epoch to --out and train the "
-                       "memory cell into it. Every knob: 'python -m training train --help'.")
-    p.add_argument("--sentiment-csv", type=Path)
-    p.add_argument("--topic-csv", type=Path)
-    p.add_argument("--work-dir", type=Path, default=Path("runs/train"), help="checkpoints and history (default runs/train)")
-    p.add_argument("--out", type=Path, help="model directory to write (default WORK_DIR/model)")
-    p.add_argument("--version")
-    for flag, kind, text in TRAIN_KNOBS:
-        p.add_argument(flag, type=kind, help=text)
-    p.add_argument("--tiny", action="store_true", help="random-init tiny encoder (smoke tests)")
-    p.set_defaults(func=train_command)
-
-    p = sub.add_parser("export", help="export a trained model to ONNX (+ int8)",
-                       description="Export a training checkpoint to a complete model directory (fp32 -> fused "
-                       "-> int8 for CPU, fp16 for GPU, memory cell), parity-checked against PyTorch on the dev split.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="runs/.../checkpoints/epochN.pt")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sentiment-csv", type=Path)
-    p.add_argument("--topic-csv", type=Path)
-    p.add_argument("--version")
-    p.add_argument("--gpu-precision", choices=["fp16", "fp32"])
-    p.add_argument("--memory", action="store_true", help="train the memory cell into the exported directory")
-    p.set_defaults(func=export_command)
-
-
-# --- classify -----------------------------------------------------------------------------
 
 def _format(path: Path) -> str:
     suffix = path.suffix.lower()
@@ -197,60 +153,3 @@ def classify_command(args: argparse.Namespace, settings: Settings) -> int:
                           progress=not args.no_progress)
     print(f"classified {count} documents into {args.output}", file=sys.stderr)
     return 0
-
-
-# --- train / export -----------------------------------------------------------------------
-
-def _training_module() -> Any:
-    try:
-        import training.__main__ as entry
-    except ImportError as exc:
-        raise ConfigurationError(f"training needs the train extra ({exc.name} is missing): "
-                                 "pip install -e '.[train]'") from exc
-    return entry
-
-
-def train_command(args: argparse.Namespace, settings: Settings) -> int:
-    sentiment = args.sentiment_csv or settings.train_sentiment_csv
-    topic = args.topic_csv or settings.train_topic_csv
-    if not sentiment and not topic:
-        raise ConfigurationError("no training data: pass --sentiment-csv/--topic-csv or set "
-                                 "FINSENT_TRAIN_SENTIMENT_CSV / FINSENT_TRAIN_TOPIC_CSV")
-    argv = ["train", "--work-dir", str(args.work_dir), "--memory"]
-    if sentiment:
-        argv += ["--sentiment-csv", str(sentiment)]
-    if topic:
-        argv += ["--topic-csv", str(topic)]
-    if args.out:
-        argv += ["--out", str(args.out)]
-    if args.version:
-        argv += ["--version", args.version]
-    for flag, _, _ in TRAIN_KNOBS:
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            argv += [flag, str(value)]
-    if args.tiny:
-        argv.append("--tiny")
-    return int(_training_module().main(argv))
-
-
-def export_command(args: argparse.Namespace, settings: Settings) -> int:
-    sentiment = args.sentiment_csv or settings.train_sentiment_csv
-    topic = args.topic_csv or settings.train_topic_csv
-    if not args.checkpoint.is_file():
-        raise InputError(f"checkpoint {args.checkpoint} does not exist; 'finsent train' writes WORK_DIR/checkpoints/epochN.pt")
-    if not sentiment and not topic:
-        raise ConfigurationError("export checks parity on the dev split: pass --sentiment-csv/--topic-csv or set "
-                                 "FINSENT_TRAIN_SENTIMENT_CSV / FINSENT_TRAIN_TOPIC_CSV")
-    argv = ["export", "--checkpoint", str(args.checkpoint), "--out", str(args.out)]
-    if sentiment:
-        argv += ["--sentiment-csv", str(sentiment)]
-    if topic:
-        argv += ["--topic-csv", str(topic)]
-    if args.version:
-        argv += ["--version", args.version]
-    if args.gpu_precision:
-        argv += ["--gpu-precision", args.gpu_precision]
-    if args.memory:
-        argv.append("--memory")
-    return int(_training_module().main(argv))

@@ -121,9 +121,9 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def rss(args: argparse.Namespace, settings: Settings) -> int:
+    from finsent.services import start_services
     from pipeline.producers.base import DocumentProducer
     from pipeline.producers.rss import RssPoller
-    from pipeline.services import start_services
 
     settings = _settings(args, settings)
     urls = list(args.urls) or list(settings.feeds.urls)
@@ -146,14 +146,14 @@ def rss(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def http(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.http_server import build_role
-    from pipeline.services import start_services
+    from finsent.roles import http_role
+    from finsent.services import start_services
 
     overrides = {k: v for k, v in (("http_host", args.host), ("http_port", args.port)) if v is not None}
     settings = _settings(args, settings).model_copy(update=overrides)
     _bootstrap(settings)
     with start_services(settings) as services:
-        server = build_role(settings, services, ingest=True)  # checks: database, kafka
+        server = http_role(settings, services, ingest=True)  # checks: database, kafka
         with _stop_on_signals() as stop:
             server.start()
             print(f"HTTP ingest on {server.url}: POST /v1/documents, POST /v1/labels, GET /healthz, GET /metrics",

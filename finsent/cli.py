@@ -1,6 +1,6 @@
 """The ``finsent`` command line: one entry point, one sub-command per job.
 
-Each group of sub-commands lives in a module of ``pipeline/commands/`` exposing
+Each group of sub-commands lives in a module of ``finsent/commands/`` exposing
 ``register(subparsers)``; handlers import what they need lazily, so ``finsent --help`` and
 the light commands start fast and never import torch. Settings come from ``FINSENT_*``
 variables; a flag given on the command line overrides its variable.
@@ -13,11 +13,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pipeline.commands import alerts as alerts_commands
-from pipeline.commands import core, ingest, model, retrain, stream
+from finsent.commands import alerts as alerts_commands
+from finsent.commands import classify, db, demo, ingest, label, models, retrain, run, train
 from pipeline.errors import FinsentError
 
-GROUPS = (core, stream, ingest, model, retrain, alerts_commands)
+#: in the order ``finsent --help`` lists them: what users type, by job
+GROUPS = (db, run, demo, ingest, classify, train, retrain, models, label, alerts_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from pipeline.commands.common import settings_from_args
+        from finsent.commands.common import settings_from_args
 
         settings = settings_from_args(args)
         logging.basicConfig(

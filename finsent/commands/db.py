@@ -85,7 +85,7 @@ def _check(settings: Settings) -> tuple[dict[str, Any], list[str]]:
     """The status report and the names of the services it found unreachable."""
     import sqlalchemy as sa
 
-    from pipeline import db
+    from pipeline import db, inference
     from pipeline.embedded import port_answers
 
     info: dict[str, Any] = {}
@@ -116,6 +116,7 @@ def _check(settings: Settings) -> tuple[dict[str, Any], list[str]]:
             info["champion_model"] = champion or f"none registered; model directory {settings.model_dir}"
     finally:
         engine.dispose()
+    info["execution_provider"] = inference.provider_in_use(settings)
     return info, unreachable
 
 
@@ -127,7 +128,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({**info, "unreachable": unreachable}, indent=2, default=str))
     else:
         for name, value in info.items():
-            print(f"{name:16} {value}")
+            print(f"{name:19} {value}")
     if unreachable:
         print(f"finsent: error: {', '.join(unreachable)} not reachable: check FINSENT_KAFKA_BOOTSTRAP "
               "(or --kafka-bootstrap) and that the broker is running", file=sys.stderr)
