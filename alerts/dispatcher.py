@@ -85,7 +85,7 @@ class Dispatcher:
         except DeliveryError as exc:
             self._failed(delivery, str(exc), exc.retry_after, summary)
             return
-        except Exception as exc:  # noqa: BLE001 - a bug must not wedge the outbox; retried, logged
+        except Exception as exc:
             log.exception("delivery %s raised unexpectedly", delivery.id)
             self._failed(delivery, f"{type(exc).__name__}: {exc}", None, summary)
             return

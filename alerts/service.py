@@ -110,7 +110,7 @@ class AlertService:
         def run() -> None:
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - the next tick retries; the scheduler must live
+            except Exception:
                 self._ready = False
                 log.exception("alert %s failed; retrying at the next interval", what)
         return run

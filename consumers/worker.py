@@ -162,7 +162,7 @@ class StreamWorker(ABC, Generic[M, B]):
         for future in futures:
             try:
                 future.get(timeout=timeout)
-            except Exception as exc:  # noqa: BLE001 - kafka-python raises several types
+            except Exception as exc:
                 raise BrokerError(f"{self.name}: the broker did not acknowledge a record ({exc}); "
                                   "check FINSENT_KAFKA_BOOTSTRAP") from exc
 

@@ -74,7 +74,7 @@ class Daemon:
     def _run_role(self, role: Role, stop: StopRequest) -> None:
         try:
             role.run(stop)
-        except BaseException as exc:  # noqa: BLE001 - reported, then the whole process stops
+        except BaseException as exc:
             log.exception("role %s failed: %s; stopping every role", role.name, exc)
             self.failed[role.name] = exc
             self.stop.set()

@@ -121,7 +121,7 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
         if self.log_path is not None:
-            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self._log_file = open(self.log_path, "ab")
             out: Any = self._log_file
         else:
             out = subprocess.DEVNULL

@@ -275,7 +275,7 @@ class HttpServer:
             body = read_body(length)
         try:
             return route.handler(Request(request.method, path, request.query, request.headers, body))
-        except Exception:  # noqa: BLE001 - a bug in one handler must not kill the server
+        except Exception:
             log.exception("HTTP %s %s failed", request.method, path)
             return error(500, "internal error; see the server log")
 
@@ -344,9 +344,9 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             except OSError:
                 pass
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve  # noqa: N815 - http.server API
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server API
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
 
     return Handler

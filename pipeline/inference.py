@@ -175,7 +175,7 @@ def _open_session(path: Path, settings: Settings, providers: list[str]) -> Any:
         raise ModelError(f"model file {path} is missing; re-export the model with 'finsent export'")
     try:
         return ort.InferenceSession(str(path), sess_options=_session_options(settings), providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeErrors
+    except Exception as exc:
         raise ModelError(f"onnxruntime cannot load {path}: {exc}") from exc
 
 
@@ -227,7 +227,7 @@ class Classifier:
             session = _open_session(model_dir / name, settings, [CPU])
         try:
             tokenizer = Tokenizer.from_file(str(model_dir / manifest["tokenizer"]))
-        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        except Exception as exc:
             raise ModelError(f"cannot load the tokenizer of {model_dir}: {exc}") from exc
         max_tokens = min(int(manifest["max_tokens"]), settings.max_tokens)
         tokenizer.enable_truncation(max_length=max_tokens)

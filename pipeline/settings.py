@@ -295,7 +295,7 @@ class Settings(BaseSettings):
 
         try:
             url = make_url(value)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the variable's name
+        except Exception as exc:
             raise ValueError(f"FINSENT_DATABASE_URL is not a valid URL: {exc}") from exc
         if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg")

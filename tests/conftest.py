@@ -170,7 +170,7 @@ def smtp_server() -> Iterator[SmtpServer]:
     server = SmtpServer(host="127.0.0.1", port=free_port())
 
     class Recorder:
-        async def handle_DATA(self, _server, session, envelope):  # noqa: N802 - aiosmtpd API
+        async def handle_DATA(self, _server, session, envelope):
             server.messages.append({
                 "from": envelope.mail_from,
                 "to": list(envelope.rcpt_tos),
@@ -237,7 +237,7 @@ def http_receiver() -> Iterator[HttpReceiver]:
             self.end_headers()
             self.wfile.write(b"ok")
 
-        do_POST = do_GET = do_PUT = _handle  # noqa: N815 - http.server API
+        do_POST = do_GET = do_PUT = _handle
 
         def log_message(self, *args: object) -> None:
             pass

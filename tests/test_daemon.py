@@ -26,7 +26,7 @@ def test_finsent_run_processes_documents_and_exits_0_on_sigterm(
     settings: Settings, engine: sa.engine.Engine, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     s = settings.model_copy(update={"model_dir": tiny_model_dir, "shutdown_grace_s": 15.0})
-    log = open(tmp_path / "run.log", "ab")  # noqa: SIM115
+    log = open(tmp_path / "run.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "run"], cwd=ROOT, env=worker_env(s),
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -178,7 +178,7 @@ def test_sigterm_right_after_ingest_on_the_embedded_broker_scores_and_trends_eve
     env = worker_env(s)
     del env["FINSENT_KAFKA_BOOTSTRAP"]  # finsent run starts its own embedded broker
     log_path = tmp_path / "run.log"
-    log = open(log_path, "ab")  # noqa: SIM115
+    log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "run"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()

@@ -295,7 +295,7 @@ class DocumentProducer:
             try:
                 kafka_producer = make_producer(settings, bootstrap, max_block_ms=10_000,
                                                bootstrap_timeout_ms=settings.kafka.request_timeout_ms)
-            except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable and friends
+            except Exception as exc:
                 raise BrokerError(f"cannot connect to Kafka at {bootstrap}: {exc}; is the broker up and "
                                   "FINSENT_KAFKA_BOOTSTRAP right?") from exc
         self._producer = kafka_producer
@@ -332,7 +332,7 @@ class DocumentProducer:
             future = self._producer.send(
                 self.settings.kafka_topic_documents, key=doc.id.encode("utf-8"), value=doc.to_json_bytes()
             )
-        except Exception as exc:  # noqa: BLE001 - kafka-python raises many types; all mean "not sent"
+        except Exception as exc:
             self._record_failure(f"send {doc.id}: {exc}")
             raise BrokerError(f"cannot send to Kafka topic {self.settings.kafka_topic_documents}: {exc}; "
                               "is the broker (FINSENT_KAFKA_BOOTSTRAP) up?") from exc
@@ -347,7 +347,7 @@ class DocumentProducer:
         letter = DeadLetter.build(reason, self.stage, payload, origin=origin)
         try:
             future = send_dead_letter(self._producer, self.settings.kafka_topic_dlq, letter)
-        except Exception as exc:  # noqa: BLE001 - see send()
+        except Exception as exc:
             self._record_failure(f"dead letter: {exc}")
             raise BrokerError(f"cannot send to Kafka topic {self.settings.kafka_topic_dlq}: {exc}") from exc
         future.add_errback(lambda exc: self._record_failure(f"dead letter: {exc}"))
@@ -374,7 +374,7 @@ class DocumentProducer:
         """Wait until every send so far is acknowledged; BrokerError if any failed."""
         try:
             self._producer.flush(timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError and friends
+        except Exception as exc:
             raise BrokerError(f"Kafka did not acknowledge sends within {timeout_s:.0f}s: {exc}; "
                               "is the broker (FINSENT_KAFKA_BOOTSTRAP) up?") from exc
         with self._lock:

@@ -142,7 +142,7 @@ def default_source(path: Path) -> str:
 
 def _open_binary(path: Path) -> IO[bytes]:
     try:
-        raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, closed there
+        raw = open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"{path} does not exist") from None
     except OSError as exc:

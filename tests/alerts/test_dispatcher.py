@@ -156,7 +156,7 @@ class HoldingReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 headers = dict(self.headers)
                 key = headers["Idempotency-Key"]
@@ -276,7 +276,7 @@ def test_the_readme_verification_snippet_accepts_our_requests(engine, database_u
     snippet = re.search(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S)
     assert snippet, "README lost its webhook verification snippet"
     namespace: dict = {}
-    exec(snippet.group(1), namespace)  # noqa: S102 - our own documentation
+    exec(snippet.group(1), namespace)
     settings = alert_settings(database_url, webhook_url=http_receiver.url)
     _drain(Dispatcher(engine, settings, _fire(engine, settings)), engine)
     (request,) = http_receiver.requests

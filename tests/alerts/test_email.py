@@ -88,19 +88,19 @@ def _server(certificate: tuple[Path, Path], *, implicit: bool, answer_delay_s: f
     server = TlsSmtp(port=free_port(), ca_file=cert)
 
     class Recorder:
-        async def handle_MAIL(self, _server, _session, envelope, address, options):  # noqa: N802 - aiosmtpd API
+        async def handle_MAIL(self, _server, _session, envelope, address, options):
             await asyncio.sleep(answer_delay_s)
             envelope.mail_from = address
             envelope.mail_options.extend(options)
             return "250 OK"
 
-        async def handle_RCPT(self, _server, _session, envelope, address, options):  # noqa: N802 - aiosmtpd API
+        async def handle_RCPT(self, _server, _session, envelope, address, options):
             await asyncio.sleep(answer_delay_s)
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
             return "250 OK"
 
-        async def handle_DATA(self, _server, _session, envelope):  # noqa: N802 - aiosmtpd API
+        async def handle_DATA(self, _server, _session, envelope):
             await asyncio.sleep(answer_delay_s)
             server.messages.append(envelope.content)
             return "250 OK"

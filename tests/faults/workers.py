@@ -45,7 +45,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def start_worker(role: str, settings: Settings, log_path: Path, **extra: str) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    log = open(log_path, "ab")
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "finsent.cli", "worker", role], cwd=ROOT, env=worker_env(settings, **extra),

@@ -334,7 +334,7 @@ def test_daemon_http_role_serves_health_of_roles_database_and_kafka(settings: Se
     assert len(read_topic(settings.kafka_bootstrap or "", settings.kafka_topic_documents)) == 1
 
 
-def test_ingest_http_command_serves_until_sigterm_and_exits_0(settings: Settings, tmp_path) -> None:  # noqa: ANN001
+def test_ingest_http_command_serves_until_sigterm_and_exits_0(settings: Settings, tmp_path) -> None:
     import os
     import signal
     import subprocess

@@ -115,7 +115,7 @@ def feed_server() -> Iterator[FeedServer]:
     server = FeedServer()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
+        def do_GET(self) -> None:
             feed = server.feeds.get(self.path)
             headers = {k.lower(): v for k, v in self.headers.items()}
             if feed is None:
