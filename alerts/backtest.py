@@ -37,7 +37,9 @@ class BacktestResult:
         return tuple(e for e in self.episodes if e.fired_at is not None)
 
 
-def run_backtest(engine: Engine, ruleset: RuleSet, start: datetime, end: datetime, interval_s: float) -> BacktestResult:
+def run_backtest(
+    engine: Engine, ruleset: RuleSet, start: datetime, end: datetime, interval_s: float
+) -> BacktestResult:
     """Replay ``ruleset`` over ``[start, end]`` at ``interval_s`` grid steps."""
     if end < start:
         raise ValueError("--to must not be before --from")
@@ -64,7 +66,9 @@ def run_backtest(engine: Engine, ruleset: RuleSet, start: datetime, end: datetim
                         finished.append(after)
                     elif after is not None:
                         open_eps[fp] = after
-    episodes = sorted(finished + list(open_eps.values()), key=lambda e: (e.pending_since, e.rule_name, e.key))
+    episodes = sorted(
+        finished + list(open_eps.values()), key=lambda e: (e.pending_since, e.rule_name, e.key)
+    )
     return BacktestResult(uuid.uuid4().hex[:12], start, end, len(instants), tuple(episodes))
 
 
@@ -73,15 +77,25 @@ def store(engine: Engine, ruleset: RuleSet, result: BacktestResult) -> int:
     with engine.begin() as conn:
         for ep in result.episodes:
             rule = ruleset.rule(ep.rule_name)
-            conn.execute(sa.text("""
+            conn.execute(
+                sa.text("""
                 INSERT INTO alert_backtests (run_id, fingerprint, rule_name, key, labels, severity, state, value,
                                              figures, pending_since, fired_at, resolved_at)
                 VALUES (:run, :fp, :rule, :key, CAST(:labels AS jsonb), :sev, :state, :value,
-                        CAST(:figures AS jsonb), :pending, :fired, :resolved)"""), {
-                "run": result.run_id, "fp": ep.fingerprint, "rule": ep.rule_name, "key": ep.key,
-                "labels": json.dumps(rule.alert_labels(ep.key) if rule else {}),
-                "sev": rule.severity if rule else "warning", "state": ep.state, "value": ep.value,
-                "figures": json.dumps(ep.figures), "pending": ep.pending_since, "fired": ep.fired_at,
-                "resolved": ep.resolved_at,
-            })
+                        CAST(:figures AS jsonb), :pending, :fired, :resolved)"""),
+                {
+                    "run": result.run_id,
+                    "fp": ep.fingerprint,
+                    "rule": ep.rule_name,
+                    "key": ep.key,
+                    "labels": json.dumps(rule.alert_labels(ep.key) if rule else {}),
+                    "sev": rule.severity if rule else "warning",
+                    "state": ep.state,
+                    "value": ep.value,
+                    "figures": json.dumps(ep.figures),
+                    "pending": ep.pending_since,
+                    "fired": ep.fired_at,
+                    "resolved": ep.resolved_at,
+                },
+            )
     return len(result.episodes)

@@ -42,8 +42,14 @@ class DispatchSummary:
 class Dispatcher:
     """Delivers what the outbox holds; safe to run in several processes at once."""
 
-    def __init__(self, engine: Engine, settings: Settings, ruleset: RuleSet | None = None,
-                 *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        ruleset: RuleSet | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.ruleset = ruleset
@@ -57,7 +63,9 @@ class Dispatcher:
             self._http.close()
             self._http = None
 
-    def dispatch_once(self, *, max_deliveries: int = 100, stop: threading.Event | None = None) -> DispatchSummary:
+    def dispatch_once(
+        self, *, max_deliveries: int = 100, stop: threading.Event | None = None
+    ) -> DispatchSummary:
         """Send every due delivery (at most ``max_deliveries``), one claim at a time."""
         summary = DispatchSummary()
         while summary.attempted < max_deliveries and not (stop is not None and stop.is_set()):
@@ -70,13 +78,23 @@ class Dispatcher:
     def _deliver(self, delivery: outbox.Delivery, summary: DispatchSummary) -> None:
         channel = delivery.channel
         if delivery.attempts > self.policy.max_attempts:
-            self._dead(delivery, f"gave up after {delivery.attempts - 1} attempts; the dispatcher stopped "
-                                 "during the last one", summary)
+            self._dead(
+                delivery,
+                f"gave up after {delivery.attempts - 1} attempts; the dispatcher stopped "
+                "during the last one",
+                summary,
+            )
             return
         if channel == "webhook" and self._http is None:
             self._http = WebhookClient(headers={"User-Agent": "finsent-alerts"})
-        notifier = build_notifier(channel, delivery.target, str(delivery.payload.get("notifier", "")),
-                                  self.ruleset, self.settings, http_client=self._http)
+        notifier = build_notifier(
+            channel,
+            delivery.target,
+            str(delivery.payload.get("notifier", "")),
+            self.ruleset,
+            self.settings,
+            http_client=self._http,
+        )
         try:
             notifier.send(delivery.payload, delivery.idempotency_key)
         except PermanentDeliveryError as exc:
@@ -92,26 +110,58 @@ class Dispatcher:
         outbox.mark_delivered(self.engine, delivery.id)
         summary.delivered += 1
         metrics.DELIVERIES.labels(channel=channel, outcome="delivered").inc()
-        log.info("delivered %s %s of alert %s to %s (attempt %d)", channel, delivery.event,
-                 delivery.alert_id, redact_url(delivery.target), delivery.attempts)
+        log.info(
+            "delivered %s %s of alert %s to %s (attempt %d)",
+            channel,
+            delivery.event,
+            delivery.alert_id,
+            redact_url(delivery.target),
+            delivery.attempts,
+        )
 
-    def _failed(self, delivery: outbox.Delivery, error: str, retry_after: float | None,
-                summary: DispatchSummary) -> None:
+    def _failed(
+        self,
+        delivery: outbox.Delivery,
+        error: str,
+        retry_after: float | None,
+        summary: DispatchSummary,
+    ) -> None:
         if delivery.attempts >= self.policy.max_attempts:
-            self._dead(delivery, f"gave up after {delivery.attempts} attempts; last error: {error}", summary)
+            self._dead(
+                delivery,
+                f"gave up after {delivery.attempts} attempts; last error: {error}",
+                summary,
+            )
             return
         delay = outbox.backoff_s(delivery.attempts, self.policy, self.rng)
         if retry_after is not None:
             delay = max(delay, retry_after)
-        outbox.mark_failed(self.engine, delivery, f"attempt {delivery.attempts}: {error}", delay_s=delay, dead=False)
+        outbox.mark_failed(
+            self.engine,
+            delivery,
+            f"attempt {delivery.attempts}: {error}",
+            delay_s=delay,
+            dead=False,
+        )
         summary.retried += 1
         metrics.DELIVERIES.labels(channel=delivery.channel, outcome="retry").inc()
-        log.warning("delivery %s (%s to %s) failed, retry in %.2fs: %s", delivery.id, delivery.channel,
-                    redact_url(delivery.target), delay, error)
+        log.warning(
+            "delivery %s (%s to %s) failed, retry in %.2fs: %s",
+            delivery.id,
+            delivery.channel,
+            redact_url(delivery.target),
+            delay,
+            error,
+        )
 
     def _dead(self, delivery: outbox.Delivery, error: str, summary: DispatchSummary) -> None:
         outbox.mark_failed(self.engine, delivery, error, delay_s=None, dead=True)
         summary.dead += 1
         metrics.DELIVERIES.labels(channel=delivery.channel, outcome="dead").inc()
-        log.error("delivery %s (%s to %s) is dead: %s", delivery.id, delivery.channel, redact_url(delivery.target),
-                  error)
+        log.error(
+            "delivery %s (%s to %s) is dead: %s",
+            delivery.id,
+            delivery.channel,
+            redact_url(delivery.target),
+            error,
+        )

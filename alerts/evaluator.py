@@ -93,17 +93,23 @@ def _threshold(conn: Connection, rule: ThresholdRule, at: datetime) -> dict[str,
                 SELECT p.p_bullish - p.p_bearish AS s FROM predictions p
                 WHERE p.document_id = tp.document_id ORDER BY p.scored_at DESC LIMIT 1) lp ON true"""
         mean_col = "avg(coalesce(lp.s, -tp.p_bearish))"
-    rows = conn.execute(sa.text(f"""
+    rows = conn.execute(
+        sa.text(f"""
         SELECT tp.key, count(*) AS documents,
                count(*) FILTER (WHERE tp.sentiment = 'bearish') AS negative,
                {mean_col} AS mean_sentiment
         FROM trend_points tp {mean_join}
         WHERE tp.event_at > :start AND tp.event_at <= :end AND tp.key LIKE :prefix
-        GROUP BY tp.key"""), {"start": at - rule.window, "end": at, "prefix": rule.select.sql_prefix()})
+        GROUP BY tp.key"""),
+        {"start": at - rule.window, "end": at, "prefix": rule.select.sql_prefix()},
+    )
     out = {}
     for row in rows:
-        figures = {"documents": int(row.documents), "negative": int(row.negative),
-                   "negative_share": _round(row.negative / row.documents) if row.documents else None}
+        figures = {
+            "documents": int(row.documents),
+            "negative": int(row.negative),
+            "negative_share": _round(row.negative / row.documents) if row.documents else None,
+        }
         if rule.metric == "mean_sentiment":
             figures["mean_sentiment"] = _round(row.mean_sentiment)
         out[row.key] = figures
@@ -113,7 +119,8 @@ def _threshold(conn: Connection, rule: ThresholdRule, at: datetime) -> dict[str,
 def _spike(conn: Connection, rule: SpikeRule, at: datetime) -> dict[str, dict[str, Any]]:
     cur_start = at - rule.window
     ref_start = cur_start - rule.reference
-    rows = conn.execute(sa.text("""
+    rows = conn.execute(
+        sa.text("""
         SELECT key,
                count(*) FILTER (WHERE event_at > :cur_start) AS documents,
                count(*) FILTER (WHERE event_at > :cur_start AND sentiment = 'bearish') AS negative,
@@ -121,13 +128,24 @@ def _spike(conn: Connection, rule: SpikeRule, at: datetime) -> dict[str, dict[st
                count(*) FILTER (WHERE event_at <= :cur_start AND sentiment = 'bearish') AS ref_negative
         FROM trend_points
         WHERE event_at > :ref_start AND event_at <= :end AND key LIKE :prefix
-        GROUP BY key"""), {"cur_start": cur_start, "ref_start": ref_start, "end": at,
-                           "prefix": rule.select.sql_prefix()})
+        GROUP BY key"""),
+        {
+            "cur_start": cur_start,
+            "ref_start": ref_start,
+            "end": at,
+            "prefix": rule.select.sql_prefix(),
+        },
+    )
     cur_h = rule.window.total_seconds() / 3600
     ref_h = rule.reference.total_seconds() / 3600
     out = {}
     for row in rows:
-        docs, neg, rdocs, rneg = int(row.documents), int(row.negative), int(row.ref_documents), int(row.ref_negative)
+        docs, neg, rdocs, rneg = (
+            int(row.documents),
+            int(row.negative),
+            int(row.ref_documents),
+            int(row.ref_negative),
+        )
         if rule.metric == "negative_count":
             current, reference, ref_events = neg / cur_h, rneg / ref_h, rneg
             floor = 0.5 / ref_h  # half an event: a reference of zero is "rarer than one"
@@ -138,19 +156,23 @@ def _spike(conn: Connection, rule: SpikeRule, at: datetime) -> dict[str, dict[st
             floor = 0.5 / rdocs if rdocs else math.inf
         ratio = current / max(reference, floor) if math.isfinite(floor) else None
         out[row.key] = {
-            "documents": docs, "negative": neg,
+            "documents": docs,
+            "negative": neg,
             "negative_share": _round(neg / docs) if docs else None,
             "reference_window": format_duration(rule.reference),
-            "reference_documents": rdocs, "reference_negative": rneg,
+            "reference_documents": rdocs,
+            "reference_negative": rneg,
             "reference_events": ref_events,
-            "current_rate": _round(current), "reference_rate": _round(reference),
+            "current_rate": _round(current),
+            "reference_rate": _round(reference),
             "ratio": _round(ratio),
         }
     return out
 
 
 def _memory(conn: Connection, rule: MemorySurgeRule, at: datetime) -> dict[str, dict[str, Any]]:
-    rows = conn.execute(sa.text("""
+    rows = conn.execute(
+        sa.text("""
         SELECT DISTINCT ON (tp.key) tp.key, tp.surge_score, tp.expected_negative_rate, tp.event_at,
                c.documents, c.negative
         FROM trend_points tp
@@ -159,10 +181,12 @@ def _memory(conn: Connection, rule: MemorySurgeRule, at: datetime) -> dict[str, 
               GROUP BY key) c ON c.key = tp.key
         WHERE tp.event_at > :start AND tp.event_at <= :end
         ORDER BY tp.key, coalesce(tp.order_at, tp.event_at) DESC, tp.document_id COLLATE "C" DESC"""),
-        {"start": at - rule.window, "end": at, "prefix": rule.select.sql_prefix()})
+        {"start": at - rule.window, "end": at, "prefix": rule.select.sql_prefix()},
+    )
     return {
         row.key: {
-            "documents": int(row.documents), "negative": int(row.negative),
+            "documents": int(row.documents),
+            "negative": int(row.negative),
             "negative_share": _round(row.negative / row.documents) if row.documents else None,
             "surge_score": _round(row.surge_score),
             "expected_negative_rate": _round(row.expected_negative_rate),
@@ -172,7 +196,9 @@ def _memory(conn: Connection, rule: MemorySurgeRule, at: datetime) -> dict[str, 
     }
 
 
-def observe(conn: Connection, rule: AnyRule, at: datetime, open_keys: Iterable[str] = ()) -> list[Observation]:
+def observe(
+    conn: Connection, rule: AnyRule, at: datetime, open_keys: Iterable[str] = ()
+) -> list[Observation]:
     """One observation per key the rule selects that has data in the window, plus every
     key in ``open_keys`` (keys with an open alert must be observed to resolve, even when
     their data has gone)."""
@@ -202,7 +228,11 @@ def judge(rule: AnyRule, key: str, at: datetime, stats: dict[str, Any] | None) -
         return Observation(key, at, value, breach=breach, calm=not still, figures=figures)
     if isinstance(rule, SpikeRule):
         value = figures.get("ratio")
-        if not enough or value is None or figures.get("reference_events", 0) < rule.min_reference_count:
+        if (
+            not enough
+            or value is None
+            or figures.get("reference_events", 0) < rule.min_reference_count
+        ):
             return Observation(key, at, value, breach=False, calm=True, figures=figures)
         breach = value >= rule.ratio
         calm = value <= rule.resolve.ratio if rule.resolve else not breach
@@ -215,18 +245,28 @@ def judge(rule: AnyRule, key: str, at: datetime, stats: dict[str, Any] | None) -
     return Observation(key, at, value, breach=breach, calm=not still, figures=figures)
 
 
-def headlines(conn: Connection, key: str, start: datetime, end: datetime, limit: int = 5) -> list[dict[str, Any]]:
+def headlines(
+    conn: Connection, key: str, start: datetime, end: datetime, limit: int = 5
+) -> list[dict[str, Any]]:
     """The most negative documents of ``key`` in ``(start, end]``: what a reader of the
     alert wants to click first."""
-    rows = conn.execute(sa.text("""
+    rows = conn.execute(
+        sa.text("""
         SELECT tp.document_id, tp.p_bearish, tp.event_at, d.title, d.url, d.source, left(d.text, 200) AS text
         FROM trend_points tp LEFT JOIN documents d ON d.id = tp.document_id
         WHERE tp.key = :key AND tp.event_at > :start AND tp.event_at <= :end
         ORDER BY tp.p_bearish DESC, tp.event_at DESC, tp.document_id
-        LIMIT :limit"""), {"key": key, "start": start, "end": end, "limit": limit})
+        LIMIT :limit"""),
+        {"key": key, "start": start, "end": end, "limit": limit},
+    )
     return [
-        {"document_id": r.document_id, "title": r.title or (r.text or r.document_id)[:140], "url": r.url,
-         "source": r.source, "published_at": r.event_at.astimezone(UTC).isoformat(),
-         "p_bearish": _round(r.p_bearish)}
+        {
+            "document_id": r.document_id,
+            "title": r.title or (r.text or r.document_id)[:140],
+            "url": r.url,
+            "source": r.source,
+            "published_at": r.event_at.astimezone(UTC).isoformat(),
+            "p_bearish": _round(r.p_bearish),
+        }
         for r in rows
     ]

@@ -70,8 +70,9 @@ class Decision:
     notify: Literal["firing", "resolved", "renotify"] | None = None
 
 
-def decide(rule: AnyRule, obs: Observation, current: Episode | None,
-           last_resolved_at: datetime | None) -> Decision:
+def decide(
+    rule: AnyRule, obs: Observation, current: Episode | None, last_resolved_at: datetime | None
+) -> Decision:
     """What to do with a fingerprint at ``obs.at``. Pure; see the module docstring."""
     at = obs.at
     if current is None:
@@ -91,13 +92,18 @@ def decide(rule: AnyRule, obs: Observation, current: Episode | None,
     # firing
     if obs.calm:
         return Decision("resolve", "resolved" if rule.notify_resolved else None)
-    if rule.renotify is not None and current.last_notified_at is not None \
-            and at - current.last_notified_at >= rule.renotify:
+    if (
+        rule.renotify is not None
+        and current.last_notified_at is not None
+        and at - current.last_notified_at >= rule.renotify
+    ):
         return Decision("update", "renotify")
     return Decision("update")
 
 
-def apply(rule: AnyRule, obs: Observation, current: Episode | None, decision: Decision) -> Episode | None:
+def apply(
+    rule: AnyRule, obs: Observation, current: Episode | None, decision: Decision
+) -> Episode | None:
     """The episode after ``decision`` (None: no open episode remains and none is kept)."""
     at = obs.at
     fp = rule.fingerprint(obs.key)
@@ -106,28 +112,63 @@ def apply(rule: AnyRule, obs: Observation, current: Episode | None, decision: De
         return current
     if decision.action in ("open_pending", "open_firing"):
         firing = decision.action == "open_firing"
-        return Episode(fp, rule.name, obs.key, "firing" if firing else "pending", pending_since=at,
-                       fired_at=at if firing else None, value=obs.value, figures=obs.figures,
-                       last_evaluated_at=at, last_notified_at=notified)
+        return Episode(
+            fp,
+            rule.name,
+            obs.key,
+            "firing" if firing else "pending",
+            pending_since=at,
+            fired_at=at if firing else None,
+            value=obs.value,
+            figures=obs.figures,
+            last_evaluated_at=at,
+            last_notified_at=notified,
+        )
     assert current is not None
     if decision.action == "cancel":
         return None
     if decision.action == "fire":
-        return replace(current, state="firing", fired_at=at, value=obs.value, figures=obs.figures,
-                       last_evaluated_at=at, last_notified_at=at)
+        return replace(
+            current,
+            state="firing",
+            fired_at=at,
+            value=obs.value,
+            figures=obs.figures,
+            last_evaluated_at=at,
+            last_notified_at=at,
+        )
     if decision.action == "resolve":
-        return replace(current, state="resolved", resolved_at=at, value=obs.value, figures=obs.figures,
-                       last_evaluated_at=at)
-    return replace(current, value=obs.value, figures=obs.figures, last_evaluated_at=at,
-                   last_notified_at=notified or current.last_notified_at)
+        return replace(
+            current,
+            state="resolved",
+            resolved_at=at,
+            value=obs.value,
+            figures=obs.figures,
+            last_evaluated_at=at,
+        )
+    return replace(
+        current,
+        value=obs.value,
+        figures=obs.figures,
+        last_evaluated_at=at,
+        last_notified_at=notified or current.last_notified_at,
+    )
 
 
 def _episode(row: Any) -> Episode:
     return Episode(
-        fingerprint=row.fingerprint, rule_name=row.rule_name, key=row.key, state=row.state,
-        pending_since=row.pending_since, fired_at=row.fired_at, resolved_at=row.resolved_at,
-        value=row.value, figures=dict(row.figures or {}), last_evaluated_at=row.last_evaluated_at,
-        last_notified_at=row.last_notified_at, id=row.id,
+        fingerprint=row.fingerprint,
+        rule_name=row.rule_name,
+        key=row.key,
+        state=row.state,
+        pending_since=row.pending_since,
+        fired_at=row.fired_at,
+        resolved_at=row.resolved_at,
+        value=row.value,
+        figures=dict(row.figures or {}),
+        last_evaluated_at=row.last_evaluated_at,
+        last_notified_at=row.last_notified_at,
+        id=row.id,
     )
 
 
@@ -159,9 +200,12 @@ class LiveEvaluator:
         summary = EvaluationSummary(at=at)
         for rule in self.ruleset.rules:
             with self.engine.connect() as conn:
-                open_rows = conn.execute(sa.text(
-                    "SELECT key, fingerprint FROM alerts WHERE rule_name = :r AND state IN ('pending', 'firing')"
-                ), {"r": rule.name}).all()
+                open_rows = conn.execute(
+                    sa.text(
+                        "SELECT key, fingerprint FROM alerts WHERE rule_name = :r AND state IN ('pending', 'firing')"
+                    ),
+                    {"r": rule.name},
+                ).all()
                 open_keys = {r.key for r in open_rows if r.fingerprint == rule.fingerprint(r.key)}
                 observations = observe(conn, rule, at, open_keys)
             summary.observed += len(observations)
@@ -171,27 +215,40 @@ class LiveEvaluator:
                 self._process(rule, obs, summary)
             for row in open_rows:  # the rule's labels changed: the old fingerprint is orphaned
                 if row.fingerprint != rule.fingerprint(row.key):
-                    self._close_orphan(row.fingerprint, at, f"rule {rule.name!r} changed its labels")
+                    self._close_orphan(
+                        row.fingerprint, at, f"rule {rule.name!r} changed its labels"
+                    )
         self._close_removed_rules(at)
         with self.engine.connect() as conn:
-            metrics.ALERTS_OPEN.set(conn.execute(sa.text(
-                "SELECT count(*) FROM alerts WHERE state IN ('pending', 'firing')")).scalar_one())
+            metrics.ALERTS_OPEN.set(
+                conn.execute(
+                    sa.text("SELECT count(*) FROM alerts WHERE state IN ('pending', 'firing')")
+                ).scalar_one()
+            )
         return summary
 
     def _process(self, rule: AnyRule, obs: Observation, summary: EvaluationSummary) -> None:
         fp = rule.fingerprint(obs.key)
         with self.engine.begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:fp, 0))"), {"fp": fp})
-            last = conn.execute(sa.text("""
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:fp, 0))"), {"fp": fp}
+            )
+            last = conn.execute(
+                sa.text("""
                 SELECT max(last_evaluated_at) AS evaluated,
                        max(resolved_at) FILTER (WHERE fired_at IS NOT NULL) AS resolved
-                FROM alerts WHERE fingerprint = :fp"""), {"fp": fp}).one()
+                FROM alerts WHERE fingerprint = :fp"""),
+                {"fp": fp},
+            ).one()
             if last.evaluated is not None and last.evaluated >= obs.at:
                 summary.skipped += 1  # another evaluator already judged this instant
                 return
-            row = conn.execute(sa.text(
-                "SELECT * FROM alerts WHERE fingerprint = :fp AND state IN ('pending', 'firing')"
-            ), {"fp": fp}).first()
+            row = conn.execute(
+                sa.text(
+                    "SELECT * FROM alerts WHERE fingerprint = :fp AND state IN ('pending', 'firing')"
+                ),
+                {"fp": fp},
+            ).first()
             current = _episode(row) if row is not None else None
             decision = decide(rule, obs, current, last.resolved)
             after = apply(rule, obs, current, decision)
@@ -205,12 +262,24 @@ class LiveEvaluator:
                 summary.resolved += 1
             if decision.notify is not None and alert_id is not None:
                 summary.notifications += outbox.enqueue(
-                    conn, alert_id=alert_id, event=decision.notify, rule=rule, ruleset=self.ruleset,
-                    settings=self.settings, at=obs.at,
+                    conn,
+                    alert_id=alert_id,
+                    event=decision.notify,
+                    rule=rule,
+                    ruleset=self.ruleset,
+                    settings=self.settings,
+                    at=obs.at,
                 )
 
-    def _write(self, conn: Connection, rule: AnyRule, obs: Observation, current: Episode | None,
-               decision: Decision, after: Episode | None) -> int | None:
+    def _write(
+        self,
+        conn: Connection,
+        rule: AnyRule,
+        obs: Observation,
+        current: Episode | None,
+        decision: Decision,
+        after: Episode | None,
+    ) -> int | None:
         if decision.action == "none":
             return None
         if decision.action == "cancel":
@@ -219,49 +288,86 @@ class LiveEvaluator:
             return None
         assert after is not None
         if current is None:
-            return int(conn.execute(sa.text("""
+            return int(
+                conn.execute(
+                    sa.text("""
                 INSERT INTO alerts (fingerprint, rule_name, key, labels, annotations, severity, group_key,
                                     state, value, figures, pending_since, fired_at, last_evaluated_at,
                                     last_notified_at)
                 VALUES (:fp, :rule, :key, CAST(:labels AS jsonb), CAST(:ann AS jsonb), :sev, :gk, :state,
                         :value, CAST(:figures AS jsonb), :pending, :fired, :evaluated, :notified)
-                RETURNING id"""), {
-                "fp": after.fingerprint, "rule": rule.name, "key": obs.key,
-                "labels": json.dumps(rule.alert_labels(obs.key)),
-                "ann": json.dumps(outbox.alert_annotations(rule, obs.key, obs.value, obs.figures)),
-                "sev": rule.severity, "gk": rule.group_key(obs.key), "state": after.state, "value": after.value,
-                "figures": json.dumps(after.figures), "pending": after.pending_since, "fired": after.fired_at,
-                "evaluated": after.last_evaluated_at, "notified": after.last_notified_at,
-            }).scalar_one())
-        conn.execute(sa.text("""
+                RETURNING id"""),
+                    {
+                        "fp": after.fingerprint,
+                        "rule": rule.name,
+                        "key": obs.key,
+                        "labels": json.dumps(rule.alert_labels(obs.key)),
+                        "ann": json.dumps(
+                            outbox.alert_annotations(rule, obs.key, obs.value, obs.figures)
+                        ),
+                        "sev": rule.severity,
+                        "gk": rule.group_key(obs.key),
+                        "state": after.state,
+                        "value": after.value,
+                        "figures": json.dumps(after.figures),
+                        "pending": after.pending_since,
+                        "fired": after.fired_at,
+                        "evaluated": after.last_evaluated_at,
+                        "notified": after.last_notified_at,
+                    },
+                ).scalar_one()
+            )
+        conn.execute(
+            sa.text("""
             UPDATE alerts SET state = :state, value = :value, figures = CAST(:figures AS jsonb),
                    fired_at = :fired, resolved_at = :resolved, last_evaluated_at = :evaluated,
                    last_notified_at = :notified, annotations = CAST(:ann AS jsonb)
-            WHERE id = :id"""), {
-            "id": current.id, "state": after.state, "value": after.value, "figures": json.dumps(after.figures),
-            "fired": after.fired_at, "resolved": after.resolved_at, "evaluated": after.last_evaluated_at,
-            "notified": after.last_notified_at,
-            "ann": json.dumps(outbox.alert_annotations(rule, obs.key, obs.value, obs.figures)),
-        })
+            WHERE id = :id"""),
+            {
+                "id": current.id,
+                "state": after.state,
+                "value": after.value,
+                "figures": json.dumps(after.figures),
+                "fired": after.fired_at,
+                "resolved": after.resolved_at,
+                "evaluated": after.last_evaluated_at,
+                "notified": after.last_notified_at,
+                "ann": json.dumps(outbox.alert_annotations(rule, obs.key, obs.value, obs.figures)),
+            },
+        )
         return current.id
 
     def _close_orphan(self, fingerprint: str, at: datetime, why: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:fp, 0))"), {"fp": fingerprint})
-            conn.execute(sa.text("DELETE FROM alerts WHERE fingerprint = :fp AND state = 'pending'"),
-                         {"fp": fingerprint})
-            done = conn.execute(sa.text("""
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:fp, 0))"),
+                {"fp": fingerprint},
+            )
+            conn.execute(
+                sa.text("DELETE FROM alerts WHERE fingerprint = :fp AND state = 'pending'"),
+                {"fp": fingerprint},
+            )
+            done = conn.execute(
+                sa.text("""
                 UPDATE alerts SET state = 'resolved', resolved_at = :at, last_evaluated_at = :at,
                        annotations = annotations || jsonb_build_object('resolved_because', CAST(:why AS text))
-                WHERE fingerprint = :fp AND state = 'firing'"""), {"fp": fingerprint, "at": at, "why": why})
+                WHERE fingerprint = :fp AND state = 'firing'"""),
+                {"fp": fingerprint, "at": at, "why": why},
+            )
             if done.rowcount:
                 log.warning("alert %s resolved without notification: %s", fingerprint, why)
 
     def _close_removed_rules(self, at: datetime) -> None:
         names = [r.name for r in self.ruleset.rules]
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT DISTINCT fingerprint, rule_name FROM alerts WHERE state IN ('pending', 'firing') "
-                "AND NOT (rule_name = ANY(:names))"), {"names": names}).all()
+            rows = conn.execute(
+                sa.text(
+                    "SELECT DISTINCT fingerprint, rule_name FROM alerts WHERE state IN ('pending', 'firing') "
+                    "AND NOT (rule_name = ANY(:names))"
+                ),
+                {"names": names},
+            ).all()
         for row in rows:
-            self._close_orphan(row.fingerprint, at, f"rule {row.rule_name!r} is no longer in the rules file")
+            self._close_orphan(
+                row.fingerprint, at, f"rule {row.rule_name!r} is no longer in the rules file"
+            )

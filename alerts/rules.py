@@ -179,7 +179,9 @@ class RuleBase(_Strict):
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
             if name in RESERVED_LABELS:
-                raise ValueError(f"label {name!r} is set by finsent itself; reserved: {', '.join(RESERVED_LABELS)}")
+                raise ValueError(
+                    f"label {name!r} is set by finsent itself; reserved: {', '.join(RESERVED_LABELS)}"
+                )
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
                 raise ValueError(f"label name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
         return value
@@ -188,7 +190,9 @@ class RuleBase(_Strict):
     @classmethod
     def _renotify(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value.total_seconds() <= 0:
-            raise ValueError("must be a positive duration (or leave it out to notify once per episode)")
+            raise ValueError(
+                "must be a positive duration (or leave it out to notify once per episode)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -196,7 +200,9 @@ class RuleBase(_Strict):
         allowed = set(RESERVED_LABELS) | set(self.labels)
         for name in self.group_by:
             if name not in allowed:
-                raise ValueError(f"group_by: {name!r} is not a label of this rule; use one of {sorted(allowed)}")
+                raise ValueError(
+                    f"group_by: {name!r} is not a label of this rule; use one of {sorted(allowed)}"
+                )
         return self
 
     @property
@@ -206,15 +212,22 @@ class RuleBase(_Strict):
     def fingerprint(self, key: str) -> str:
         """Identity of an alert: rule + key + the rule's labels (not its thresholds, so
         tuning a threshold continues the same episode)."""
-        basis = json.dumps({"rule": self.name, "key": key, "labels": dict(sorted(self.labels.items()))},
-                           sort_keys=True)
+        basis = json.dumps(
+            {"rule": self.name, "key": key, "labels": dict(sorted(self.labels.items()))},
+            sort_keys=True,
+        )
         return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
     def alert_labels(self, key: str) -> dict[str, str]:
         """The labels an alert of this rule on ``key`` carries (silences match these)."""
         return {
-            "alertname": self.name, "rule": self.name, "key": key, "key_kind": key_kind_of(key),
-            "name": key_name_of(key), "severity": self.severity, **self.labels,
+            "alertname": self.name,
+            "rule": self.name,
+            "key": key,
+            "key_kind": key_kind_of(key),
+            "name": key_name_of(key),
+            "severity": self.severity,
+            **self.labels,
         }
 
     def group_key(self, key: str) -> str:
@@ -261,8 +274,10 @@ class SpikeRule(RuleBase):
     @model_validator(mode="after")
     def _hysteresis(self) -> SpikeRule:
         if self.resolve is not None and self.resolve.ratio > self.ratio:
-            raise ValueError(f"resolve.ratio ({self.resolve.ratio}) must not exceed ratio ({self.ratio}), "
-                             "or the alert would resolve while still breaching")
+            raise ValueError(
+                f"resolve.ratio ({self.resolve.ratio}) must not exceed ratio ({self.ratio}), "
+                "or the alert would resolve while still breaching"
+            )
         return self
 
     @property
@@ -289,11 +304,15 @@ def _check_band(op: str, value: float, resolve: ValueResolve | None) -> None:
     if resolve is None:
         return
     if op in (">", ">=") and resolve.value > value:
-        raise ValueError(f"resolve.value ({resolve.value}) must be <= value ({value}) for op '{op}': "
-                         "the resolve level sits on the calm side of the firing level")
+        raise ValueError(
+            f"resolve.value ({resolve.value}) must be <= value ({value}) for op '{op}': "
+            "the resolve level sits on the calm side of the firing level"
+        )
     if op in ("<", "<=") and resolve.value < value:
-        raise ValueError(f"resolve.value ({resolve.value}) must be >= value ({value}) for op '{op}': "
-                         "the resolve level sits on the calm side of the firing level")
+        raise ValueError(
+            f"resolve.value ({resolve.value}) must be >= value ({value}) for op '{op}': "
+            "the resolve level sits on the calm side of the firing level"
+        )
 
 
 Rule = Annotated[ThresholdRule | SpikeRule | MemorySurgeRule, Field(discriminator="kind")]
@@ -349,11 +368,19 @@ class RuleSet:
 def _where(path: str, index: int | None = None, name: Any = None) -> str:
     if index is None:
         return path
-    return f"{path}: rule {name!r} (rules[{index}])" if isinstance(name, str) else f"{path}: rules[{index}]"
+    return (
+        f"{path}: rule {name!r} (rules[{index}])"
+        if isinstance(name, str)
+        else f"{path}: rules[{index}]"
+    )
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in RULE_KINDS and p not in ("email", "webhook", "function-after[_positive()]")]
+    parts = [
+        str(p)
+        for p in loc
+        if p not in RULE_KINDS and p not in ("email", "webhook", "function-after[_positive()]")
+    ]
     return ".".join(parts) or "(rule)"
 
 
@@ -369,21 +396,29 @@ def _format(where: str, exc: ValidationError) -> list[str]:
     return problems
 
 
-def parse_rules(data: Any, *, source: str = "<memory>", settings: Settings | None = None) -> RuleSet:
+def parse_rules(
+    data: Any, *, source: str = "<memory>", settings: Settings | None = None
+) -> RuleSet:
     """Validate an already-parsed rules document; RuleError lists every problem found."""
     problems: list[str] = []
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RuleError(f"{source}: the top level must be a mapping with a 'rules' list (and optionally 'notifiers')")
+        raise RuleError(
+            f"{source}: the top level must be a mapping with a 'rules' list (and optionally 'notifiers')"
+        )
     unknown = set(data) - {"rules", "notifiers"}
     if unknown:
-        problems.append(f"{source}: unknown top-level section(s) {sorted(unknown)}; only 'rules' and 'notifiers' exist")
+        problems.append(
+            f"{source}: unknown top-level section(s) {sorted(unknown)}; only 'rules' and 'notifiers' exist"
+        )
 
     notifiers: dict[str, EmailNotifierConfig | WebhookNotifierConfig] = {}
     raw_notifiers = data.get("notifiers") or {}
     if not isinstance(raw_notifiers, dict):
-        problems.append(f"{source}: 'notifiers' must be a mapping of name -> {{type: email|webhook, ...}}")
+        problems.append(
+            f"{source}: 'notifiers' must be a mapping of name -> {{type: email|webhook, ...}}"
+        )
         raw_notifiers = {}
     for name, raw in raw_notifiers.items():
         where = f"{source}: notifier {name!r}"
@@ -398,7 +433,9 @@ def parse_rules(data: Any, *, source: str = "<memory>", settings: Settings | Non
     raw_rules = data.get("rules")
     if raw_rules is None:
         raw_rules = []
-        problems.append(f"{source}: no 'rules' list; add `rules:` with at least one rule (see examples/rules.yaml)")
+        problems.append(
+            f"{source}: no 'rules' list; add `rules:` with at least one rule (see examples/rules.yaml)"
+        )
     if not isinstance(raw_rules, list):
         problems.append(f"{source}: 'rules' must be a list of rules")
         raw_rules = []
@@ -414,12 +451,16 @@ def parse_rules(data: Any, *, source: str = "<memory>", settings: Settings | Non
             continue
         if isinstance(name, str):
             if name in seen:
-                problems.append(f"{where}, field 'name': duplicate of rules[{seen[name]}]; rule names must be unique")
+                problems.append(
+                    f"{where}, field 'name': duplicate of rules[{seen[name]}]; rule names must be unique"
+                )
             seen.setdefault(name, index)
         kind = raw.get("kind")
         if kind not in RULE_KINDS:
             got = "missing" if kind is None else f"{kind!r}"
-            problems.append(f"{where}, field 'kind': unknown kind {got}; use one of {', '.join(RULE_KINDS)}")
+            problems.append(
+                f"{where}, field 'kind': unknown kind {got}; use one of {', '.join(RULE_KINDS)}"
+            )
             continue
         try:
             rule = _RULE_ADAPTER.validate_python(raw)
@@ -428,8 +469,10 @@ def parse_rules(data: Any, *, source: str = "<memory>", settings: Settings | Non
             raw_names = raw.get("notifiers")
             for notifier in raw_names if isinstance(raw_names, list) else []:
                 if isinstance(notifier, str) and notifier not in known_notifiers:
-                    problems.append(f"{where}, field 'notifiers': notifier {notifier!r} is not defined; define "
-                                    f"it under 'notifiers:' or use one of {sorted(known_notifiers)}")
+                    problems.append(
+                        f"{where}, field 'notifiers': notifier {notifier!r} is not defined; define "
+                        f"it under 'notifiers:' or use one of {sorted(known_notifiers)}"
+                    )
             continue
         for notifier in rule.notifiers:
             if notifier not in known_notifiers:
@@ -437,10 +480,24 @@ def parse_rules(data: Any, *, source: str = "<memory>", settings: Settings | Non
                     f"{where}, field 'notifiers': notifier {notifier!r} is not defined; define it under "
                     f"'notifiers:' or use one of {sorted(known_notifiers)}"
                 )
-            elif settings is not None and notifier == "webhook" and "webhook" not in notifiers and not settings.webhook.url:
-                problems.append(f"{where}, field 'notifiers': 'webhook' needs FINSENT_WEBHOOK__URL to be set")
-            elif settings is not None and notifier == "email" and "email" not in notifiers and not settings.smtp.recipients:
-                problems.append(f"{where}, field 'notifiers': 'email' needs FINSENT_SMTP__RECIPIENTS to be set")
+            elif (
+                settings is not None
+                and notifier == "webhook"
+                and "webhook" not in notifiers
+                and not settings.webhook.url
+            ):
+                problems.append(
+                    f"{where}, field 'notifiers': 'webhook' needs FINSENT_WEBHOOK__URL to be set"
+                )
+            elif (
+                settings is not None
+                and notifier == "email"
+                and "email" not in notifiers
+                and not settings.smtp.recipients
+            ):
+                problems.append(
+                    f"{where}, field 'notifiers': 'email' needs FINSENT_SMTP__RECIPIENTS to be set"
+                )
         rules.append(rule)
     if problems:
         raise RuleError("invalid alert rules:\n  " + "\n  ".join(problems))
@@ -462,5 +519,7 @@ def load_rules(path: str | Path, settings: Settings | None = None) -> RuleSet:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RuleError(f"{path}:{at}: not valid YAML: {problem}; fix the indentation or quoting there") from None
+        raise RuleError(
+            f"{path}:{at}: not valid YAML: {problem}; fix the indentation or quoting there"
+        ) from None
     return parse_rules(data, source=str(path), settings=settings)

@@ -39,8 +39,10 @@ def rules_from_settings(settings: Settings, *, will_notify: bool = True) -> Rule
     """The rules at FINSENT_RULES; with ``will_notify`` the built-in notifiers they use
     must be configured (a backtest notifies nobody, so it skips that check)."""
     if settings.rules is None:
-        raise ConfigurationError("no alert rules: set FINSENT_RULES to a rules YAML file "
-                                 "(see examples/rules.yaml) or pass --rules FILE")
+        raise ConfigurationError(
+            "no alert rules: set FINSENT_RULES to a rules YAML file "
+            "(see examples/rules.yaml) or pass --rules FILE"
+        )
     return load_rules(settings.rules, settings if will_notify else None)
 
 
@@ -49,8 +51,14 @@ class AlertService:
 
     name = "alerts"
 
-    def __init__(self, settings: Settings, *, engine: Engine | None = None, ruleset: RuleSet | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        ruleset: RuleSet | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.settings = settings
         self.ruleset = ruleset or rules_from_settings(settings)
         self._own_engine = engine is None
@@ -83,14 +91,22 @@ class AlertService:
             first = target
             if self.settings.alert_clock == "data":
                 with self.engine.connect() as conn:
-                    oldest = conn.execute(sa.text("SELECT min(event_at) FROM trend_points")).scalar()
-                first = grid_instant(oldest.astimezone(UTC), interval) if oldest is not None else target
+                    oldest = conn.execute(
+                        sa.text("SELECT min(event_at) FROM trend_points")
+                    ).scalar()
+                first = (
+                    grid_instant(oldest.astimezone(UTC), interval) if oldest is not None else target
+                )
             return grid_instants(first, target, interval)[-MAX_CATCH_UP:]
-        return grid_instants(self._last_at + timedelta(seconds=interval), target, interval)[-MAX_CATCH_UP:]
+        return grid_instants(self._last_at + timedelta(seconds=interval), target, interval)[
+            -MAX_CATCH_UP:
+        ]
 
     def evaluate_now(self) -> EvaluationSummary:
         """Evaluate every rule at each due grid instant; returns the sum of the passes."""
-        total = EvaluationSummary(at=self._last_at or grid_instant(self.clock(), self.settings.alert_interval_s))
+        total = EvaluationSummary(
+            at=self._last_at or grid_instant(self.clock(), self.settings.alert_interval_s)
+        )
         for at in self.due_instants():
             summary = self.evaluator.evaluate(at)
             self._last_at = at
@@ -99,8 +115,13 @@ class AlertService:
                 setattr(total, name, getattr(total, name) + getattr(summary, name))
         self._ready = True
         if total.fired or total.resolved:
-            log.info("alerts up to %s: %d fired, %d resolved, %d notifications queued", total.at.isoformat(),
-                     total.fired, total.resolved, total.notifications)
+            log.info(
+                "alerts up to %s: %d fired, %d resolved, %d notifications queued",
+                total.at.isoformat(),
+                total.fired,
+                total.resolved,
+                total.notifications,
+            )
         return total
 
     def dispatch_now(self) -> DispatchSummary:
@@ -113,21 +134,38 @@ class AlertService:
             except Exception:
                 self._ready = False
                 log.exception("alert %s failed; retrying at the next interval", what)
+
         return run
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
-        log.info("alert service: %d rules from %s, evaluating every %gs, dispatching every %gs",
-                 len(self.ruleset.rules), self.ruleset.source, self.settings.alert_interval_s,
-                 self.settings.delivery.poll_interval_s)
+        log.info(
+            "alert service: %d rules from %s, evaluating every %gs, dispatching every %gs",
+            len(self.ruleset.rules),
+            self.ruleset.source,
+            self.settings.alert_interval_s,
+            self.settings.delivery.poll_interval_s,
+        )
         scheduler = BackgroundScheduler(timezone=UTC)
         now = datetime.now(UTC)
-        scheduler.add_job(self._job(self.evaluate_now, "evaluation"), "interval",
-                          seconds=self.settings.alert_interval_s, next_run_time=now, id="evaluate",
-                          max_instances=1, coalesce=True)
-        scheduler.add_job(self._job(self.dispatch_now, "dispatch"), "interval",
-                          seconds=self.settings.delivery.poll_interval_s, next_run_time=now, id="dispatch",
-                          max_instances=1, coalesce=True)
+        scheduler.add_job(
+            self._job(self.evaluate_now, "evaluation"),
+            "interval",
+            seconds=self.settings.alert_interval_s,
+            next_run_time=now,
+            id="evaluate",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.add_job(
+            self._job(self.dispatch_now, "dispatch"),
+            "interval",
+            seconds=self.settings.delivery.poll_interval_s,
+            next_run_time=now,
+            id="dispatch",
+            max_instances=1,
+            coalesce=True,
+        )
         scheduler.start()
         try:
             stop.wait()

@@ -33,11 +33,17 @@ from tests.faults.chaos import run_chaos  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--docs", type=int, default=10_000)
-    ap.add_argument("--churn", action="store_true", help="2 scorers + 2 trends joining and leaving too")
-    ap.add_argument("--dynamic", action="store_true", help="dynamic group membership instead of static")
+    ap.add_argument(
+        "--churn", action="store_true", help="2 scorers + 2 trends joining and leaving too"
+    )
+    ap.add_argument(
+        "--dynamic", action="store_true", help="dynamic group membership instead of static"
+    )
     ap.add_argument("--session-ms", type=int, default=TEST_KAFKA.session_timeout_ms)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "chaos")
     args = ap.parse_args()
@@ -50,34 +56,72 @@ def main() -> int:
     url = create_database(ADMIN_URL, prefix="finsent_chaos")
     db.upgrade(url)
     engine = db.make_engine(url)
-    kafka = TEST_KAFKA.model_copy(update={"session_timeout_ms": args.session_ms,
-                                          "heartbeat_interval_ms": max(300, args.session_ms // 3)})
+    kafka = TEST_KAFKA.model_copy(
+        update={
+            "session_timeout_ms": args.session_ms,
+            "heartbeat_interval_ms": max(300, args.session_ms // 3),
+        }
+    )
     runs = []
     try:
         for run in range(args.runs):
             with engine.begin() as conn:
-                tables = conn.execute(sa.text("select tablename from pg_tables where schemaname = 'public' "
-                                              "and tablename <> 'alembic_version'")).scalars().all()
-                conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+                tables = (
+                    conn.execute(
+                        sa.text(
+                            "select tablename from pg_tables where schemaname = 'public' "
+                            "and tablename <> 'alembic_version'"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                conn.execute(
+                    sa.text(
+                        "TRUNCATE "
+                        + ", ".join(f'"{t}"' for t in tables)
+                        + " RESTART IDENTITY CASCADE"
+                    )
+                )
             suffix = uuid.uuid4().hex[:8]
             settings = load_settings(
-                database_url=url, kafka_bootstrap=broker.bootstrap, kafka=kafka,
-                kafka_topic_documents=f"finsent.documents.{suffix}", kafka_topic_scored=f"finsent.scored.{suffix}",
-                kafka_topic_dlq=f"finsent.dlq.{suffix}", kafka_group_prefix=f"chaos-{suffix}",
-                model_registry_dir=work / "registry", embedded_pg_dir=work / "pg", http_port=0,
+                database_url=url,
+                kafka_bootstrap=broker.bootstrap,
+                kafka=kafka,
+                kafka_topic_documents=f"finsent.documents.{suffix}",
+                kafka_topic_scored=f"finsent.scored.{suffix}",
+                kafka_topic_dlq=f"finsent.dlq.{suffix}",
+                kafka_group_prefix=f"chaos-{suffix}",
+                model_registry_dir=work / "registry",
+                embedded_pg_dir=work / "pg",
+                http_port=0,
             )
             run_dir = work / f"run{run:02d}"
             run_dir.mkdir()
-            result = run_chaos(settings, engine, model_dir, run_dir, seed=1000 + run, n_docs=args.docs,
-                               scorers=2 if args.churn else 1, trends=2 if args.churn else 1,
-                               churn=args.churn, static=not args.dynamic)
+            result = run_chaos(
+                settings,
+                engine,
+                model_dir,
+                run_dir,
+                seed=1000 + run,
+                n_docs=args.docs,
+                scorers=2 if args.churn else 1,
+                trends=2 if args.churn else 1,
+                churn=args.churn,
+                static=not args.dynamic,
+            )
             runs.append(result)
             resume = ", ".join(f"{r:.1f}" for r in result.resume_s)
-            print(f"run {run + 1}/{args.runs}: {'PASS' if result.passed else 'FAIL'} in {result.elapsed_s:.0f}s; "
-                  f"resume s: [{resume}]; killed before resuming: {result.killed_before_resuming}; "
-                  f"never resumed: {result.unresumed}", flush=True)
+            print(
+                f"run {run + 1}/{args.runs}: {'PASS' if result.passed else 'FAIL'} in {result.elapsed_s:.0f}s; "
+                f"resume s: [{resume}]; killed before resuming: {result.killed_before_resuming}; "
+                f"never resumed: {result.unresumed}",
+                flush=True,
+            )
             if not result.passed:
-                print("  " + (result.error or "").splitlines()[0] + f" (logs: {run_dir})", flush=True)
+                print(
+                    "  " + (result.error or "").splitlines()[0] + f" (logs: {run_dir})", flush=True
+                )
     finally:
         engine.dispose()
         drop_database(ADMIN_URL, url)
@@ -85,10 +129,15 @@ def main() -> int:
     resumes = sorted(r for res in runs for r in res.resume_s)
     p95 = resumes[min(len(resumes) - 1, int(round(0.95 * (len(resumes) - 1))))] if resumes else None
     summary = {
-        "runs": len(runs), "passed": sum(r.passed for r in runs), "docs_per_run": args.docs,
-        "churn": args.churn, "membership": "dynamic" if args.dynamic else "static",
-        "session_timeout_ms": args.session_ms, "resumes": len(resumes),
-        "resume_p50_s": statistics.median(resumes) if resumes else None, "resume_p95_s": p95,
+        "runs": len(runs),
+        "passed": sum(r.passed for r in runs),
+        "docs_per_run": args.docs,
+        "churn": args.churn,
+        "membership": "dynamic" if args.dynamic else "static",
+        "session_timeout_ms": args.session_ms,
+        "resumes": len(resumes),
+        "resume_p50_s": statistics.median(resumes) if resumes else None,
+        "resume_p95_s": p95,
         "resume_max_s": max(resumes) if resumes else None,
         "never_resumed": sum(r.unresumed for r in runs),
         "killed_before_resuming": sum(r.killed_before_resuming for r in runs),
@@ -102,7 +151,8 @@ def main() -> int:
         f"{summary['membership']} membership, session {args.session_ms} ms, churn {args.churn}).\n\n"
         f"Resume after kill -9 (process start to first partitions), {len(resumes)} restarts: "
         f"p50 {summary['resume_p50_s']}, p95 {p95}, max {summary['resume_max_s']} s; target "
-        f"<= {summary['target_resume_s']} s. Never resumed: {summary['never_resumed']}.\n")
+        f"<= {summary['target_resume_s']} s. Never resumed: {summary['never_resumed']}.\n"
+    )
     print(json.dumps(summary, indent=2))
     return 0 if summary["passed"] == summary["runs"] else 1
 

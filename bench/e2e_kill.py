@@ -59,15 +59,24 @@ def write_headlines(path: Path, n: int, seed: int) -> float:
         first = when
         while i < n:
             ticker = rng.choice(list(make_sample.COMPANIES))
-            pool = rng.choices([make_sample.BULLISH, make_sample.NEUTRAL, make_sample.BEARISH, make_sample.SURGE],
-                               weights=[0.35, 0.35, 0.2, 0.1])[0]
+            pool = rng.choices(
+                [make_sample.BULLISH, make_sample.NEUTRAL, make_sample.BEARISH, make_sample.SURGE],
+                weights=[0.35, 0.35, 0.2, 0.1],
+            )[0]
             title = rng.choice(pool).format(name=make_sample.COMPANIES[ticker], t=ticker)
             text = f"{title} ({rng.choice(DESKS)} desk, item {rng.randint(1, 99)})"
             if text in seen:
                 continue
             seen.add(text)
             when += timedelta(seconds=rng.randint(20, 400))
-            out.writerow([f"e2e-{i:05d}", f"e2e-{rng.choice(SOURCES)}", when.isoformat().replace("+00:00", "Z"), text])
+            out.writerow(
+                [
+                    f"e2e-{i:05d}",
+                    f"e2e-{rng.choice(SOURCES)}",
+                    when.isoformat().replace("+00:00", "Z"),
+                    text,
+                ]
+            )
             i += 1
     return (when - first).total_seconds()
 
@@ -75,19 +84,21 @@ def write_headlines(path: Path, n: int, seed: int) -> float:
 def daemon_env(bootstrap: str, database_url: str, prefix: str, work: Path) -> dict[str, str]:
     """A user's environment: their broker and database, their topics; production timings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-    env.update({
-        "FINSENT_KAFKA_BOOTSTRAP": bootstrap,
-        "FINSENT_DATABASE_URL": database_url,
-        "FINSENT_KAFKA_TOPIC_DOCUMENTS": f"{prefix}.documents",
-        "FINSENT_KAFKA_TOPIC_SCORED": f"{prefix}.scored",
-        "FINSENT_KAFKA_TOPIC_DLQ": f"{prefix}.dlq",
-        "FINSENT_KAFKA_GROUP_PREFIX": prefix,
-        "FINSENT_HTTP_PORT": "0",
-        "FINSENT_WORKER_ID": "e2e-host",
-        "FINSENT_MODEL_REGISTRY_DIR": str(work / "registry"),
-        "FINSENT_EMBEDDED_PG_DIR": str(work / "pg"),
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "FINSENT_KAFKA_BOOTSTRAP": bootstrap,
+            "FINSENT_DATABASE_URL": database_url,
+            "FINSENT_KAFKA_TOPIC_DOCUMENTS": f"{prefix}.documents",
+            "FINSENT_KAFKA_TOPIC_SCORED": f"{prefix}.scored",
+            "FINSENT_KAFKA_TOPIC_DLQ": f"{prefix}.dlq",
+            "FINSENT_KAFKA_GROUP_PREFIX": prefix,
+            "FINSENT_HTTP_PORT": "0",
+            "FINSENT_WORKER_ID": "e2e-host",
+            "FINSENT_MODEL_REGISTRY_DIR": str(work / "registry"),
+            "FINSENT_EMBEDDED_PG_DIR": str(work / "pg"),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return env
 
 
@@ -97,16 +108,32 @@ def finsent(*args: str) -> list[str]:
 
 def counts(engine: sa.engine.Engine) -> dict[str, int]:
     with engine.connect() as conn:
-        row = conn.execute(sa.text(
-            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM predictions),"
-            " (SELECT count(DISTINCT document_id) FROM predictions),"
-            " (SELECT count(*) FROM (SELECT 1 FROM predictions GROUP BY document_id, model_version"
-            "  HAVING count(*) > 1) d)")).one()
-    return {"documents": row[0], "predictions": row[1], "distinct_scored": row[2], "duplicates": row[3]}
+        row = conn.execute(
+            sa.text(
+                "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM predictions),"
+                " (SELECT count(DISTINCT document_id) FROM predictions),"
+                " (SELECT count(*) FROM (SELECT 1 FROM predictions GROUP BY document_id, model_version"
+                "  HAVING count(*) > 1) d)"
+            )
+        ).one()
+    return {
+        "documents": row[0],
+        "predictions": row[1],
+        "distinct_scored": row[2],
+        "duplicates": row[3],
+    }
 
 
-def one_run(broker: EmbeddedBroker, n_docs: int, kill_after_s: float, kills: int, deadline_s: float,
-            replay_s: float, seed: int, work: Path) -> dict[str, object]:
+def one_run(
+    broker: EmbeddedBroker,
+    n_docs: int,
+    kill_after_s: float,
+    kills: int,
+    deadline_s: float,
+    replay_s: float,
+    seed: int,
+    work: Path,
+) -> dict[str, object]:
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
     url = create_database(ADMIN_URL, prefix="finsent_e2e")
     engine = sa.create_engine(url)
@@ -115,24 +142,35 @@ def one_run(broker: EmbeddedBroker, n_docs: int, kill_after_s: float, kills: int
     result: dict[str, object] = {"prefix": prefix, "log": str(log_path)}
     try:
         subprocess.run(finsent("db", "upgrade"), env=env, cwd=ROOT, check=True, capture_output=True)
-        ensure_kafka_topics(broker.bootstrap, [f"{prefix}.documents", f"{prefix}.scored", f"{prefix}.dlq"], 4)
+        ensure_kafka_topics(
+            broker.bootstrap, [f"{prefix}.documents", f"{prefix}.scored", f"{prefix}.dlq"], 4
+        )
         data = work / f"{prefix}.csv"
         speed = write_headlines(data, n_docs, seed) / replay_s
         t0 = time.monotonic()
         with log_path.open("ab") as log:
             # The replay runs beside the daemon, as a user's ingest would: documents keep
             # arriving across the kills.
-            replay = subprocess.Popen(finsent("ingest", "replay", str(data), "--speed", f"{speed:.1f}"), env=env, cwd=ROOT,
-                                      stdout=log, stderr=subprocess.STDOUT)
+            replay = subprocess.Popen(
+                finsent("ingest", "replay", str(data), "--speed", f"{speed:.1f}"),
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             kill_times, scored_at_kill = [], []
             for _ in range(kills):
-                proc = subprocess.Popen(finsent("run"), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    finsent("run"), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+                )
                 time.sleep(kill_after_s)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=10)
                 kill_times.append(round(time.monotonic() - t0, 1))
                 scored_at_kill.append(counts(engine)["predictions"])
-            proc = subprocess.Popen(finsent("run"), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                finsent("run"), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
             done_s = None
             seen: dict[str, int] = {}
             while time.monotonic() - t0 < deadline_s:
@@ -146,11 +184,21 @@ def one_run(broker: EmbeddedBroker, n_docs: int, kill_after_s: float, kills: int
             daemon_rc = proc.wait(timeout=60)
         time.sleep(0.5)
         final = counts(engine)
-        result.update({
-            "kills_at_s": kill_times, "scored_at_kills": scored_at_kill, "complete_at_s": done_s, "replay_rc": replay_rc, "daemon_rc": daemon_rc,
-            **final, "passed": bool(done_s is not None and final["duplicates"] == 0
-                                    and final["documents"] == final["predictions"] == n_docs),
-        })
+        result.update(
+            {
+                "kills_at_s": kill_times,
+                "scored_at_kills": scored_at_kill,
+                "complete_at_s": done_s,
+                "replay_rc": replay_rc,
+                "daemon_rc": daemon_rc,
+                **final,
+                "passed": bool(
+                    done_s is not None
+                    and final["duplicates"] == 0
+                    and final["documents"] == final["predictions"] == n_docs
+                ),
+            }
+        )
     finally:
         engine.dispose()
         drop_database(ADMIN_URL, url)
@@ -158,43 +206,73 @@ def one_run(broker: EmbeddedBroker, n_docs: int, kill_after_s: float, kills: int
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--kills", type=int, default=2)
-    ap.add_argument("--kill-after", type=float, default=12.0, help="seconds from each start to its kill -9")
+    ap.add_argument(
+        "--kill-after", type=float, default=12.0, help="seconds from each start to its kill -9"
+    )
     ap.add_argument("--deadline", type=float, default=300.0, help="seconds from the first start")
-    ap.add_argument("--replay-seconds", type=float, default=45.0,
-                    help="the replay's wall-clock length (event time compressed to fit), so documents arrive across the kills")
+    ap.add_argument(
+        "--replay-seconds",
+        type=float,
+        default=45.0,
+        help="the replay's wall-clock length (event time compressed to fit), so documents arrive across the kills",
+    )
     args = ap.parse_args()
     runs = []
-    with tempfile.TemporaryDirectory(prefix="finsent-e2e-") as tmp, \
-            EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="finsent-e2e-") as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker,
+    ):
         for i in range(args.runs):
-            r = one_run(broker, args.docs, args.kill_after, args.kills, args.deadline, args.replay_seconds,
-                        seed=i, work=Path(tmp))
+            r = one_run(
+                broker,
+                args.docs,
+                args.kill_after,
+                args.kills,
+                args.deadline,
+                args.replay_seconds,
+                seed=i,
+                work=Path(tmp),
+            )
             runs.append(r)
-            print(f"run {i + 1}/{args.runs}: {'PASS' if r['passed'] else 'FAIL'}  kills at {r['kills_at_s']} s "
-                  f"(scored then: {r['scored_at_kills']}), "
-                  f"complete at {r['complete_at_s']} s; documents {r['documents']}, predictions "
-                  f"{r['predictions']}, distinct {r['distinct_scored']}, duplicates {r['duplicates']}", flush=True)
+            print(
+                f"run {i + 1}/{args.runs}: {'PASS' if r['passed'] else 'FAIL'}  kills at {r['kills_at_s']} s "
+                f"(scored then: {r['scored_at_kills']}), "
+                f"complete at {r['complete_at_s']} s; documents {r['documents']}, predictions "
+                f"{r['predictions']}, distinct {r['distinct_scored']}, duplicates {r['duplicates']}",
+                flush=True,
+            )
             if not r["passed"]:
                 tail = Path(str(r["log"])).read_text(errors="replace").splitlines()[-30:]
                 print("\n".join(tail))
     passed = sum(1 for r in runs if r["passed"])
     complete = sorted(float(r["complete_at_s"]) for r in runs if r["complete_at_s"] is not None)  # type: ignore[arg-type]
     summary = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(), "command": "python bench/" + " ".join(
-            [Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "docs": args.docs, "kills": args.kills, "kill_after_s": args.kill_after, "deadline_s": args.deadline,
-        "passed": passed, "runs": len(runs), "complete_s": complete, "details": runs,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "command": "python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "docs": args.docs,
+        "kills": args.kills,
+        "kill_after_s": args.kill_after,
+        "deadline_s": args.deadline,
+        "passed": passed,
+        "runs": len(runs),
+        "complete_s": complete,
+        "details": runs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "e2e_kill.json").write_text(json.dumps(summary, indent=2) + "\n")
     rows = "\n".join(
         f"| {i + 1} | {r['kills_at_s']} | {r['scored_at_kills']} | {r['complete_at_s']} | {r['documents']} | {r['predictions']} | "
-        f"{r['distinct_scored']} | {r['duplicates']} | {'pass' if r['passed'] else 'FAIL'} |" for i, r in enumerate(runs))
+        f"{r['distinct_scored']} | {r['duplicates']} | {'pass' if r['passed'] else 'FAIL'} |"
+        for i, r in enumerate(runs)
+    )
     (RESULTS / "e2e_kill.md").write_text(
         f"# End-to-end kill bench\n\n{summary['when']}, {summary['cpus']} CPUs. Command: `{summary['command']}`.\n\n"
         f"External broker (tansu, its own process), fresh database, `finsent ingest replay` of {args.docs} distinct "
@@ -203,8 +281,11 @@ def main() -> int:
         f"{args.deadline:g} s of the first start, no document scored twice.\n\n"
         f"**{passed} of {len(runs)} passed.**\n\n"
         "| run | kills at (s) | scored at the kills | complete at (s) | documents | predictions | distinct | duplicates | result |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" + rows + "\n")
-    print(f"{passed}/{len(runs)} passed; complete at {complete} s; results in {RESULTS / 'e2e_kill.md'}")
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" + rows + "\n"
+    )
+    print(
+        f"{passed}/{len(runs)} passed; complete at {complete} s; results in {RESULTS / 'e2e_kill.md'}"
+    )
     return 0 if passed == len(runs) else 1
 
 

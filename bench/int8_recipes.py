@@ -32,12 +32,14 @@ sys.path.insert(0, str(ROOT))
 BASELINE = "encoder int8 except FFN down-projections"
 
 
-def bucketed_groups(ids: list[list[int]], batch: int, window: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def bucketed_groups(
+    ids: list[list[int]], batch: int, window: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     groups = []
     for start in range(0, len(ids), window):
-        win = sorted(ids[start:start + window], key=len)
+        win = sorted(ids[start : start + window], key=len)
         for b in range(0, len(win), batch):
-            chunk = win[b:b + batch]
+            chunk = win[b : b + batch]
             width = max(len(x) for x in chunk)
             a = np.zeros((len(chunk), width), np.int64)
             m = np.zeros_like(a)
@@ -53,7 +55,9 @@ def weights_label(recipe: Any) -> str:
     return recipe.weight_type + (" 7-bit" if recipe.reduce_range else "")
 
 
-def docs_per_s(path: Path, groups: list[tuple[np.ndarray, np.ndarray]], n_docs: int, seconds: float) -> float:
+def docs_per_s(
+    path: Path, groups: list[tuple[np.ndarray, np.ndarray]], n_docs: int, seconds: float
+) -> float:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -70,10 +74,28 @@ def docs_per_s(path: Path, groups: list[tuple[np.ndarray, np.ndarray]], n_docs: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--sentiment-csv", type=Path, default=Path(os.environ.get("FINSENT_TRAIN_SENTIMENT_CSV", ROOT.parent / "shared/data/tfn_sentiment_train.csv")))
-    parser.add_argument("--topic-csv", type=Path, default=Path(os.environ.get("FINSENT_TRAIN_TOPIC_CSV", ROOT.parent / "shared/data/tfn_topic_train.csv")))
+    parser.add_argument(
+        "--sentiment-csv",
+        type=Path,
+        default=Path(
+            os.environ.get(
+                "FINSENT_TRAIN_SENTIMENT_CSV", ROOT.parent / "shared/data/tfn_sentiment_train.csv"
+            )
+        ),
+    )
+    parser.add_argument(
+        "--topic-csv",
+        type=Path,
+        default=Path(
+            os.environ.get(
+                "FINSENT_TRAIN_TOPIC_CSV", ROOT.parent / "shared/data/tfn_topic_train.csv"
+            )
+        ),
+    )
     parser.add_argument("--docs", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -107,8 +129,13 @@ def main() -> int:
     recipes = int8_recipes(fused, heads)
     h = tuple(heads)
     for k in (1, 5):
-        recipes.append(Int8Recipe(f"encoder int8 except layer {k}'s FFN down-projection",
-                                  h + tuple(n for n in ffn if f"layer.{k}/" in n), reduce_range=True))
+        recipes.append(
+            Int8Recipe(
+                f"encoder int8 except layer {k}'s FFN down-projection",
+                h + tuple(n for n in ffn if f"layer.{k}/" in n),
+                reduce_range=True,
+            )
+        )
     # Weight formats (AVX2 without VNNI saturates u8 x s8 products; see Int8Recipe).
     for base in recipes[:2]:
         recipes.append(Int8Recipe(base.name, base.exclude, reduce_range=not base.reduce_range))
@@ -119,31 +146,52 @@ def main() -> int:
     for i, recipe in enumerate(recipes):
         path = quantize_with(recipe, fused, work / f"int8_{i}.onnx")
         out = _ort_outputs(path, examples)
-        row = {"recipe": recipe.name, "weights": weights_label(recipe),
-               "fp32_nodes_beyond_heads": len(recipe.exclude) - len(heads),
-               "agreement_topic": round(float((out[0].argmax(1) == reference[0].argmax(1)).mean()), 4),
-               "agreement_sentiment": round(float((out[1].argmax(1) == reference[1].argmax(1)).mean()), 4),
-               "docs_per_s_batch32": round(docs_per_s(path, groups, len(pick), args.seconds), 1)}
+        row = {
+            "recipe": recipe.name,
+            "weights": weights_label(recipe),
+            "fp32_nodes_beyond_heads": len(recipe.exclude) - len(heads),
+            "agreement_topic": round(float((out[0].argmax(1) == reference[0].argmax(1)).mean()), 4),
+            "agreement_sentiment": round(
+                float((out[1].argmax(1) == reference[1].argmax(1)).mean()), 4
+            ),
+            "docs_per_s_batch32": round(docs_per_s(path, groups, len(pick), args.seconds), 1),
+        }
         row["passes_export_gate"] = min(row["agreement_topic"], row["agreement_sentiment"]) >= 0.98
         rows.append(row)
         print(json.dumps(row), flush=True)
     baseline = next(r for r in recipes if r.name == BASELINE)
-    base = next(r["docs_per_s_batch32"] for r in rows
-                if r["recipe"] == BASELINE and r["weights"] == weights_label(baseline))
+    base = next(
+        r["docs_per_s_batch32"]
+        for r in rows
+        if r["recipe"] == BASELINE and r["weights"] == weights_label(baseline)
+    )
     for r in rows:
         r["ratio_vs_all_ffn_fp32"] = round(r["docs_per_s_batch32"] / base, 3)
-    report = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "checkpoint": str(args.checkpoint),
-              "docs": len(pick), "int8_isa": int8_isa(), "load_average_at_end": os.getloadavg(), "baseline": BASELINE, "recipes": rows}
+    report = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "checkpoint": str(args.checkpoint),
+        "docs": len(pick),
+        "int8_isa": int8_isa(),
+        "load_average_at_end": os.getloadavg(),
+        "baseline": BASELINE,
+        "recipes": rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_recipes.json").write_text(json.dumps(report, indent=2))
-    lines = ["# int8 recipes: agreement with fp32 and speed (batch 32, length-bucketed)", "",
-             f"{report['created_at']}, {len(pick)} dev texts, CPU int8 instruction set {report['int8_isa']}; "
-             f"ratio against '{BASELINE}' ({weights_label(baseline)}) in the same run.", "",
-             "| recipe | weights | agreement topic | agreement sentiment | export gate (98 %) | docs/s | ratio |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
-    lines += [f"| {r['recipe']} | {r['weights']} | {r['agreement_topic']:.4f} | {r['agreement_sentiment']:.4f} | "
-              f"{'pass' if r['passes_export_gate'] else 'fail'} | {r['docs_per_s_batch32']} | {r['ratio_vs_all_ffn_fp32']}x |"
-              for r in rows]
+    lines = [
+        "# int8 recipes: agreement with fp32 and speed (batch 32, length-bucketed)",
+        "",
+        f"{report['created_at']}, {len(pick)} dev texts, CPU int8 instruction set {report['int8_isa']}; "
+        f"ratio against '{BASELINE}' ({weights_label(baseline)}) in the same run.",
+        "",
+        "| recipe | weights | agreement topic | agreement sentiment | export gate (98 %) | docs/s | ratio |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['recipe']} | {r['weights']} | {r['agreement_topic']:.4f} | {r['agreement_sentiment']:.4f} | "
+        f"{'pass' if r['passes_export_gate'] else 'fail'} | {r['docs_per_s_batch32']} | {r['ratio_vs_all_ffn_fp32']}x |"
+        for r in rows
+    ]
     (args.out / "int8_recipes.md").write_text("\n".join(lines) + "\n")
     return 0
 

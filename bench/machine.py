@@ -13,5 +13,10 @@ def int8_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         text = cpuinfo.read_text()
     except OSError:
         return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return next((isa for isa in ("avx512_vnni", "avx_vnni", "avx512bw", "avx2") if isa in flags), "unknown")
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return next(
+        (isa for isa in ("avx512_vnni", "avx_vnni", "avx512bw", "avx2") if isa in flags), "unknown"
+    )

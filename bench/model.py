@@ -56,7 +56,9 @@ def numpy_matmul_gflops(seconds: float = 2.0) -> float:
 
 def encoder_flops(tokens: int, layers: int = 6, hidden: int = 384, inter: int = 1536) -> float:
     """Multiply-add FLOPs (x2) of a BERT encoder over one unpadded sequence."""
-    per_layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * inter) + 2 * 2 * tokens * tokens * hidden
+    per_layer = (
+        2 * tokens * (4 * hidden * hidden + 2 * hidden * inter) + 2 * 2 * tokens * tokens * hidden
+    )
     return float(layers * per_layer)
 
 
@@ -83,17 +85,43 @@ def timed(run: Callable[[], Any], min_seconds: float) -> tuple[float, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", type=Path, default=ROOT / "finsent" / "model")
     parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--sentiment-csv", type=Path, default=Path(os.environ.get("FINSENT_TRAIN_SENTIMENT_CSV", ROOT.parent / "shared/data/tfn_sentiment_train.csv")))
-    parser.add_argument("--topic-csv", type=Path, default=Path(os.environ.get("FINSENT_TRAIN_TOPIC_CSV", ROOT.parent / "shared/data/tfn_topic_train.csv")))
+    parser.add_argument(
+        "--sentiment-csv",
+        type=Path,
+        default=Path(
+            os.environ.get(
+                "FINSENT_TRAIN_SENTIMENT_CSV", ROOT.parent / "shared/data/tfn_sentiment_train.csv"
+            )
+        ),
+    )
+    parser.add_argument(
+        "--topic-csv",
+        type=Path,
+        default=Path(
+            os.environ.get(
+                "FINSENT_TRAIN_TOPIC_CSV", ROOT.parent / "shared/data/tfn_topic_train.csv"
+            )
+        ),
+    )
     parser.add_argument("--docs", type=int, default=512, help="dev texts per speed measurement")
-    parser.add_argument("--min-seconds", type=float, default=3.0, help="time each configuration at least this long")
-    parser.add_argument("--quality-docs", type=int, default=0, help="dev texts for accuracy/agreement (0: all)")
+    parser.add_argument(
+        "--min-seconds", type=float, default=3.0, help="time each configuration at least this long"
+    )
+    parser.add_argument(
+        "--quality-docs", type=int, default=0, help="dev texts for accuracy/agreement (0: all)"
+    )
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--note", default="", help="a remark stored with the results (e.g. other load on the machine)")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="a remark stored with the results (e.g. other load on the machine)",
+    )
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -138,13 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     fused_path = optimize_transformer(fp32_path, work / "fused.onnx", model)
     cpu = load_settings(ort_providers=("CPUExecutionProvider",))
     sessions = {}
-    for name, path in (("ort_fp32", fp32_path), ("ort_fp32_fused", fused_path),
-                       ("ort_int8", args.model_dir / manifest["classifier"]["cpu"])):
+    for name, path in (
+        ("ort_fp32", fp32_path),
+        ("ort_fp32_fused", fused_path),
+        ("ort_int8", args.model_dir / manifest["classifier"]["cpu"]),
+    ):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cpu.ort_intra_threads
         opts.inter_op_num_threads = cpu.ort_inter_threads
         opts.log_severity_level = 3
-        sessions[name] = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        sessions[name] = ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
 
     def torch_run(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
@@ -169,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t_all = np.zeros((len(examples), 20), np.float32)
         s_all = np.zeros((len(examples), 3), np.float32)
         for start in range(0, len(order), 64):
-            chunk = order[start:start + 64]
+            chunk = order[start : start + 64]
             t, s = run(*padded([examples[i].ids for i in chunk]))
             t_all[chunk], s_all[chunk] = t, s
         outputs[name] = (t_all, s_all)
@@ -195,24 +228,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
 
     def arrival(run: Callable[..., Any], b: int) -> Callable[[], None]:
-        groups = [padded(speed_ids[i:i + b]) for i in range(0, len(speed_ids), b)]
+        groups = [padded(speed_ids[i : i + b]) for i in range(0, len(speed_ids), b)]
 
         def go() -> None:
             for ids, mask in groups:
                 run(ids, mask)
+
         return go
 
     for b in batches:
-        groups = [speed_ids[i:i + b] for i in range(0, len(speed_ids), b)]
+        groups = [speed_ids[i : i + b] for i in range(0, len(speed_ids), b)]
         pad_len = float(np.mean([max(len(x) for x in g) for g in groups]))
         for name, run in runners.items():
             per_call, calls = timed(arrival(run, b), args.min_seconds)
-            results.append({"variant": name, "batching": "arrival order", "batch": b,
-                            "docs_per_s": len(speed_ids) / per_call, "mean_padded_tokens": pad_len})
+            results.append(
+                {
+                    "variant": name,
+                    "batching": "arrival order",
+                    "batch": b,
+                    "docs_per_s": len(speed_ids) / per_call,
+                    "mean_padded_tokens": pad_len,
+                }
+            )
         for name, file in (("runtime_int8", manifest["classifier"]["cpu"]),):
             clf = Classifier.load(args.model_dir, cpu, model_file=file, run_batch=b)
             window = 8 * b
-            windows = [speed_ids[i:i + window] for i in range(0, len(speed_ids), window)]
+            windows = [speed_ids[i : i + window] for i in range(0, len(speed_ids), window)]
             bucket_pad = []
             for w in windows:
                 srt = sorted(w, key=len)
@@ -221,10 +262,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             def go(clf: Classifier = clf, windows: list = windows) -> None:
                 for w in windows:
                     clf.logits(w)
+
             per_call, calls = timed(go, args.min_seconds)
-            results.append({"variant": name, "batching": f"bucketed (window {window})", "batch": b,
-                            "docs_per_s": len(speed_ids) / per_call, "mean_padded_tokens": float(np.mean(bucket_pad))})
-        print(f"batch {b}: " + ", ".join(f"{r['variant']} {r['docs_per_s']:.1f}" for r in results if r["batch"] == b), flush=True)
+            results.append(
+                {
+                    "variant": name,
+                    "batching": f"bucketed (window {window})",
+                    "batch": b,
+                    "docs_per_s": len(speed_ids) / per_call,
+                    "mean_padded_tokens": float(np.mean(bucket_pad)),
+                }
+            )
+        print(
+            f"batch {b}: "
+            + ", ".join(
+                f"{r['variant']} {r['docs_per_s']:.1f}" for r in results if r["batch"] == b
+            ),
+            flush=True,
+        )
 
     def rate(variant: str, b: int) -> float:
         return next(r["docs_per_s"] for r in results if r["variant"] == variant and r["batch"] == b)
@@ -232,23 +287,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios = {}
     for b in batches:
         base = rate("pytorch_eager_fp32", b)
-        ratios[str(b)] = {v: round(rate(v, b) / base, 2) for v in
-                          ("ort_fp32", "ort_fp32_fused", "ort_int8", "runtime_int8")}
+        ratios[str(b)] = {
+            v: round(rate(v, b) / base, 2)
+            for v in ("ort_fp32", "ort_fp32_fused", "ort_int8", "runtime_int8")
+        }
     for r in results:
         r["docs_per_s"] = round(r["docs_per_s"], 1)
         r["share_of_matmul_ceiling"] = round(r["docs_per_s"] / ceiling, 3)
     report = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model_version": manifest["version"], "model_dir": str(args.model_dir), "trained_checkpoint": trained,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-                    "int8_isa": int8_isa(),
-                    "onnxruntime": ort.__version__, "torch": torch.__version__, "torch_threads": torch_threads,
-                    "load_average_at_end": os.getloadavg()},
-        "docs": len(speed_ids), "mean_real_tokens": round(real_tokens, 1),
+        "model_version": manifest["version"],
+        "model_dir": str(args.model_dir),
+        "trained_checkpoint": trained,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "int8_isa": int8_isa(),
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+            "torch_threads": torch_threads,
+            "load_average_at_end": os.getloadavg(),
+        },
+        "docs": len(speed_ids),
+        "mean_real_tokens": round(real_tokens, 1),
         "tokenisation_docs_per_s": round(len(speed_texts) / tok_s, 1),
-        "numpy_fp32_matmul_gflops": round(gflops, 1), "flops_per_doc": round(flops_doc),
+        "numpy_fp32_matmul_gflops": round(gflops, 1),
+        "flops_per_doc": round(flops_doc),
         "compute_bound_ceiling_docs_per_s": round(ceiling, 1),
-        "quality": quality, "speed": results, "ratio_vs_pytorch_eager": ratios, "note": args.note,
+        "quality": quality,
+        "speed": results,
+        "ratio_vs_pytorch_eager": ratios,
+        "note": args.note,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "model.json").write_text(json.dumps(report, indent=2))
@@ -257,45 +327,88 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def render_markdown(report: dict[str, Any], batches: Sequence[int], sentiments: Sequence[str]) -> str:
-    lines = [f"# Classifier benchmark ({report['created_at']}, model {report['model_version']})", "",
-             f"{report['machine']['cpus']} CPUs (int8 instruction set {report['machine']['int8_isa']}), onnxruntime {report['machine']['onnxruntime']}, torch "
-             f"{report['machine']['torch']}; {report['docs']} dev texts, {report['mean_real_tokens']} real tokens "
-             f"on average. Load average at the end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}.",
-             "", f"{report['note']}" if report["note"] else "", "",
-             "## Documents/s (model time only)", "",
-             "| variant | batching | " + " | ".join(f"batch {b}" for b in batches) + " |",
-             "| --- | --- | " + " | ".join("---:" for _ in batches) + " |"]
+def render_markdown(
+    report: dict[str, Any], batches: Sequence[int], sentiments: Sequence[str]
+) -> str:
+    lines = [
+        f"# Classifier benchmark ({report['created_at']}, model {report['model_version']})",
+        "",
+        f"{report['machine']['cpus']} CPUs (int8 instruction set {report['machine']['int8_isa']}), onnxruntime {report['machine']['onnxruntime']}, torch "
+        f"{report['machine']['torch']}; {report['docs']} dev texts, {report['mean_real_tokens']} real tokens "
+        f"on average. Load average at the end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}.",
+        "",
+        f"{report['note']}" if report["note"] else "",
+        "",
+        "## Documents/s (model time only)",
+        "",
+        "| variant | batching | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in batches) + " |",
+    ]
     seen: list[tuple[str, str]] = []
     for r in report["speed"]:
-        key = (r["variant"], r["batching"] if r["variant"] != "runtime_int8" else "bucketed (window 8 x batch)")
+        key = (
+            r["variant"],
+            r["batching"] if r["variant"] != "runtime_int8" else "bucketed (window 8 x batch)",
+        )
         if key not in seen:
             seen.append(key)
     for variant, batching in seen:
-        cells = [next(f"{r['docs_per_s']:.1f}" for r in report["speed"] if r["variant"] == variant and r["batch"] == b)
-                 for b in batches]
+        cells = [
+            next(
+                f"{r['docs_per_s']:.1f}"
+                for r in report["speed"]
+                if r["variant"] == variant and r["batch"] == b
+            )
+            for b in batches
+        ]
         lines.append(f"| {variant} | {batching} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean padded tokens per document: " + ", ".join(
-        f"batch {b}: arrival {next(r['mean_padded_tokens'] for r in report['speed'] if r['batch'] == b and r['variant'] == 'ort_int8'):.1f}"
-        f" / bucketed {next(r['mean_padded_tokens'] for r in report['speed'] if r['batch'] == b and r['variant'] == 'runtime_int8'):.1f}"
-        for b in batches) + ".", "",
-        "## Speed-up over PyTorch eager fp32 (same batch size)", "",
+    lines += [
+        "",
+        "Mean padded tokens per document: "
+        + ", ".join(
+            f"batch {b}: arrival {next(r['mean_padded_tokens'] for r in report['speed'] if r['batch'] == b and r['variant'] == 'ort_int8'):.1f}"
+            f" / bucketed {next(r['mean_padded_tokens'] for r in report['speed'] if r['batch'] == b and r['variant'] == 'runtime_int8'):.1f}"
+            for b in batches
+        )
+        + ".",
+        "",
+        "## Speed-up over PyTorch eager fp32 (same batch size)",
+        "",
         "| batch | " + " | ".join(report["ratio_vs_pytorch_eager"][str(batches[0])]) + " |",
-        "| ---: | " + " | ".join("---:" for _ in report["ratio_vs_pytorch_eager"][str(batches[0])]) + " |"]
+        "| ---: | "
+        + " | ".join("---:" for _ in report["ratio_vs_pytorch_eager"][str(batches[0])])
+        + " |",
+    ]
     for b in batches:
-        lines.append(f"| {b} | " + " | ".join(f"{v:.2f}x" for v in report["ratio_vs_pytorch_eager"][str(b)].values()) + " |")
-    lines += ["", f"Tokenisation (tokenizers, apart from the above): {report['tokenisation_docs_per_s']:.0f} docs/s.", "",
-              "## Quality on the dev split", "",
-              "| variant | sentiment acc | topic acc | argmax agreement with PyTorch (sentiment / topic) |",
-              "| --- | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {b} | "
+            + " | ".join(f"{v:.2f}x" for v in report["ratio_vs_pytorch_eager"][str(b)].values())
+            + " |"
+        )
+    lines += [
+        "",
+        f"Tokenisation (tokenizers, apart from the above): {report['tokenisation_docs_per_s']:.0f} docs/s.",
+        "",
+        "## Quality on the dev split",
+        "",
+        "| variant | sentiment acc | topic acc | argmax agreement with PyTorch (sentiment / topic) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for name, q in report["quality"].items():
         sa = "n/a" if q["sentiment_accuracy"] is None else f"{q['sentiment_accuracy']:.4f}"
         ta = "n/a" if q["topic_accuracy"] is None else f"{q['topic_accuracy']:.4f}"
-        lines.append(f"| {name} | {sa} | {ta} | {q['agreement_sentiment']:.4f} / {q['agreement_topic']:.4f} |")
-    lines += ["", "## Useful work", "",
-              f"{report['flops_per_doc'] / 1e6:.1f} MFLOP per document from real tokens; numpy float32 matmul "
-              f"reaches {report['numpy_fp32_matmul_gflops']:.1f} GFLOP/s here, a compute-bound ceiling of "
-              f"{report['compute_bound_ceiling_docs_per_s']:.0f} docs/s at fp32 (int8 may exceed it).", ""]
+        lines.append(
+            f"| {name} | {sa} | {ta} | {q['agreement_sentiment']:.4f} / {q['agreement_topic']:.4f} |"
+        )
+    lines += [
+        "",
+        "## Useful work",
+        "",
+        f"{report['flops_per_doc'] / 1e6:.1f} MFLOP per document from real tokens; numpy float32 matmul "
+        f"reaches {report['numpy_fp32_matmul_gflops']:.1f} GFLOP/s here, a compute-bound ceiling of "
+        f"{report['compute_bound_ceiling_docs_per_s']:.0f} docs/s at fp32 (int8 may exceed it).",
+        "",
+    ]
     return "\n".join(lines)
 
 

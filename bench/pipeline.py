@@ -50,38 +50,61 @@ from pipeline.settings import KafkaTimeouts, Settings, load_settings  # noqa: E4
 
 SAMPLE = ROOT / "pipeline" / "sample" / "stream.jsonl"
 WATCHLIST = ROOT / "pipeline" / "sample" / "watchlist.yaml"
-QUICK = KafkaTimeouts(session_timeout_ms=2000, heartbeat_interval_ms=600, max_poll_interval_ms=10_000,
-                      request_timeout_ms=10_000, poll_timeout_ms=200)
+QUICK = KafkaTimeouts(
+    session_timeout_ms=2000,
+    heartbeat_interval_ms=600,
+    max_poll_interval_ms=10_000,
+    request_timeout_ms=10_000,
+    poll_timeout_ms=200,
+)
 
 
-def documents(n: int, run: str, start: datetime = datetime(2026, 3, 2, tzinfo=UTC)) -> list[Document]:
+def documents(
+    n: int, run: str, start: datetime = datetime(2026, 3, 2, tzinfo=UTC)
+) -> list[Document]:
     """``n`` documents cycling through the sample headlines (unique ids, event times 30 s
     apart from ``start``, watchlist entities tagged as the producers would)."""
-    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     watchlist = load_watchlist(WATCHLIST)
     out = []
     for i in range(n):
         text = rows[i % len(rows)]["text"]
         entities = watchlist.match(text) if watchlist is not None else ()
-        out.append(Document(id=f"bench-{run}-{i:06d}", source="bench", published_at=start + timedelta(seconds=30 * i),
-                            text=text, entities=entities))
+        out.append(
+            Document(
+                id=f"bench-{run}-{i:06d}",
+                source="bench",
+                published_at=start + timedelta(seconds=30 * i),
+                text=text,
+                entities=entities,
+            )
+        )
     return out
 
 
 def phase_settings(base: Settings, name: str) -> Settings:
     suffix = f"{name}.{uuid.uuid4().hex[:6]}"
-    return base.model_copy(update={
-        "kafka_topic_documents": f"bench.documents.{suffix}", "kafka_topic_scored": f"bench.scored.{suffix}",
-        "kafka_topic_dlq": f"bench.dlq.{suffix}",
-    })
+    return base.model_copy(
+        update={
+            "kafka_topic_documents": f"bench.documents.{suffix}",
+            "kafka_topic_scored": f"bench.scored.{suffix}",
+            "kafka_topic_dlq": f"bench.dlq.{suffix}",
+        }
+    )
 
 
 class Workers:
     def __init__(self, settings: Settings, engine: sa.engine.Engine) -> None:
         self.stop = threading.Event()
-        self.roles = [Scorer(settings, settings.kafka_bootstrap or "", engine),
-                      Trends(settings, settings.kafka_bootstrap or "", engine)]
-        self.threads = [threading.Thread(target=r.run, args=(self.stop,), daemon=True) for r in self.roles]
+        self.roles = [
+            Scorer(settings, settings.kafka_bootstrap or "", engine),
+            Trends(settings, settings.kafka_bootstrap or "", engine),
+        ]
+        self.threads = [
+            threading.Thread(target=r.run, args=(self.stop,), daemon=True) for r in self.roles
+        ]
 
     def __enter__(self) -> Workers:
         for t in self.threads:
@@ -101,11 +124,13 @@ def bare_model(settings: Settings, docs: list[Document]) -> float:
     classifier.classify(texts[:size])  # warm-up
     started = time.perf_counter()
     for i in range(0, len(texts), size):
-        classifier.classify(texts[i:i + size])
+        classifier.classify(texts[i : i + size])
     return len(texts) / (time.perf_counter() - started)
 
 
-def throughput(settings: Settings, engine: sa.engine.Engine, docs: list[Document]) -> dict[str, Any]:
+def throughput(
+    settings: Settings, engine: sa.engine.Engine, docs: list[Document]
+) -> dict[str, Any]:
     s = phase_settings(settings, "tput")
     ensure_kafka_topics(s.kafka_bootstrap or "", s.kafka_topics, s.kafka_partitions)
     producer = make_producer(s, s.kafka_bootstrap or "")
@@ -116,25 +141,41 @@ def throughput(settings: Settings, engine: sa.engine.Engine, docs: list[Document
     ids = [d.id for d in docs]
     wall = time.perf_counter()
     with Workers(s, engine), GroupProgress(s.kafka_bootstrap or "") as progress:
-        assert progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=900, min_records=len(docs))
+        assert progress.wait_caught_up(
+            s.group_id("scorer"), s.kafka_topic_documents, timeout_s=900, min_records=len(docs)
+        )
         assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=900)
     wall = time.perf_counter() - wall
     with engine.connect() as conn:
-        first = conn.execute(sa.text("SELECT min(scored_at) FROM predictions WHERE document_id = ANY(:ids)"),
-                             {"ids": ids}).scalar()
-        last = conn.execute(sa.text("SELECT max(created_at) FROM trend_points WHERE document_id = ANY(:ids)"),
-                            {"ids": ids}).scalar()
-        stored = conn.execute(sa.text("SELECT count(*) FROM predictions WHERE document_id = ANY(:ids)"),
-                              {"ids": ids}).scalar()
-        updates = conn.execute(sa.text("SELECT count(*) FROM applied_documents WHERE document_id = ANY(:ids)"),
-                               {"ids": ids}).scalar()
+        first = conn.execute(
+            sa.text("SELECT min(scored_at) FROM predictions WHERE document_id = ANY(:ids)"),
+            {"ids": ids},
+        ).scalar()
+        last = conn.execute(
+            sa.text("SELECT max(created_at) FROM trend_points WHERE document_id = ANY(:ids)"),
+            {"ids": ids},
+        ).scalar()
+        stored = conn.execute(
+            sa.text("SELECT count(*) FROM predictions WHERE document_id = ANY(:ids)"), {"ids": ids}
+        ).scalar()
+        updates = conn.execute(
+            sa.text("SELECT count(*) FROM applied_documents WHERE document_id = ANY(:ids)"),
+            {"ids": ids},
+        ).scalar()
     busy = (last - first).total_seconds()
-    return {"documents": len(docs), "stored": int(stored), "key_updates": int(updates),
-            "seconds_first_prediction_to_last_trend_point": round(busy, 3), "docs_per_s": round(len(docs) / busy, 1),
-            "wall_s_including_group_join": round(wall, 2)}
+    return {
+        "documents": len(docs),
+        "stored": int(stored),
+        "key_updates": int(updates),
+        "seconds_first_prediction_to_last_trend_point": round(busy, 3),
+        "docs_per_s": round(len(docs) / busy, 1),
+        "wall_s_including_group_join": round(wall, 2),
+    }
 
 
-def latency(settings: Settings, engine: sa.engine.Engine, docs: list[Document], rate: float) -> dict[str, Any]:
+def latency(
+    settings: Settings, engine: sa.engine.Engine, docs: list[Document], rate: float
+) -> dict[str, Any]:
     s = phase_settings(settings, "lat")
     ensure_kafka_topics(s.kafka_bootstrap or "", s.kafka_topics, s.kafka_partitions)
     sent: dict[str, float] = {}
@@ -152,28 +193,51 @@ def latency(settings: Settings, engine: sa.engine.Engine, docs: list[Document], 
         producer.flush()
         producer.close()
         offered_s = time.time() - started
-        kept_up = progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=120,
-                                          min_records=len(docs))
-        kept_up = kept_up and progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=120)
+        kept_up = progress.wait_caught_up(
+            s.group_id("scorer"), s.kafka_topic_documents, timeout_s=120, min_records=len(docs)
+        )
+        kept_up = kept_up and progress.wait_caught_up(
+            s.group_id("trends"), s.kafka_topic_scored, timeout_s=120
+        )
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT document_id, extract(epoch FROM max(created_at)) AS done FROM trend_points "
-            "WHERE document_id = ANY(:ids) GROUP BY document_id"), {"ids": list(sent)}).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT document_id, extract(epoch FROM max(created_at)) AS done FROM trend_points "
+                "WHERE document_id = ANY(:ids) GROUP BY document_id"
+            ),
+            {"ids": list(sent)},
+        ).all()
     lat = np.array([float(r.done) - sent[r.document_id] for r in rows] or [float("nan")])
-    return {"offered_docs_per_s": round(rate, 1), "documents": len(docs), "measured": len(rows),
-            "kept_up": kept_up,
-            "offered_seconds": round(offered_s, 1), "p50_s": round(float(np.percentile(lat, 50)), 3),
-            "p99_s": round(float(np.percentile(lat, 99)), 3), "max_s": round(float(lat.max()), 3)}
+    return {
+        "offered_docs_per_s": round(rate, 1),
+        "documents": len(docs),
+        "measured": len(rows),
+        "kept_up": kept_up,
+        "offered_seconds": round(offered_s, 1),
+        "p50_s": round(float(np.percentile(lat, 50)), 3),
+        "p99_s": round(float(np.percentile(lat, 99)), 3),
+        "max_s": round(float(lat.max()), 3),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: FINSENT_MODEL_DIR or finsent/model/")
-    parser.add_argument("--documents", type=int, default=4000, help="documents for the throughput phase")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="default: FINSENT_MODEL_DIR or finsent/model/"
+    )
+    parser.add_argument(
+        "--documents", type=int, default=4000, help="documents for the throughput phase"
+    )
     parser.add_argument("--latency-seconds", type=float, default=30.0)
-    parser.add_argument("--max-latency-documents", type=int, default=5000,
-                        help="cap on documents offered in the latency phase")
-    parser.add_argument("--note", default="", help="a line recorded with the results (e.g. which model and why)")
+    parser.add_argument(
+        "--max-latency-documents",
+        type=int,
+        default=5000,
+        help="cap on documents offered in the latency phase",
+    )
+    parser.add_argument(
+        "--note", default="", help="a line recorded with the results (e.g. which model and why)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline")
     args = parser.parse_args()
 
@@ -189,7 +253,9 @@ def main() -> int:
     try:
         db.upgrade(url)
         engine = db.make_engine(url)
-        settings = base.model_copy(update={"database_url": url, "kafka_bootstrap": broker.bootstrap})
+        settings = base.model_copy(
+            update={"database_url": url, "kafka_bootstrap": broker.bootstrap}
+        )
         docs = documents(args.documents, "t")
         bare = bare_model(settings, docs)
         print(f"bare model: {bare:.1f} docs/s", flush=True)
@@ -209,8 +275,16 @@ def main() -> int:
         admin_engine.dispose()
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "model": {"dir": str(base.model_dir), "version": manifest["version"], "tiny": bool(manifest.get("tiny"))},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "model": {
+            "dir": str(base.model_dir),
+            "version": manifest["version"],
+            "tiny": bool(manifest.get("tiny")),
+        },
         "batch": base.batch.model_dump(),
         "bare_model_docs_per_s": round(bare, 1),
         "pipeline": tput,
@@ -223,18 +297,27 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
-        "# Pipeline benchmark", "",
+        "# Pipeline benchmark",
+        "",
         f"{result['when']}, {os.cpu_count()} CPUs, model `{manifest['version']}`"
-        + (" (the TINY test model: not representative of the shipped one)" if manifest.get("tiny") else "")
-        + f", batch {base.batch.max_size} / {base.batch.max_wait_ms} ms. Command: `python bench/pipeline.py`.", "",
-        "| measure | value | target |", "| --- | --- | --- |",
+        + (
+            " (the TINY test model: not representative of the shipped one)"
+            if manifest.get("tiny")
+            else ""
+        )
+        + f", batch {base.batch.max_size} / {base.batch.max_wait_ms} ms. Command: `python bench/pipeline.py`.",
+        "",
+        "| measure | value | target |",
+        "| --- | --- | --- |",
         f"| bare model | {bare:.1f} docs/s | |",
         f"| pipeline (replay → Kafka → scorer → trends → PostgreSQL) | {tput['docs_per_s']} docs/s | |",
         f"| ratio | {result['ratio_pipeline_to_bare']:.0%} | ≥ 80% |",
         f"| latency p50 at {lat['offered_docs_per_s']} docs/s offered | {lat['p50_s']} s | |",
-        f"| latency p99 at {lat['offered_docs_per_s']} docs/s offered | {lat['p99_s']} s | < 1 s |", "",
+        f"| latency p99 at {lat['offered_docs_per_s']} docs/s offered | {lat['p99_s']} s | < 1 s |",
+        "",
         f"Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
-        "(the broker, PostgreSQL and both workers share the machine's cores).", "",
+        "(the broker, PostgreSQL and both workers share the machine's cores).",
+        "",
     ] + ([args.note, ""] if args.note else [])
     args.out.with_suffix(".md").write_text("\n".join(md))
     print(json.dumps(result, indent=2))

@@ -65,8 +65,16 @@ def parse_event_time(key: str) -> datetime | None:
 class GroupClock:
     """The group's event-time limit for one member (see the module docstring)."""
 
-    def __init__(self, engine: Engine, group_id: str, kafka_topic: str, *, max_drift_s: float,
-                 missing_wait_s: float, role: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        group_id: str,
+        kafka_topic: str,
+        *,
+        max_drift_s: float,
+        missing_wait_s: float,
+        role: str,
+    ) -> None:
         self.engine = engine
         self.group_id = group_id
         self.kafka_topic = kafka_topic
@@ -113,10 +121,16 @@ class GroupClock:
                     continue
                 if now - first >= self.missing_wait_s:
                     self._given_up.add(partition)
-                    log.warning("%s: no member of %s has published an event-time watermark for %s:%d in %.0fs "
-                                "(its owner has not fetched it, or runs a finsent without alignment); no longer "
-                                "waiting for it, so keys may see that partition's documents out of order",
-                                self.role, self.group_id, self.kafka_topic, partition, self.missing_wait_s)
+                    log.warning(
+                        "%s: no member of %s has published an event-time watermark for %s:%d in %.0fs "
+                        "(its owner has not fetched it, or runs a finsent without alignment); no longer "
+                        "waiting for it, so keys may see that partition's documents out of order",
+                        self.role,
+                        self.group_id,
+                        self.kafka_topic,
+                        partition,
+                        self.missing_wait_s,
+                    )
                     continue
                 missing = True
                 continue
@@ -138,21 +152,45 @@ class GroupClock:
             behind = f"the group's slowest partition (at {limit - self.max_drift:%Y-%m-%d %H:%M})"
         else:
             behind = "a partition whose watermark is not published yet"
-        log.info("%s: holding %d read-ahead records from event time %s until %s of %s catches up "
-                 "(FINSENT_SCORER_MAX_DRIFT_S=%.0f)", self.role, buffered, f"{head:%Y-%m-%d %H:%M}", behind,
-                 self.group_id, self.max_drift.total_seconds())
+        log.info(
+            "%s: holding %d read-ahead records from event time %s until %s of %s catches up "
+            "(FINSENT_SCORER_MAX_DRIFT_S=%.0f)",
+            self.role,
+            buffered,
+            f"{head:%Y-%m-%d %H:%M}",
+            behind,
+            self.group_id,
+            self.max_drift.total_seconds(),
+        )
 
     def _refresh(self, own: dict[int, object]) -> None:
-        changed = {p: v for p, v in own.items()
-                   if v is not UNKNOWN and (p not in self._published or self._published[p] != v)}
+        changed = {
+            p: v
+            for p, v in own.items()
+            if v is not UNKNOWN and (p not in self._published or self._published[p] != v)
+        }
 
         def exchange() -> list[tuple[int, datetime | None]]:
             with self.engine.begin() as conn:
                 if changed:
-                    conn.execute(_UPSERT, [{"group_id": self.group_id, "kafka_topic": self.kafka_topic,
-                                            "partition": p, "next_event_at": v} for p, v in changed.items()])
-                return [(int(r.partition), r.next_event_at) for r in conn.execute(
-                    _READ, {"group_id": self.group_id, "kafka_topic": self.kafka_topic})]
+                    conn.execute(
+                        _UPSERT,
+                        [
+                            {
+                                "group_id": self.group_id,
+                                "kafka_topic": self.kafka_topic,
+                                "partition": p,
+                                "next_event_at": v,
+                            }
+                            for p, v in changed.items()
+                        ],
+                    )
+                return [
+                    (int(r.partition), r.next_event_at)
+                    for r in conn.execute(
+                        _READ, {"group_id": self.group_id, "kafka_topic": self.kafka_topic}
+                    )
+                ]
 
         rows = retry_db(exchange, what=f"{self.role}: group watermarks")
         for p, v in changed.items():

@@ -83,8 +83,13 @@ class AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.assignments += 1
-        log.info("%s: partitions assigned %.1f s after subscribing (assignment %d): %s", self.role,
-                 time.monotonic() - self.subscribed_at, self.assignments, _partition_names(assigned))
+        log.info(
+            "%s: partitions assigned %.1f s after subscribing (assignment %d): %s",
+            self.role,
+            time.monotonic() - self.subscribed_at,
+            self.assignments,
+            _partition_names(assigned),
+        )
 
 
 def _partition_names(partitions: Any) -> str:
@@ -119,9 +124,16 @@ class PartitionReader(AssignmentLog):
     the records handed out and processed, never the read-ahead.
     """
 
-    def __init__(self, consumer: Any, sort_key: Callable[[Any], str] | None, *, role: str,
-                 max_buffered: int = MAX_BUFFERED, merge_wait_s: float = MERGE_WAIT_S,
-                 clock: GroupClock | None = None) -> None:
+    def __init__(
+        self,
+        consumer: Any,
+        sort_key: Callable[[Any], str] | None,
+        *,
+        role: str,
+        max_buffered: int = MAX_BUFFERED,
+        merge_wait_s: float = MERGE_WAIT_S,
+        clock: GroupClock | None = None,
+    ) -> None:
         super().__init__(role)
         self.consumer = consumer
         self.sort_key = sort_key
@@ -155,7 +167,9 @@ class PartitionReader(AssignmentLog):
             stale = self.buffers.pop(tp, None)
             if stale:  # cannot happen with eager rebalancing; kept safe all the same
                 self.total -= len(stale)
-                self.resume_at[tp] = min(stale[0][1].offset, self.resume_at.get(tp, stale[0][1].offset))
+                self.resume_at[tp] = min(
+                    stale[0][1].offset, self.resume_at.get(tp, stale[0][1].offset)
+                )
             offset = self.resume_at.pop(tp, None)
             if offset is not None:
                 # kafka-python kept this partition's fetch position (past what we dropped):
@@ -163,8 +177,12 @@ class PartitionReader(AssignmentLog):
                 self.consumer.seek(tp, offset)
                 self.next_offset[tp] = offset
                 self.seeks += 1
-                log.info("%s: %s resumes at offset %d (records read ahead before the rebalance)",
-                         self.role, f"{tp.topic}:{tp.partition}", offset)
+                log.info(
+                    "%s: %s resumes at offset %d (records read ahead before the rebalance)",
+                    self.role,
+                    f"{tp.topic}:{tp.partition}",
+                    offset,
+                )
         # A partition that went elsewhere gets fresh state from its committed offset if it
         # ever comes back: forget where we were.
         self.resume_at.clear()
@@ -206,7 +224,9 @@ class PartitionReader(AssignmentLog):
                 lagging.append(tp)
         return lagging
 
-    def poll_batch(self, policy: BatchPolicy, stop: threading.Event, poll_timeout_ms: int) -> list[Any]:
+    def poll_batch(
+        self, policy: BatchPolicy, stop: threading.Event, poll_timeout_ms: int
+    ) -> list[Any]:
         """Up to ``policy.max_size`` records: waits at most ``poll_timeout_ms`` for a first
         record (then returns [] so the caller can check ``stop``; never spins), and at most
         ``policy.max_wait_ms`` after it for more, longer only while a lagging partition has
@@ -247,9 +267,14 @@ class PartitionReader(AssignmentLog):
                 break
             self._poll(MERGE_POLL_MS)
         if forced:
-            log.info("%s: handing out records before partitions %s answered (read-ahead %d records, "
-                     "waited %.1fs): event-time order across partitions is not guaranteed here",
-                     self.role, _partition_names(self._lagging_empty()), self.total, time.monotonic() - started)
+            log.info(
+                "%s: handing out records before partitions %s answered (read-ahead %d records, "
+                "waited %.1fs): event-time order across partitions is not guaranteed here",
+                self.role,
+                _partition_names(self._lagging_empty()),
+                self.total,
+                time.monotonic() - started,
+            )
         return self._take(policy.max_size, forced or stop.is_set())
 
     # -- group alignment -----------------------------------------------------------------
@@ -319,7 +344,11 @@ class PartitionReader(AssignmentLog):
             self.consumer.resume(*[tp for tp in paused if tp in still])
 
     def _take(self, n: int, force: bool) -> list[Any]:
-        heads = [(buf[0][0], buf[0][1].offset, i, tp) for i, (tp, buf) in enumerate(self.buffers.items()) if buf]
+        heads = [
+            (buf[0][0], buf[0][1].offset, i, tp)
+            for i, (tp, buf) in enumerate(self.buffers.items())
+            if buf
+        ]
         heapq.heapify(heads)
         lagging = set() if force else set(self._lagging_empty())
         limit = None if force else self._limit()
@@ -382,8 +411,12 @@ def commit(consumer: Any, role: str, offsets: dict[Any, Any] | None = None) -> b
             consumer.commit(offsets=offsets)
         return True
     except CommitFailedError as exc:
-        log.warning("%s: offset commit refused after a rebalance (%s); the batch will be "
-                    "redelivered and absorbed by idempotent writes", role, exc)
+        log.warning(
+            "%s: offset commit refused after a rebalance (%s); the batch will be "
+            "redelivered and absorbed by idempotent writes",
+            role,
+            exc,
+        )
         return False
     except KafkaError as exc:
         log.warning("%s: offset commit failed (%s); the batch may be redelivered", role, exc)
@@ -414,7 +447,9 @@ class LagReporter:
                     continue
                 lag = max(0, int(end) - int(consumer.position(tp)))
                 total += lag
-                metrics.CONSUMER_LAG.labels(role=self.role, partition=f"{tp.topic}:{tp.partition}").set(lag)
+                metrics.CONSUMER_LAG.labels(
+                    role=self.role, partition=f"{tp.topic}:{tp.partition}"
+                ).set(lag)
             self.total = total
         except (KafkaError, AssertionError, ValueError) as exc:  # a rebalance in progress
             log.debug("%s: lag not measured this time: %s", self.role, exc)

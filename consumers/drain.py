@@ -52,8 +52,9 @@ class DrainingStop(threading.Event):
     the loop (``wait()`` does not follow the role's stop).
     """
 
-    def __init__(self, stop: threading.Event, *, role: str, kafka_topic: str, enabled: bool,
-                 grace_s: float) -> None:
+    def __init__(
+        self, stop: threading.Event, *, role: str, kafka_topic: str, enabled: bool, grace_s: float
+    ) -> None:
         super().__init__()
         self.role_stop = stop
         self.role = role
@@ -86,8 +87,12 @@ class DrainingStop(threading.Event):
             stop_by = float(stop_by) if stop_by is not None else now + self.grace_s
             margin = min(MAX_CLOSE_MARGIN_S, max(0.0, stop_by - now) / 4.0)
             self.deadline = stop_by - margin
-            log.info("%s: stop requested; draining %s before stopping (up to %.1fs)", self.role,
-                     self.kafka_topic, max(0.0, self.deadline - now))
+            log.info(
+                "%s: stop requested; draining %s before stopping (up to %.1fs)",
+                self.role,
+                self.kafka_topic,
+                max(0.0, self.deadline - now),
+            )
         if now >= self.deadline:
             self.set()
             return True
@@ -136,16 +141,22 @@ class DrainingStop(threading.Event):
             return None
         counted = self._not_committed() if self.reader is not None else None
         if counted is None:
-            what = (f"an unknown number of records of Kafka topic {self.kafka_topic} were not consumed "
-                    "(no partition of it was assigned yet)")
+            what = (
+                f"an unknown number of records of Kafka topic {self.kafka_topic} were not consumed "
+                "(no partition of it was assigned yet)"
+            )
         else:
             total, exact, per_partition = counted
             if total == 0 and exact:
                 return None
-            what = (f"{'' if exact else 'at least '}{total} records of Kafka topic {self.kafka_topic} were not "
-                    f"consumed ({per_partition})")
-        message = (f"{self.role}: the shutdown grace ran out while draining: {what}; the embedded broker keeps "
-                   "its log in memory, so they are lost when this process exits")
+            what = (
+                f"{'' if exact else 'at least '}{total} records of Kafka topic {self.kafka_topic} were not "
+                f"consumed ({per_partition})"
+            )
+        message = (
+            f"{self.role}: the shutdown grace ran out while draining: {what}; the embedded broker keeps "
+            "its log in memory, so they are lost when this process exits"
+        )
         log.warning(message)
         return message
 
@@ -164,7 +175,9 @@ class DrainingStop(threading.Event):
         if not assigned:
             return None
         try:
-            done = {tp: consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS) or 0 for tp in assigned}
+            done = {
+                tp: consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS) or 0 for tp in assigned
+            }
             from_positions = False
         except (KafkaError, AssertionError, ValueError):
             from_positions = True

@@ -31,7 +31,9 @@ M = TypeVar("M")
 class ModelWatcher(Generic[M]):
     """Holds the loaded model ``M`` (whatever ``loader`` builds from a model directory)."""
 
-    def __init__(self, settings: Settings, engine: Engine, loader: Callable[[Path], M], role: str) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, loader: Callable[[Path], M], role: str
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.loader = loader
@@ -61,14 +63,24 @@ class ModelWatcher(Generic[M]):
         try:
             wanted = self._wanted_path()
         except SQLAlchemyError as exc:
-            log.warning("%s: cannot check for a new champion (%s); keeping the current model", self.role, exc)
+            log.warning(
+                "%s: cannot check for a new champion (%s); keeping the current model",
+                self.role,
+                exc,
+            )
             return False
         if self.model is not None and wanted == self.path:
             return False
         try:
             self.model = self.loader(wanted)
         except ModelError as exc:
-            log.error("%s: the champion at %s does not load (%s); still serving %s", self.role, wanted, exc, self.path)
+            log.error(
+                "%s: the champion at %s does not load (%s); still serving %s",
+                self.role,
+                wanted,
+                exc,
+                self.path,
+            )
             return False
         log.info("%s: now serving the model at %s", self.role, wanted)
         self.path = wanted

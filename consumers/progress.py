@@ -23,8 +23,12 @@ class GroupProgress:
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
-        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=10_000)
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+        self._admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","), request_timeout_ms=10_000
+        )
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","), enable_auto_commit=False
+        )
 
     def end_offsets(self, kafka_topic: str, timeout_s: float = 10.0) -> dict[TopicPartition, int]:
         """Each partition's high watermark, from a fetch at the partition's end."""
@@ -54,15 +58,26 @@ class GroupProgress:
         total = 0
         for tp, end in ends.items():
             meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset is not None and meta.offset >= 0 else 0
+            done = (
+                meta.offset
+                if meta is not None and meta.offset is not None and meta.offset >= 0
+                else 0
+            )
             total += max(0, int(end) - int(done))
         return total
 
     def total(self, kafka_topic: str) -> int:
         return sum(self.end_offsets(kafka_topic).values())
 
-    def wait_caught_up(self, group_id: str, kafka_topic: str, *, timeout_s: float, min_records: int = 0,
-                       poll_s: float = 0.25) -> bool:
+    def wait_caught_up(
+        self,
+        group_id: str,
+        kafka_topic: str,
+        *,
+        timeout_s: float,
+        min_records: int = 0,
+        poll_s: float = 0.25,
+    ) -> bool:
         """Block until the group's lag is 0 (and the topic holds at least ``min_records``)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

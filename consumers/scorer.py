@@ -131,9 +131,14 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
         return Classifier.load(Path(model_dir), self.settings)
 
     def make_reader(self) -> PartitionReader:
-        clock = GroupClock(self.engine, self.group_id, self.input_topic(), role=ROLE,
-                           max_drift_s=self.settings.scorer_max_drift_s,
-                           missing_wait_s=self.settings.scorer_align_wait_s)
+        clock = GroupClock(
+            self.engine,
+            self.group_id,
+            self.input_topic(),
+            role=ROLE,
+            max_drift_s=self.settings.scorer_max_drift_s,
+            missing_wait_s=self.settings.scorer_align_wait_s,
+        )
         return PartitionReader(None, _event_time_key, role=ROLE, clock=clock)
 
     def consumer_options(self) -> dict[str, Any]:
@@ -165,13 +170,17 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
                 batch.futures.append(self.dead_letter_record(str(exc), record))
                 continue
             if "\x00" in document.id or "\x00" in document.source:
-                batch.futures.append(self.dead_letter_record("document id or source contains a NUL character",
-                                                             record))
+                batch.futures.append(
+                    self.dead_letter_record(
+                        "document id or source contains a NUL character", record
+                    )
+                )
                 continue
             document = _without_nul(document)
             # A document twice in one batch is scored once (ids are stable).
-            parsed[document.id] = ParsedRecord(document, record.topic, record.partition, record.offset,
-                                               record.value)
+            parsed[document.id] = ParsedRecord(
+                document, record.topic, record.partition, record.offset, record.value
+            )
         if parsed:
             batch.items = list(parsed.values())
             started = time.perf_counter()
@@ -183,8 +192,9 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
         """Store (one transaction), forward one record per key, flush. Raises
         ServiceUnavailable when stopping with the batch not stored."""
         if batch.items:
-            stored = self._store(batch.items, batch.predictions, batch.version, batch.latency_ms, stop,
-                                 batch.futures)
+            stored = self._store(
+                batch.items, batch.predictions, batch.version, batch.latency_ms, stop, batch.futures
+            )
             for item in batch.items:
                 row = stored.get(item.document.id)
                 if row is not None:
@@ -193,8 +203,15 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
             metrics.DOCUMENTS_SCORED.inc(len(stored))
         self.flush(batch.futures)
 
-    def _store(self, items: list[ParsedRecord], predictions: list[Prediction], version: str, latency_ms: float,
-               stop: threading.Event, futures: list[Any]) -> dict[str, Any]:
+    def _store(
+        self,
+        items: list[ParsedRecord],
+        predictions: list[Prediction],
+        version: str,
+        latency_ms: float,
+        stop: threading.Event,
+        futures: list[Any],
+    ) -> dict[str, Any]:
         """Upsert documents + predictions in one transaction; returns the stored prediction
         row per document id. Rows PostgreSQL refuses go to the dead-letter topic."""
         pairs = list(zip(items, predictions, strict=True))
@@ -212,18 +229,32 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
         try:
             return retry_db(lambda: write(pairs), what="scorer: storing a batch", stop=stop.is_set)
         except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
-            log.warning("scorer: PostgreSQL refused a batch (%s); storing its documents one at a time",
-                        getattr(exc, "orig", exc))
+            log.warning(
+                "scorer: PostgreSQL refused a batch (%s); storing its documents one at a time",
+                getattr(exc, "orig", exc),
+            )
         stored: dict[str, Any] = {}
         for pair in pairs:
             try:
-                stored.update(retry_db(functools.partial(write, [pair]), what="scorer: storing a document",
-                                       stop=stop.is_set))
+                stored.update(
+                    retry_db(
+                        functools.partial(write, [pair]),
+                        what="scorer: storing a document",
+                        stop=stop.is_set,
+                    )
+                )
             except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
                 item = pair[0]
-                futures.append(self.dead_letter(
-                    f"PostgreSQL refused the document: {getattr(exc, 'orig', exc)}", item.kafka_topic,
-                    item.partition, item.offset, item.raw, item.document.id.encode("utf-8")))
+                futures.append(
+                    self.dead_letter(
+                        f"PostgreSQL refused the document: {getattr(exc, 'orig', exc)}",
+                        item.kafka_topic,
+                        item.partition,
+                        item.offset,
+                        item.raw,
+                        item.document.id.encode("utf-8"),
+                    )
+                )
         return stored
 
     def _forward(self, document: Document, row: Any, version: str) -> list[Any]:
@@ -232,13 +263,27 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
         sends = []
         for key in keys_of(row.topic, document.entities):
             record = ScoredRecord(
-                key=key, document_id=document.id, event_at=document.published_at, source=document.source,
-                model_version=version, topic_id=row.topic_id, topic=row.topic,
-                topic_confidence=row.topic_confidence, sentiment=row.sentiment, p_bearish=row.p_bearish,
-                p_neutral=row.p_neutral, p_bullish=row.p_bullish, doc_vector=tuple(row.doc_vector or ()),
+                key=key,
+                document_id=document.id,
+                event_at=document.published_at,
+                source=document.source,
+                model_version=version,
+                topic_id=row.topic_id,
+                topic=row.topic,
+                topic_confidence=row.topic_confidence,
+                sentiment=row.sentiment,
+                p_bearish=row.p_bearish,
+                p_neutral=row.p_neutral,
+                p_bullish=row.p_bullish,
+                doc_vector=tuple(row.doc_vector or ()),
             )
-            sends.append(self._producer.send(self.settings.kafka_topic_scored, key=key.encode("utf-8"),
-                                              value=record.to_bytes()))
+            sends.append(
+                self._producer.send(
+                    self.settings.kafka_topic_scored,
+                    key=key.encode("utf-8"),
+                    value=record.to_bytes(),
+                )
+            )
         return sends
 
 
@@ -264,32 +309,62 @@ def _without_nul(document: Document) -> Document:
     """PostgreSQL text cannot hold NUL: drop it from the free-text fields the document
     model does not normalise (author, url, language, entities)."""
     fields = {name: getattr(document, name) for name in ("author", "url", "language")}
-    changes: dict[str, Any] = {k: v.replace("\x00", "") for k, v in fields.items() if v and "\x00" in v}
+    changes: dict[str, Any] = {
+        k: v.replace("\x00", "") for k, v in fields.items() if v and "\x00" in v
+    }
     if any("\x00" in e for e in document.entities):
         changes["entities"] = tuple(e.replace("\x00", "") for e in document.entities)
     return document.model_copy(update=changes) if changes else document
 
 
-def _write_batch(conn: Connection, batch: list[tuple[ParsedRecord, Prediction]], version: str,
-                 latency_ms: float) -> dict[str, Any]:
-    conn.execute(INSERT_DOCUMENTS, {"rows": json_text([
+def _write_batch(
+    conn: Connection, batch: list[tuple[ParsedRecord, Prediction]], version: str, latency_ms: float
+) -> dict[str, Any]:
+    conn.execute(
+        INSERT_DOCUMENTS,
         {
-            "id": d.id, "source": d.source, "kind": d.kind, "published_at": d.published_at.isoformat(),
-            "title": d.title,
-            "text": d.text, "url": d.url, "author": d.author, "language": d.language,
-            "entities": [str(e).strip().upper() for e in d.entities],
-        }
-        for d in (item.document for item, _ in batch)
-    ])})
-    inserted = conn.execute(INSERT_PREDICTIONS, {"rows": json_text([
+            "rows": json_text(
+                [
+                    {
+                        "id": d.id,
+                        "source": d.source,
+                        "kind": d.kind,
+                        "published_at": d.published_at.isoformat(),
+                        "title": d.title,
+                        "text": d.text,
+                        "url": d.url,
+                        "author": d.author,
+                        "language": d.language,
+                        "entities": [str(e).strip().upper() for e in d.entities],
+                    }
+                    for d in (item.document for item, _ in batch)
+                ]
+            )
+        },
+    )
+    inserted = conn.execute(
+        INSERT_PREDICTIONS,
         {
-            "document_id": item.document.id, "model_version": version, "topic_id": p.topic_id,
-            "topic": p.topic, "topic_confidence": min(max(p.topic_confidence, 0.0), 1.0),
-            "sentiment": p.sentiment, "p_bearish": p.p_bearish, "p_neutral": p.p_neutral,
-            "p_bullish": p.p_bullish, "doc_vector": list(p.doc_vector), "latency_ms": latency_ms,
-        }
-        for item, p in batch
-    ])}).all()
+            "rows": json_text(
+                [
+                    {
+                        "document_id": item.document.id,
+                        "model_version": version,
+                        "topic_id": p.topic_id,
+                        "topic": p.topic,
+                        "topic_confidence": min(max(p.topic_confidence, 0.0), 1.0),
+                        "sentiment": p.sentiment,
+                        "p_bearish": p.p_bearish,
+                        "p_neutral": p.p_neutral,
+                        "p_bullish": p.p_bullish,
+                        "doc_vector": list(p.doc_vector),
+                        "latency_ms": latency_ms,
+                    }
+                    for item, p in batch
+                ]
+            )
+        },
+    ).all()
     # Returned rows are the stored values; documents scored before (a redelivery) are
     # read back so that what is forwarded is always what is stored.
     stored = {row.document_id: row for row in inserted}

@@ -71,7 +71,9 @@ class Memory:
 
 
 def load_memory(model_dir: Path, settings: Settings) -> Memory:
-    return Memory(MemoryCell.load(Path(model_dir), settings), str(read_manifest(Path(model_dir))["version"]))
+    return Memory(
+        MemoryCell.load(Path(model_dir), settings), str(read_manifest(Path(model_dir))["version"])
+    )
 
 
 @dataclass
@@ -97,10 +99,17 @@ class ScoredItem:
 
     @classmethod
     def from_record(cls, record: ScoredRecord) -> ScoredItem:
-        return cls(key=record.key, document_id=record.document_id, event_at=record.event_at,
-                   sentiment=record.sentiment, p_bearish=record.p_bearish, p_neutral=record.p_neutral,
-                   p_bullish=record.p_bullish, topic_confidence=record.topic_confidence,
-                   doc_vector=list(record.doc_vector))
+        return cls(
+            key=record.key,
+            document_id=record.document_id,
+            event_at=record.event_at,
+            sentiment=record.sentiment,
+            p_bearish=record.p_bearish,
+            p_neutral=record.p_neutral,
+            p_bullish=record.p_bullish,
+            topic_confidence=record.topic_confidence,
+            doc_vector=list(record.doc_vector),
+        )
 
 
 def parse_scored(raw: bytes | None) -> ScoredItem:
@@ -143,8 +152,10 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
         self.horizon = timedelta(seconds=self.settings.lateness_horizon_s)
         # A quarter of the scorer's wait: under a backlog batches fill at once anyway, and
         # at steady load the scorer has already waited for its batch once.
-        self.policy = BatchPolicy(max_size=min(4096, self.settings.batch.max_size * BATCH_FACTOR),
-                                  max_wait_ms=max(1, self.settings.batch.max_wait_ms // 4))
+        self.policy = BatchPolicy(
+            max_size=min(4096, self.settings.batch.max_size * BATCH_FACTOR),
+            max_wait_ms=max(1, self.settings.batch.max_wait_ms // 4),
+        )
         self.applied = 0
         self.rewinds = 0
 
@@ -166,8 +177,10 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
         return {"max_poll_records": self.policy.max_size}
 
     def describe(self, model: Memory) -> str:
-        return (f"{model.version}'s memory cell on {self.input_topic()} "
-                f"(lateness horizon {self.horizon.total_seconds():.0f}s)")
+        return (
+            f"{model.version}'s memory cell on {self.input_topic()} "
+            f"(lateness horizon {self.horizon.total_seconds():.0f}s)"
+        )
 
     # -- one batch -----------------------------------------------------------------------
 
@@ -196,24 +209,38 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
             metrics.TREND_UPDATES.inc(applied)
         self.flush(batch.futures)
 
-    def apply(self, conn: Connection, memory: Memory, by_key: dict[str, dict[str, ScoredItem]]) -> int:
+    def apply(
+        self, conn: Connection, memory: Memory, by_key: dict[str, dict[str, ScoredItem]]
+    ) -> int:
         """Apply a batch in the caller's transaction; returns the (key, document) pairs applied."""
         cell = memory.cell
         keys = sorted(by_key)
         initial = cell.initial_state()
-        conn.execute(sa.text(
-            "INSERT INTO key_state (key, key_kind, state) SELECT k, split_part(k, ':', 1), cast(:state AS real[]) "
-            "FROM unnest(cast(:keys AS text[])) AS k ON CONFLICT (key) DO NOTHING"
-        ), {"keys": keys, "state": initial.tolist()})
-        rows = conn.execute(sa.text(
-            "SELECT key, state, last_order_at, last_document_id, doc_count, negative_count "
-            "FROM key_state WHERE key = ANY(:keys) ORDER BY key FOR UPDATE"
-        ), {"keys": keys}).all()
+        conn.execute(
+            sa.text(
+                "INSERT INTO key_state (key, key_kind, state) SELECT k, split_part(k, ':', 1), cast(:state AS real[]) "
+                "FROM unnest(cast(:keys AS text[])) AS k ON CONFLICT (key) DO NOTHING"
+            ),
+            {"keys": keys, "state": initial.tolist()},
+        )
+        rows = conn.execute(
+            sa.text(
+                "SELECT key, state, last_order_at, last_document_id, doc_count, negative_count "
+                "FROM key_state WHERE key = ANY(:keys) ORDER BY key FOR UPDATE"
+            ),
+            {"keys": keys},
+        ).all()
         key_rows = {row.key: row for row in rows}
         all_ids = sorted({doc_id for items in by_key.values() for doc_id in items})
-        done = {(r.key, r.document_id) for r in conn.execute(sa.text(
-            "SELECT key, document_id FROM applied_documents WHERE key = ANY(:keys) AND document_id = ANY(:ids)"
-        ), {"keys": keys, "ids": all_ids})}
+        done = {
+            (r.key, r.document_id)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT key, document_id FROM applied_documents WHERE key = ANY(:keys) AND document_id = ANY(:ids)"
+                ),
+                {"keys": keys, "ids": all_ids},
+            )
+        }
 
         plans: list[KeyPlan] = []
         for key in keys:
@@ -225,15 +252,21 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
         _step_all(cell, plans)
         return self._write(conn, memory, plans)
 
-    def _plan(self, conn: Connection, cell: MemoryCell, key: str, row: Any, new: list[ScoredItem]) -> KeyPlan:
+    def _plan(
+        self, conn: Connection, cell: MemoryCell, key: str, row: Any, new: list[ScoredItem]
+    ) -> KeyPlan:
         last_order: datetime | None = row.last_order_at
         last_pos = (last_order, row.last_document_id or "") if last_order is not None else None
         for item in new:
             item.order_at = item.event_at
             if last_order is not None and item.event_at < last_order - self.horizon:
-                log.warning("trends: %s is %.0fs older than key %s's newest document, beyond the lateness "
-                            "horizon; applied at the key's current position", item.document_id,
-                            (last_order - item.event_at).total_seconds(), key)
+                log.warning(
+                    "trends: %s is %.0fs older than key %s's newest document, beyond the lateness "
+                    "horizon; applied at the key's current position",
+                    item.document_id,
+                    (last_order - item.event_at).total_seconds(),
+                    key,
+                )
                 item.order_at = last_order
         new.sort(key=lambda i: i.position)
         if last_pos is None or new[0].position > last_pos:
@@ -242,28 +275,54 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
         # Rewind: replay from the point just before the first new document.
         self.rewinds += 1
         start = new[0].order_at
-        before = conn.execute(sa.text(
-            "SELECT order_at, state, doc_count, negative_count FROM trend_points "
-            "WHERE key = :key AND order_at < :start "
-            "ORDER BY order_at DESC, document_id COLLATE \"C\" DESC LIMIT 1"
-        ), {"key": key, "start": start}).first()
-        tail = conn.execute(sa.text(
-            "SELECT document_id, event_at, order_at, sentiment, p_bearish, p_neutral, p_bullish, "
-            "topic_confidence, doc_vector FROM trend_points WHERE key = :key AND order_at >= :start"
-        ), {"key": key, "start": start}).all()
+        before = conn.execute(
+            sa.text(
+                "SELECT order_at, state, doc_count, negative_count FROM trend_points "
+                "WHERE key = :key AND order_at < :start "
+                'ORDER BY order_at DESC, document_id COLLATE "C" DESC LIMIT 1'
+            ),
+            {"key": key, "start": start},
+        ).first()
+        tail = conn.execute(
+            sa.text(
+                "SELECT document_id, event_at, order_at, sentiment, p_bearish, p_neutral, p_bullish, "
+                "topic_confidence, doc_vector FROM trend_points WHERE key = :key AND order_at >= :start"
+            ),
+            {"key": key, "start": start},
+        ).all()
         replay = [
-            ScoredItem(key=key, document_id=r.document_id, event_at=r.event_at, sentiment=r.sentiment,
-                       p_bearish=r.p_bearish, p_neutral=r.p_neutral, p_bullish=r.p_bullish,
-                       topic_confidence=r.topic_confidence, doc_vector=list(r.doc_vector or ()),
-                       order_at=r.order_at, stored=True)
+            ScoredItem(
+                key=key,
+                document_id=r.document_id,
+                event_at=r.event_at,
+                sentiment=r.sentiment,
+                p_bearish=r.p_bearish,
+                p_neutral=r.p_neutral,
+                p_bullish=r.p_bullish,
+                topic_confidence=r.topic_confidence,
+                doc_vector=list(r.doc_vector or ()),
+                order_at=r.order_at,
+                stored=True,
+            )
             for r in tail
         ]
         merged = sorted(replay + new, key=lambda i: i.position)
-        log.debug("trends: rewinding key %s over %d stored points for %d late documents", key, len(replay), len(new))
+        log.debug(
+            "trends: rewinding key %s over %d stored points for %d late documents",
+            key,
+            len(replay),
+            len(new),
+        )
         if before is None:
             return KeyPlan(key, cell.initial_state(), None, 0, 0, merged)
-        return KeyPlan(key, _state_or_initial(before.state, cell, key), before.order_at,
-                       int(before.doc_count), int(before.negative_count), merged)
+        return KeyPlan(
+            key,
+            _state_or_initial(before.state, cell, key),
+            before.order_at,
+            int(before.doc_count),
+            int(before.negative_count),
+            merged,
+        )
 
     def _write(self, conn: Connection, memory: Memory, plans: list[KeyPlan]) -> int:
         inserts: list[dict[str, Any]] = []
@@ -277,65 +336,96 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                 doc_count += 1
                 negative_count += item.sentiment == "bearish"
                 figures = {
-                    "key": plan.key, "document_id": item.document_id,
-                    "expected_negative_rate": float(plan.outputs[i, 0]), "surge_score": float(plan.outputs[i, 1]),
-                    "doc_count": doc_count, "negative_count": negative_count,
-                    "state": plan.states[i].tolist(), "model_version": memory.version,
+                    "key": plan.key,
+                    "document_id": item.document_id,
+                    "expected_negative_rate": float(plan.outputs[i, 0]),
+                    "surge_score": float(plan.outputs[i, 1]),
+                    "doc_count": doc_count,
+                    "negative_count": negative_count,
+                    "state": plan.states[i].tolist(),
+                    "model_version": memory.version,
                 }
                 if item.stored:
                     updates.append(figures)
                 else:
-                    inserts.append({
-                        **figures, "event_at": item.event_at, "order_at": item.order_at,
-                        "sentiment": item.sentiment, "p_bearish": item.p_bearish, "p_neutral": item.p_neutral,
-                        "p_bullish": item.p_bullish, "topic_confidence": item.topic_confidence,
-                        "doc_vector": item.doc_vector,
-                    })
+                    inserts.append(
+                        {
+                            **figures,
+                            "event_at": item.event_at,
+                            "order_at": item.order_at,
+                            "sentiment": item.sentiment,
+                            "p_bearish": item.p_bearish,
+                            "p_neutral": item.p_neutral,
+                            "p_bullish": item.p_bullish,
+                            "topic_confidence": item.topic_confidence,
+                            "doc_vector": item.doc_vector,
+                        }
+                    )
                     ledger.append({"key": plan.key, "document_id": item.document_id})
             last = plan.items[-1]
-            key_updates.append({
-                "key": plan.key, "state": plan.states[-1].tolist(), "last_event_at": last.event_at,
-                "last_order_at": last.order_at, "last_document_id": last.document_id, "doc_count": doc_count,
-                "negative_count": negative_count, "expected_negative_rate": float(plan.outputs[-1, 0]),
-                "surge_score": float(plan.outputs[-1, 1]), "model_version": memory.version,
-            })
+            key_updates.append(
+                {
+                    "key": plan.key,
+                    "state": plan.states[-1].tolist(),
+                    "last_event_at": last.event_at,
+                    "last_order_at": last.order_at,
+                    "last_document_id": last.document_id,
+                    "doc_count": doc_count,
+                    "negative_count": negative_count,
+                    "expected_negative_rate": float(plan.outputs[-1, 0]),
+                    "surge_score": float(plan.outputs[-1, 1]),
+                    "model_version": memory.version,
+                }
+            )
         # One statement per table (rows as a JSON document): executemany costs a round
         # trip per row, which made the writes most of the worker's time.
         if inserts:
-            conn.execute(sa.text(
-                "INSERT INTO trend_points (key, event_at, document_id, sentiment, p_bearish, expected_negative_rate, "
-                "surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, topic_confidence, "
-                "doc_vector, state, model_version) SELECT key, event_at, document_id, sentiment, p_bearish, "
-                "expected_negative_rate, surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, "
-                "topic_confidence, doc_vector, state, model_version FROM jsonb_to_recordset(cast(:rows AS jsonb)) "
-                "AS r(key text, event_at timestamptz, document_id text, sentiment text, p_bearish real, "
-                "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
-                "order_at timestamptz, p_neutral real, p_bullish real, topic_confidence real, doc_vector real[], "
-                "state real[], model_version text)"
-            ), {"rows": _json(inserts)})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO trend_points (key, event_at, document_id, sentiment, p_bearish, expected_negative_rate, "
+                    "surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, topic_confidence, "
+                    "doc_vector, state, model_version) SELECT key, event_at, document_id, sentiment, p_bearish, "
+                    "expected_negative_rate, surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, "
+                    "topic_confidence, doc_vector, state, model_version FROM jsonb_to_recordset(cast(:rows AS jsonb)) "
+                    "AS r(key text, event_at timestamptz, document_id text, sentiment text, p_bearish real, "
+                    "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
+                    "order_at timestamptz, p_neutral real, p_bullish real, topic_confidence real, doc_vector real[], "
+                    "state real[], model_version text)"
+                ),
+                {"rows": _json(inserts)},
+            )
         if updates:
-            conn.execute(sa.text(
-                "UPDATE trend_points t SET expected_negative_rate = r.expected_negative_rate, "
-                "surge_score = r.surge_score, doc_count = r.doc_count, negative_count = r.negative_count, "
-                "state = r.state, model_version = r.model_version "
-                "FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(key text, document_id text, "
-                "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
-                "state real[], model_version text) WHERE t.key = r.key AND t.document_id = r.document_id"
-            ), {"rows": _json(updates)})
+            conn.execute(
+                sa.text(
+                    "UPDATE trend_points t SET expected_negative_rate = r.expected_negative_rate, "
+                    "surge_score = r.surge_score, doc_count = r.doc_count, negative_count = r.negative_count, "
+                    "state = r.state, model_version = r.model_version "
+                    "FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(key text, document_id text, "
+                    "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
+                    "state real[], model_version text) WHERE t.key = r.key AND t.document_id = r.document_id"
+                ),
+                {"rows": _json(updates)},
+            )
         if ledger:
-            conn.execute(sa.text(
-                "INSERT INTO applied_documents (key, document_id) "
-                "SELECT * FROM unnest(cast(:keys AS text[]), cast(:ids AS text[]))"
-            ), {"keys": [r["key"] for r in ledger], "ids": [r["document_id"] for r in ledger]})
-        conn.execute(sa.text(
-            "UPDATE key_state k SET state = r.state, last_event_at = r.last_event_at, "
-            "last_order_at = r.last_order_at, last_document_id = r.last_document_id, doc_count = r.doc_count, "
-            "negative_count = r.negative_count, expected_negative_rate = r.expected_negative_rate, "
-            "surge_score = r.surge_score, model_version = r.model_version, updated_at = now() "
-            "FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(key text, state real[], last_event_at timestamptz, "
-            "last_order_at timestamptz, last_document_id text, doc_count bigint, negative_count bigint, "
-            "expected_negative_rate real, surge_score real, model_version text) WHERE k.key = r.key"
-        ), {"rows": _json(key_updates)})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO applied_documents (key, document_id) "
+                    "SELECT * FROM unnest(cast(:keys AS text[]), cast(:ids AS text[]))"
+                ),
+                {"keys": [r["key"] for r in ledger], "ids": [r["document_id"] for r in ledger]},
+            )
+        conn.execute(
+            sa.text(
+                "UPDATE key_state k SET state = r.state, last_event_at = r.last_event_at, "
+                "last_order_at = r.last_order_at, last_document_id = r.last_document_id, doc_count = r.doc_count, "
+                "negative_count = r.negative_count, expected_negative_rate = r.expected_negative_rate, "
+                "surge_score = r.surge_score, model_version = r.model_version, updated_at = now() "
+                "FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(key text, state real[], last_event_at timestamptz, "
+                "last_order_at timestamptz, last_document_id text, doc_count bigint, negative_count bigint, "
+                "expected_negative_rate real, surge_score real, model_version text) WHERE k.key = r.key"
+            ),
+            {"rows": _json(key_updates)},
+        )
         return len(ledger)
 
 
@@ -349,8 +439,13 @@ def _state_or_initial(stored: Any, cell: MemoryCell, key: str) -> np.ndarray:
     state = np.asarray(stored if stored is not None else [], dtype=np.float32)
     if state.shape != (cell.state_dim,):
         if state.size:
-            log.warning("trends: key %s has a state of %d values but the memory cell has %d (new model); "
-                        "starting its memory afresh", key, state.size, cell.state_dim)
+            log.warning(
+                "trends: key %s has a state of %d values but the memory cell has %d (new model); "
+                "starting its memory afresh",
+                key,
+                state.size,
+                cell.state_dim,
+            )
         return cell.initial_state()
     return state
 
@@ -365,8 +460,16 @@ def _step_all(cell: MemoryCell, plans: list[KeyPlan]) -> None:
         for item in plan.items:
             assert item.order_at is not None
             dt = None if prev is None else (item.order_at - prev).total_seconds()
-            rows.append(cell.features(item.p_bearish, item.p_neutral, item.p_bullish, item.topic_confidence,
-                                      item.doc_vector, dt))
+            rows.append(
+                cell.features(
+                    item.p_bearish,
+                    item.p_neutral,
+                    item.p_bullish,
+                    item.topic_confidence,
+                    item.doc_vector,
+                    dt,
+                )
+            )
             prev = item.order_at
         feats.append(np.stack(rows))
         plan.states = np.empty((len(plan.items), cell.state_dim), dtype=np.float32)
@@ -375,7 +478,9 @@ def _step_all(cell: MemoryCell, plans: list[KeyPlan]) -> None:
     steps = max(len(p.items) for p in plans)
     for step in range(steps):
         active = [i for i, p in enumerate(plans) if len(p.items) > step]
-        new_states, outputs = cell.update(current[active], np.stack([feats[i][step] for i in active]))
+        new_states, outputs = cell.update(
+            current[active], np.stack([feats[i][step] for i in active])
+        )
         for row, i in enumerate(active):
             current[i] = new_states[row]
             plans[i].states[step] = new_states[row]  # type: ignore[index]

@@ -81,8 +81,15 @@ class StreamWorker(ABC, Generic[M, B]):
     #: Overlap ``prepare`` of the next batch with ``finish`` of the current one.
     pipelined: ClassVar[bool] = False
 
-    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, *, group_id: str | None = None,
-                 drain: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        engine: Engine,
+        *,
+        group_id: str | None = None,
+        drain: bool = False,
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.engine = engine
@@ -140,18 +147,40 @@ class StreamWorker(ABC, Generic[M, B]):
     def ready(self) -> bool:
         return self._ready
 
-    def dead_letter(self, reason: str, kafka_topic: str, partition: int, offset: int, payload: bytes | None,
-                    key: bytes | None) -> Any:
+    def dead_letter(
+        self,
+        reason: str,
+        kafka_topic: str,
+        partition: int,
+        offset: int,
+        payload: bytes | None,
+        key: bytes | None,
+    ) -> Any:
         """Send one input record to the dead-letter topic with the reason and where it was;
         returns the send future (flush it with the batch)."""
-        log.warning("%s: dead letter from %s[%d]@%d: %s", self.name, kafka_topic, partition, offset, reason[:300])
+        log.warning(
+            "%s: dead letter from %s[%d]@%d: %s",
+            self.name,
+            kafka_topic,
+            partition,
+            offset,
+            reason[:300],
+        )
         metrics.DEAD_LETTERS.labels(stage=self.name).inc()
-        letter = DeadLetter.build(reason, self.name, payload, source_kafka_topic=kafka_topic, partition=partition,
-                                  offset=offset)
+        letter = DeadLetter.build(
+            reason,
+            self.name,
+            payload,
+            source_kafka_topic=kafka_topic,
+            partition=partition,
+            offset=offset,
+        )
         return send_dead_letter(self._producer, self.settings.kafka_topic_dlq, letter, key=key)
 
     def dead_letter_record(self, reason: str, record: Any) -> Any:
-        return self.dead_letter(reason, record.topic, record.partition, record.offset, record.value, record.key)
+        return self.dead_letter(
+            reason, record.topic, record.partition, record.offset, record.value, record.key
+        )
 
     def flush(self, futures: list[Any]) -> None:
         """Wait until every record a batch produced is acknowledged; BrokerError otherwise."""
@@ -163,19 +192,35 @@ class StreamWorker(ABC, Generic[M, B]):
             try:
                 future.get(timeout=timeout)
             except Exception as exc:
-                raise BrokerError(f"{self.name}: the broker did not acknowledge a record ({exc}); "
-                                  "check FINSENT_KAFKA_BOOTSTRAP") from exc
+                raise BrokerError(
+                    f"{self.name}: the broker did not acknowledge a record ({exc}); "
+                    "check FINSENT_KAFKA_BOOTSTRAP"
+                ) from exc
 
     def run(self, stop: threading.Event) -> None:
-        model = retry_db(lambda: self.watcher.load_initial(), what=f"{self.name}: model lookup", stop=stop.is_set)
+        model = retry_db(
+            lambda: self.watcher.load_initial(), what=f"{self.name}: model lookup", stop=stop.is_set
+        )
         self.on_model_change(None, model)
         self._producer = make_producer(self.settings, self.bootstrap)
         reader = self.make_reader()
-        consumer = make_consumer(self.settings, self.bootstrap, self.group_id, [self.input_topic()], listener=reader,
-                                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS, **self.consumer_options())
+        consumer = make_consumer(
+            self.settings,
+            self.bootstrap,
+            self.group_id,
+            [self.input_topic()],
+            listener=reader,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            **self.consumer_options(),
+        )
         reader.consumer = consumer  # rebalance callbacks come from poll(), which starts below
-        loop_stop = DrainingStop(stop, role=self.name, kafka_topic=self.input_topic(), enabled=self.drain,
-                                 grace_s=self.settings.shutdown_grace_s)
+        loop_stop = DrainingStop(
+            stop,
+            role=self.name,
+            kafka_topic=self.input_topic(),
+            enabled=self.drain,
+            grace_s=self.settings.shutdown_grace_s,
+        )
         loop_stop.attach(reader)
         self._ready = True
         log.info("%s: serving model %s", self.name, self.describe(model))
@@ -194,7 +239,9 @@ class StreamWorker(ABC, Generic[M, B]):
         lag = LagReporter(self.name)
         policy = self.batch_policy()
         pending: _InFlight[B] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"finsent-{self.name}-store") as helper:
+        with ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"finsent-{self.name}-store"
+        ) as helper:
             try:
                 while not stop.is_set():
                     self._between_batches()
@@ -222,7 +269,9 @@ class StreamWorker(ABC, Generic[M, B]):
             except StoppedUnstored:
                 return
 
-    def _complete(self, in_flight: _InFlight[B], reader: PartitionReader, stop: threading.Event) -> None:
+    def _complete(
+        self, in_flight: _InFlight[B], reader: PartitionReader, stop: threading.Event
+    ) -> None:
         """Finish (or wait for the helper's finish of) one batch, then commit its offsets."""
         try:
             if in_flight.future is not None:
@@ -231,13 +280,19 @@ class StreamWorker(ABC, Generic[M, B]):
                 self.finish(in_flight.batch, stop)
         except ServiceUnavailable as exc:
             if stop.is_set():
-                log.warning("%s: stopping with a batch not stored (%s); it stays uncommitted and will be "
-                            "redelivered", self.name, exc)
+                log.warning(
+                    "%s: stopping with a batch not stored (%s); it stays uncommitted and will be "
+                    "redelivered",
+                    self.name,
+                    exc,
+                )
                 raise StoppedUnstored() from exc
             raise
         reader.commit(in_flight.records, self.name)
         metrics.BATCHES.labels(role=self.name).inc()
-        metrics.BATCH_LATENCY.labels(role=self.name).observe(time.perf_counter() - in_flight.started)
+        metrics.BATCH_LATENCY.labels(role=self.name).observe(
+            time.perf_counter() - in_flight.started
+        )
 
     def _between_batches(self) -> None:
         old = self.watcher.model

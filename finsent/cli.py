@@ -27,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming financial-sentiment monitoring: Kafka in, ONNX topic and "
         "sentiment classifier with per-key recurrent memory, PostgreSQL out, alerts.",
     )
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: FINSENT_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING (default: FINSENT_LOG_LEVEL or INFO)",
+    )
     parser.add_argument("--database-url", default=None, help="overrides FINSENT_DATABASE_URL")
     parser.add_argument("--kafka-bootstrap", default=None, help="overrides FINSENT_KAFKA_BOOTSTRAP")
     parser.add_argument("--model-dir", default=None, help="overrides FINSENT_MODEL_DIR")

@@ -52,8 +52,14 @@ class Daemon:
     late role did not commit.
     """
 
-    def __init__(self, roles: Sequence[Role], *, shutdown_grace_s: float, stop: threading.Event | None = None,
-                 durable_log: bool = True) -> None:
+    def __init__(
+        self,
+        roles: Sequence[Role],
+        *,
+        shutdown_grace_s: float,
+        stop: threading.Event | None = None,
+        durable_log: bool = True,
+    ) -> None:
         self.roles = list(roles)
         self.grace_s = shutdown_grace_s
         self.stop = stop or threading.Event()
@@ -81,10 +87,16 @@ class Daemon:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
-            log.warning("second %s: still draining; send SIGKILL to stop at once", signal.Signals(signum).name)
+            log.warning(
+                "second %s: still draining; send SIGKILL to stop at once",
+                signal.Signals(signum).name,
+            )
             return
-        log.info("%s received: stopping roles in data-flow order (grace %.0fs)", signal.Signals(signum).name,
-                 self.grace_s)
+        log.info(
+            "%s received: stopping roles in data-flow order (grace %.0fs)",
+            signal.Signals(signum).name,
+            self.grace_s,
+        )
         self.stop.set()
 
     def run(self, *, install_signals: bool = True) -> int:
@@ -96,8 +108,12 @@ class Daemon:
         try:
             for role in self.roles:
                 stop = StopRequest()
-                thread = threading.Thread(target=self._run_role, args=(role, stop), name=f"finsent-{role.name}",
-                                          daemon=True)
+                thread = threading.Thread(
+                    target=self._run_role,
+                    args=(role, stop),
+                    name=f"finsent-{role.name}",
+                    daemon=True,
+                )
                 thread.start()
                 self._running.append(_Running(role, thread, stop))
             log.info("running roles: %s", ", ".join(role.name for role in self.roles))
@@ -115,7 +131,11 @@ class Daemon:
         deadline = time.monotonic() + self.grace_s
         for stage in sorted({stage_of(r.role) for r in self._running}):
             members = [r for r in self._running if stage_of(r.role) == stage]
-            log.info("stopping %s (%s)", ", ".join(r.role.name for r in members), Stage(stage).name.lower())
+            log.info(
+                "stopping %s (%s)",
+                ", ".join(r.role.name for r in members),
+                Stage(stage).name.lower(),
+            )
             for running in members:
                 running.stop.stop_by(deadline)
             for running in members:
@@ -126,16 +146,25 @@ class Daemon:
                 self.left_behind[running.role.name] = str(left)
         late = [r.role.name for r in self._running if r.thread.is_alive()]
         if late:
-            fate = ("their uncommitted records are redelivered on the next start" if self.durable_log else
-                    "the embedded broker keeps its log in memory: what they had not processed is lost")
-            log.error("roles still busy after the %.0fs grace: %s; exiting anyway (%s)", self.grace_s,
-                      ", ".join(late), fate)
+            fate = (
+                "their uncommitted records are redelivered on the next start"
+                if self.durable_log
+                else "the embedded broker keeps its log in memory: what they had not processed is lost"
+            )
+            log.error(
+                "roles still busy after the %.0fs grace: %s; exiting anyway (%s)",
+                self.grace_s,
+                ", ".join(late),
+                fate,
+            )
             return 1
         if self.failed:
             return 1
         if self.left_behind:
-            log.error("every role stopped, but %s left records unprocessed (see the warnings above)",
-                      ", ".join(self.left_behind))
+            log.error(
+                "every role stopped, but %s left records unprocessed (see the warnings above)",
+                ", ".join(self.left_behind),
+            )
             return 1
         log.info("every role stopped cleanly")
         return 0

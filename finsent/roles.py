@@ -59,7 +59,9 @@ def alert_roles(settings: Settings, services: Any) -> list[AlertService]:
     return [AlertService(settings, engine=services.engine)]
 
 
-def http_role(settings: Settings, services: Any, *, daemon: Any = None, ingest: bool = True) -> HttpServer:
+def http_role(
+    settings: Settings, services: Any, *, daemon: Any = None, ingest: bool = True
+) -> HttpServer:
     """The HTTP server of ``finsent run`` / ``finsent worker``, as a role (not started).
 
     Health checks: ``roles`` (liveness: no role crashed, from ``daemon.alive()``),
@@ -76,6 +78,7 @@ def http_role(settings: Settings, services: Any, *, daemon: Any = None, ingest: 
         server.add_health_check("roles_ready", daemon.ready, kind="readiness")
     engine = getattr(services, "engine", None)
     if engine is not None:
+
         def database() -> bool:
             with engine.connect() as conn:
                 conn.execute(sa.text("select 1"))

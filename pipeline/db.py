@@ -120,8 +120,10 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except sa.exc.OperationalError as exc:
-        raise DatabaseError(f"cannot migrate the database {redact_url(url)}: {driver_reason(exc)}; is PostgreSQL "
-                            "running? Check FINSENT_DATABASE_URL (or --database-url)") from exc
+        raise DatabaseError(
+            f"cannot migrate the database {redact_url(url)}: {driver_reason(exc)}; is PostgreSQL "
+            "running? Check FINSENT_DATABASE_URL (or --database-url)"
+        ) from exc
 
 
 def downgrade(url: str, revision: str = "base") -> None:
@@ -140,8 +142,15 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def retry_db(fn: Callable[[], T], *, what: str, attempts: int = 0, base_delay_s: float = 0.5,
-             max_delay_s: float = 15.0, stop: Callable[[], bool] | None = None) -> T:
+def retry_db(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = 0,
+    base_delay_s: float = 0.5,
+    max_delay_s: float = 15.0,
+    stop: Callable[[], bool] | None = None,
+) -> T:
     """Run ``fn`` until it stops raising connection errors, with capped exponential backoff.
 
     ``attempts=0`` retries forever (workers wait for the database to come back rather than
@@ -158,12 +167,19 @@ def retry_db(fn: Callable[[], T], *, what: str, attempts: int = 0, base_delay_s:
                 raise
             tried += 1
             if (attempts and tried >= attempts) or (stop is not None and stop()):
-                raise DatabaseError(f"{what}: database unavailable after {tried} tries: {driver_reason(exc)}") from exc
-            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, driver_reason(exc), delay)
+                raise DatabaseError(
+                    f"{what}: database unavailable after {tried} tries: {driver_reason(exc)}"
+                ) from exc
+            log.warning(
+                "%s: database unavailable (%s); retrying in %.1fs", what, driver_reason(exc), delay
+            )
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
 
 
 def _is_connection_error(exc: sa.exc.DBAPIError) -> bool:
     text = str(exc.orig).lower()
-    return any(word in text for word in ("connection", "server closed", "terminating", "could not connect", "timeout"))
+    return any(
+        word in text
+        for word in ("connection", "server closed", "terminating", "could not connect", "timeout")
+    )

@@ -33,21 +33,36 @@ class DeadLetter(BaseModel):
     failed_at: datetime
 
     @classmethod
-    def build(cls, reason: str, stage: str, payload: bytes | str | None = None, **where: Any) -> DeadLetter:
-        raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else (payload or b"")
+    def build(
+        cls, reason: str, stage: str, payload: bytes | str | None = None, **where: Any
+    ) -> DeadLetter:
+        raw = (
+            payload.encode("utf-8", "surrogateescape")
+            if isinstance(payload, str)
+            else (payload or b"")
+        )
         truncated = len(raw) > MAX_PAYLOAD_BYTES
         raw = raw[:MAX_PAYLOAD_BYTES]
         try:
             text, b64 = raw.decode("utf-8"), None
         except UnicodeDecodeError:
             text, b64 = None, base64.b64encode(raw).decode("ascii")
-        return cls(reason=reason, stage=stage, payload_text=text, payload_base64=b64,
-                   payload_truncated=truncated, failed_at=datetime.now(UTC), **where)
+        return cls(
+            reason=reason,
+            stage=stage,
+            payload_text=text,
+            payload_base64=b64,
+            payload_truncated=truncated,
+            failed_at=datetime.now(UTC),
+            **where,
+        )
 
     def to_json_bytes(self) -> bytes:
         return json_bytes(self.model_dump(mode="json"))
 
 
-def send_dead_letter(producer: Any, dlq_kafka_topic: str, letter: DeadLetter, key: bytes | None = None) -> Any:
+def send_dead_letter(
+    producer: Any, dlq_kafka_topic: str, letter: DeadLetter, key: bytes | None = None
+) -> Any:
     """Produce ``letter`` to the dead-letter Kafka topic; returns the send future."""
     return producer.send(dlq_kafka_topic, key=key, value=letter.to_json_bytes())

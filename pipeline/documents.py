@@ -42,8 +42,14 @@ def normalise_text(value: str | bytes, max_chars: int = MAX_TEXT_CHARS) -> str:
     return text
 
 
-def make_document_id(source: str, *, guid: str | None = None, url: str | None = None,
-                     text: str | None = None, published_at: datetime | None = None) -> str:
+def make_document_id(
+    source: str,
+    *,
+    guid: str | None = None,
+    url: str | None = None,
+    text: str | None = None,
+    published_at: datetime | None = None,
+) -> str:
     """Stable id: sha256 of the source and guid, else URL, else text (+ published time)."""
     if guid:
         basis = f"guid:{guid.strip()}"

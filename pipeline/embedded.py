@@ -87,7 +87,9 @@ class EmbeddedBroker:
     """A tansu broker child process on 127.0.0.1. Use as a context manager or call
     ``start()``/``stop()``. ``bootstrap`` is the host:port clients connect to."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
@@ -127,8 +129,14 @@ class EmbeddedBroker:
             out = subprocess.DEVNULL
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             code = self._proc.poll()
@@ -140,7 +148,10 @@ class EmbeddedBroker:
                     + (f" at {self.log_path}" if self.log_path else "")
                 )
             if port_answers(self.host, self.port, timeout=0.2) and self._metadata_ok():
-                log.info("embedded Kafka broker (tansu) on %s; it keeps its log in memory", self.bootstrap)
+                log.info(
+                    "embedded Kafka broker (tansu) on %s; it keeps its log in memory",
+                    self.bootstrap,
+                )
                 return self
             time.sleep(0.1)
         self.stop()
@@ -189,7 +200,9 @@ class EmbeddedBroker:
         self.stop()
 
 
-def ensure_kafka_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout_s: float = 20.0) -> None:
+def ensure_kafka_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int, timeout_s: float = 20.0
+) -> None:
     """Create the given Kafka topics with ``partitions`` partitions where missing.
 
     Existing topics are left as they are (their partition count is not changed).
@@ -214,7 +227,10 @@ def ensure_kafka_topics(bootstrap: str, topics: Iterable[str], partitions: int, 
             if missing:
                 try:
                     admin.create_topics(
-                        [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing]
+                        [
+                            NewTopic(name=t, num_partitions=partitions, replication_factor=1)
+                            for t in missing
+                        ]
                     )
                 except TopicAlreadyExistsError:
                     pass
@@ -264,5 +280,6 @@ def resolve_database_url(configured: str | None, embedded_dir: Path) -> tuple[st
         return configured, "configured (FINSENT_DATABASE_URL)"
     if port_answers("127.0.0.1", 5432) and _server_answers(LOCAL_PG_URL):
         return LOCAL_PG_URL, "local server on 127.0.0.1:5432"
-    return start_embedded_postgres(embedded_dir), f"embedded PostgreSQL (pgserver) in {embedded_dir}"
-
+    return start_embedded_postgres(
+        embedded_dir
+    ), f"embedded PostgreSQL (pgserver) in {embedded_dir}"

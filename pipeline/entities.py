@@ -78,7 +78,9 @@ class WatchedTicker(BaseModel):
         for i, name in enumerate(value):
             name = " ".join(name.split())
             if len(name) < 2:
-                raise ValueError(f"name {i} ({name!r}) is shorter than 2 characters: it would match everywhere")
+                raise ValueError(
+                    f"name {i} ({name!r}) is shorter than 2 characters: it would match everywhere"
+                )
             cleaned.append(name)
         return tuple(dict.fromkeys(cleaned))
 
@@ -151,15 +153,24 @@ class Watchlist:
             if not text:
                 continue
             if self._cashtag:
-                found.update(self._cashtag.owners[m.group(0)[1:].casefold()] for m in self._cashtag.regex.finditer(text))
+                found.update(
+                    self._cashtag.owners[m.group(0)[1:].casefold()]
+                    for m in self._cashtag.regex.finditer(text)
+                )
             if self._insensitive:
-                found.update(self._insensitive.owners[m.group(0).casefold()]
-                             for m in self._insensitive.regex.finditer(text))
+                found.update(
+                    self._insensitive.owners[m.group(0).casefold()]
+                    for m in self._insensitive.regex.finditer(text)
+                )
             exact: list[str] = []
             if self._symbol:
-                exact.extend(self._symbol.owners[m.group(0)] for m in self._symbol.regex.finditer(text))
+                exact.extend(
+                    self._symbol.owners[m.group(0)] for m in self._symbol.regex.finditer(text)
+                )
             if self._sensitive:
-                exact.extend(self._sensitive.owners[m.group(0)] for m in self._sensitive.regex.finditer(text))
+                exact.extend(
+                    self._sensitive.owners[m.group(0)] for m in self._sensitive.regex.finditer(text)
+                )
             if exact and not _shouting(text):
                 found.update(exact)
         return tuple(sorted(found))
@@ -210,9 +221,13 @@ class Watchlist:
                     f"field '{'.'.join(str(p) for p in err['loc']) or 'ticker'}': {err['msg']}"
                     for err in exc.errors()
                 )
-                raise ConfigurationError(f"watchlist {origin}: ticker {label!r}: {problems}") from None
+                raise ConfigurationError(
+                    f"watchlist {origin}: ticker {label!r}: {problems}"
+                ) from None
             if ticker.ticker in seen:
-                raise ConfigurationError(f"watchlist {origin}: ticker {label!r} appears twice; merge its names")
+                raise ConfigurationError(
+                    f"watchlist {origin}: ticker {label!r} appears twice; merge its names"
+                )
             seen.add(ticker.ticker)
             tickers.append(ticker)
         return cls(tickers, origin)

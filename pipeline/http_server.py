@@ -95,8 +95,14 @@ class HttpServer:
     #: Shutdown order in a daemon (pipeline.roles); ``finsent.roles.http_role`` sets it.
     stage: Stage = Stage.DOWNSTREAM
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
-                 max_body_bytes: int = 5_000_000) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        max_body_bytes: int = 5_000_000,
+    ) -> None:
         self.host = host
         self.requested_port = port
         self.token = token or None
@@ -111,20 +117,33 @@ class HttpServer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpServer:
-        return cls(settings.http_host, settings.http_port, token=secret_value(settings.http_token),
-                   max_body_bytes=settings.http_max_body_bytes)
+        return cls(
+            settings.http_host,
+            settings.http_port,
+            token=secret_value(settings.http_token),
+            max_body_bytes=settings.http_max_body_bytes,
+        )
 
     # -- configuration -----------------------------------------------------------------------
 
-    def add_route(self, method: str, path: str, handler: RouteHandler, *, auth: bool = False,
-                  json_body: bool = False) -> None:
+    def add_route(
+        self,
+        method: str,
+        path: str,
+        handler: RouteHandler,
+        *,
+        auth: bool = False,
+        json_body: bool = False,
+    ) -> None:
         self._routes[(method.upper(), path.rstrip("/") or "/")] = _Route(handler, auth, json_body)
 
     def on_stop(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` when the server stops (e.g. close the ingest producer)."""
         self._on_stop.append(fn)
 
-    def add_health_check(self, name: str, fn: Callable[[], bool], kind: CheckKind = "readiness") -> None:
+    def add_health_check(
+        self, name: str, fn: Callable[[], bool], kind: CheckKind = "readiness"
+    ) -> None:
         """Register a check shown by /healthz; ``fn`` must be quick and must not raise on purpose."""
         if kind not in ("liveness", "readiness"):
             raise ValueError(f"health check kind must be liveness or readiness, got {kind!r}")
@@ -150,11 +169,18 @@ class HttpServer:
             httpd = ThreadingHTTPServer((self.host, self.requested_port), _make_handler(self))
             httpd.daemon_threads = True
             self._httpd = httpd
-            self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                            name="finsent-http", daemon=True)
+            self._thread = threading.Thread(
+                target=httpd.serve_forever,
+                kwargs={"poll_interval": 0.2},
+                name="finsent-http",
+                daemon=True,
+            )
             self._thread.start()
-        log.info("HTTP server on %s (/healthz, /metrics%s)", self.url,
-                 "".join(f", {m} {p}" for m, p in sorted(self._routes)))
+        log.info(
+            "HTTP server on %s (/healthz, /metrics%s)",
+            self.url,
+            "".join(f", {m} {p}" for m, p in sorted(self._routes)),
+        )
         return self
 
     def stop(self) -> None:
@@ -205,7 +231,12 @@ class HttpServer:
             results[name] = {"kind": kind, "ok": ok, "status": "ok" if ok else "unavailable"}
         live = all(r["ok"] for r in results.values() if r["kind"] == "liveness")
         ready = live and all(r["ok"] for r in results.values() if r["kind"] == "readiness")
-        return {"status": "ok" if ready else "unavailable", "live": live, "ready": ready, "checks": results}
+        return {
+            "status": "ok" if ready else "unavailable",
+            "live": live,
+            "ready": ready,
+            "checks": results,
+        }
 
     def _log_check(self, name: str, ok: bool, detail: str | None) -> None:
         """Log a check's failure with its detail when it starts or its detail changes, and
@@ -244,13 +275,27 @@ class HttpServer:
         if route is None:
             allowed = sorted(m for m, p in self._routes if p == path)
             if allowed:
-                return Response(405, {"error": f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"},
-                                headers={"Allow": ", ".join(allowed)})
+                return Response(
+                    405,
+                    {
+                        "error": f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"
+                    },
+                    headers={"Allow": ", ".join(allowed)},
+                )
             return error(404, f"no route {request.method} {path}")
-        if route.auth and self.token and not self._authorised(request.headers.get("authorization", "")):
-            return Response(401, {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
-                                           "with the value of FINSENT_HTTP_TOKEN"},
-                            headers={"WWW-Authenticate": 'Bearer realm="finsent"'})
+        if (
+            route.auth
+            and self.token
+            and not self._authorised(request.headers.get("authorization", ""))
+        ):
+            return Response(
+                401,
+                {
+                    "error": "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+                    "with the value of FINSENT_HTTP_TOKEN"
+                },
+                headers={"WWW-Authenticate": 'Bearer realm="finsent"'},
+            )
         body = b""
         if request.method in ("POST", "PUT", "PATCH"):
             if "chunked" in request.headers.get("transfer-encoding", "").lower():
@@ -265,16 +310,24 @@ class HttpServer:
             except ValueError:
                 return error(400, f"invalid Content-Length {raw_length[:40]!r}")
             if length > self.max_body_bytes:
-                return error(413, f"body of {length} bytes is over the limit of {self.max_body_bytes} bytes "
-                                  "(FINSENT_HTTP_MAX_BODY_BYTES); send smaller batches",
-                             max_body_bytes=self.max_body_bytes)
+                return error(
+                    413,
+                    f"body of {length} bytes is over the limit of {self.max_body_bytes} bytes "
+                    "(FINSENT_HTTP_MAX_BODY_BYTES); send smaller batches",
+                    max_body_bytes=self.max_body_bytes,
+                )
             if route.json_body:
                 ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
                 if ctype != "application/json" and not ctype.endswith("+json"):
-                    return error(415, f"content type {ctype or '(none)'!r} is not accepted: send application/json")
+                    return error(
+                        415,
+                        f"content type {ctype or '(none)'!r} is not accepted: send application/json",
+                    )
             body = read_body(length)
         try:
-            return route.handler(Request(request.method, path, request.query, request.headers, body))
+            return route.handler(
+                Request(request.method, path, request.query, request.headers, body)
+            )
         except Exception:
             log.exception("HTTP %s %s failed", request.method, path)
             return error(500, "internal error; see the server log")
@@ -283,7 +336,9 @@ class HttpServer:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip() or self.token is None:
             return False
-        return hmac.compare_digest(value.strip().encode("utf-8", "replace"), self.token.encode("utf-8"))
+        return hmac.compare_digest(
+            value.strip().encode("utf-8", "replace"), self.token.encode("utf-8")
+        )
 
 
 def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
@@ -314,7 +369,9 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True  # the unread body would corrupt the next request
             payload = response.encode()
             self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type if response.body is not None else "text/plain")
+            self.send_header(
+                "Content-Type", response.content_type if response.body is not None else "text/plain"
+            )
             self.send_header("Content-Length", str(len(payload)))
             for name, value in response.headers.items():
                 self.send_header(name, value)

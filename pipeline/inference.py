@@ -33,10 +33,26 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 TOPICS: tuple[str, ...] = (
-    "Analyst Update", "Fed / Central Banks", "Company / Product News", "Treasuries / Corporate Debt",
-    "Dividend", "Earnings", "Energy / Oil", "Financials", "Currencies", "General News / Opinion",
-    "Gold / Metals / Materials", "IPO", "Legal / Regulation", "M&A / Investments", "Macro", "Markets",
-    "Politics", "Personnel Change", "Stock Commentary", "Stock Movement",
+    "Analyst Update",
+    "Fed / Central Banks",
+    "Company / Product News",
+    "Treasuries / Corporate Debt",
+    "Dividend",
+    "Earnings",
+    "Energy / Oil",
+    "Financials",
+    "Currencies",
+    "General News / Opinion",
+    "Gold / Metals / Materials",
+    "IPO",
+    "Legal / Regulation",
+    "M&A / Investments",
+    "Macro",
+    "Markets",
+    "Politics",
+    "Personnel Change",
+    "Stock Commentary",
+    "Stock Movement",
 )
 #: The model's sentiment output order. The data files number them differently
 #: (0 bearish, 1 bullish, 2 neutral): see ``training.data.DATA_TO_MODEL_SENTIMENT``.
@@ -86,12 +102,16 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{path} is unreadable ({exc}); re-export the model with 'finsent export'") from exc
+        raise ModelError(
+            f"{path} is unreadable ({exc}); re-export the model with 'finsent export'"
+        ) from exc
     for key in ("version", "topics", "sentiments", "classifier", "tokenizer", "max_tokens"):
         if key not in manifest:
             raise ModelError(f"{path} lacks '{key}'; re-export the model with 'finsent export'")
     if list(manifest["sentiments"]) != list(SENTIMENTS):
-        raise ModelError(f"{path}: sentiments must be {list(SENTIMENTS)}, got {manifest['sentiments']}")
+        raise ModelError(
+            f"{path}: sentiments must be {list(SENTIMENTS)}, got {manifest['sentiments']}"
+        )
     return manifest
 
 
@@ -144,19 +164,25 @@ def choose_providers(settings: Settings) -> list[str]:
     available = set(ort.get_available_providers())
     runtimes = _installed_runtimes()
     if len(runtimes) > 1:
-        _warn_once("both onnxruntime and onnxruntime-gpu are installed; they provide the same module, so "
-                   "which one loads is an accident of install order. Keep one: 'make install-gpu' replaces "
-                   "the CPU runtime, 'make install' the GPU one")
+        _warn_once(
+            "both onnxruntime and onnxruntime-gpu are installed; they provide the same module, so "
+            "which one loads is an accident of install order. Keep one: 'make install-gpu' replaces "
+            "the CPU runtime, 'make install' the GPU one"
+        )
     wanted = list(settings.ort_providers) or [CUDA, CPU]
     chosen = [p for p in wanted if p in available]
     missing = [p for p in wanted if p not in available]
     if missing and settings.ort_providers:
-        why = ("this onnxruntime build is CPU-only (the onnxruntime wheel): install the GPU runtime with "
-               "'make install-gpu' (pip install 'finsent[gpu]' after uninstalling onnxruntime)"
-               if CUDA in missing and "onnxruntime-gpu" not in runtimes else
-               f"this onnxruntime build offers only {sorted(available)}")
-        _warn_once(f"FINSENT_ORT_PROVIDERS asks for {', '.join(missing)}, which cannot be used: {why}; "
-                   "serving from the CPU")
+        why = (
+            "this onnxruntime build is CPU-only (the onnxruntime wheel): install the GPU runtime with "
+            "'make install-gpu' (pip install 'finsent[gpu]' after uninstalling onnxruntime)"
+            if CUDA in missing and "onnxruntime-gpu" not in runtimes
+            else f"this onnxruntime build offers only {sorted(available)}"
+        )
+        _warn_once(
+            f"FINSENT_ORT_PROVIDERS asks for {', '.join(missing)}, which cannot be used: {why}; "
+            "serving from the CPU"
+        )
     if CPU not in chosen:
         chosen.append(CPU)
     return chosen
@@ -174,7 +200,9 @@ def _open_session(path: Path, settings: Settings, providers: list[str]) -> Any:
     if not path.is_file():
         raise ModelError(f"model file {path} is missing; re-export the model with 'finsent export'")
     try:
-        return ort.InferenceSession(str(path), sess_options=_session_options(settings), providers=providers)
+        return ort.InferenceSession(
+            str(path), sess_options=_session_options(settings), providers=providers
+        )
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load {path}: {exc}") from exc
 
@@ -188,8 +216,15 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class Classifier:
     """Topic + sentiment classifier over onnxruntime. Thread-safe: ``classify`` keeps no state."""
 
-    def __init__(self, session: Any, tokenizer: Any, manifest: dict[str, Any], provider: str,
-                 max_chars: int, run_batch: int = RUN_BATCH) -> None:
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        manifest: dict[str, Any],
+        provider: str,
+        max_chars: int,
+        run_batch: int = RUN_BATCH,
+    ) -> None:
         self._session = session
         self._tokenizer = tokenizer
         self.manifest = manifest
@@ -201,8 +236,14 @@ class Classifier:
         self._pad_id = int(manifest.get("pad_token_id", 0))
 
     @classmethod
-    def load(cls, model_dir: Path, settings: Settings, *, model_file: str | None = None,
-             run_batch: int | None = None) -> Classifier:
+    def load(
+        cls,
+        model_dir: Path,
+        settings: Settings,
+        *,
+        model_file: str | None = None,
+        run_batch: int | None = None,
+    ) -> Classifier:
         """Open the classifier of ``model_dir``: the GPU file on the CUDA provider when the
         settings allow it and onnxruntime offers it, else the int8 file on the CPU.
         ``model_file`` forces a file (the benchmark compares precisions with it);
@@ -221,8 +262,10 @@ class Classifier:
         if use_gpu and session.get_providers()[0] != CUDA and model_file is None:
             # onnxruntime-gpu lists CUDA even where the driver or CUDA libraries are missing,
             # then builds the session on the CPU: say so, and serve the CPU (int8) file.
-            _warn_once(f"the CUDA execution provider is installed but could not be initialised (no GPU, driver "
-                       f"or CUDA/cuDNN libraries?); serving {manifest['classifier']['cpu']} from the CPU")
+            _warn_once(
+                f"the CUDA execution provider is installed but could not be initialised (no GPU, driver "
+                f"or CUDA/cuDNN libraries?); serving {manifest['classifier']['cpu']} from the CPU"
+            )
             name = manifest["classifier"]["cpu"]
             session = _open_session(model_dir / name, settings, [CPU])
         try:
@@ -233,7 +276,9 @@ class Classifier:
         tokenizer.enable_truncation(max_length=max_tokens)
         tokenizer.no_padding()
         provider = session.get_providers()[0]
-        log.info("classifier %s loaded from %s (%s, %s)", manifest["version"], model_dir, name, provider)
+        log.info(
+            "classifier %s loaded from %s (%s, %s)", manifest["version"], model_dir, name, provider
+        )
         if run_batch is None:
             run_batch = 1 if settings.batch_independent_inference else RUN_BATCH
         return cls(session, tokenizer, manifest, provider, settings.max_text_chars, run_batch)
@@ -250,7 +295,7 @@ class Classifier:
         order = sorted(range(n), key=lambda i: len(ids[i]))
         topic = sentiment = vectors = None
         for start in range(0, n, self._run_batch):
-            chunk = order[start:start + self._run_batch]
+            chunk = order[start : start + self._run_batch]
             width = max(len(ids[i]) for i in chunk)
             input_ids = np.full((len(chunk), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
@@ -267,8 +312,11 @@ class Classifier:
             vectors[chunk] = v  # type: ignore[index]
         if topic is None:
             d = int(self.manifest.get("doc_vector_dim", 0))
-            return (np.zeros((0, len(self.topics)), np.float32), np.zeros((0, 3), np.float32),
-                    np.zeros((0, d), np.float32))
+            return (
+                np.zeros((0, len(self.topics)), np.float32),
+                np.zeros((0, 3), np.float32),
+                np.zeros((0, d), np.float32),
+            )
         return topic, sentiment, vectors  # type: ignore[return-value]
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
@@ -283,16 +331,18 @@ class Classifier:
         out = []
         for i in range(len(texts)):
             tid = int(topic_ids[i])
-            out.append(Prediction(
-                topic_id=tid,
-                topic=self.topics[tid],
-                topic_confidence=float(p_topic[i, tid]),
-                sentiment=SENTIMENTS[int(sent_ids[i])],
-                p_bearish=float(p_sent[i, 0]),
-                p_neutral=float(p_sent[i, 1]),
-                p_bullish=float(p_sent[i, 2]),
-                doc_vector=tuple(float(x) for x in vectors[i]),
-            ))
+            out.append(
+                Prediction(
+                    topic_id=tid,
+                    topic=self.topics[tid],
+                    topic_confidence=float(p_topic[i, tid]),
+                    sentiment=SENTIMENTS[int(sent_ids[i])],
+                    p_bearish=float(p_sent[i, 0]),
+                    p_neutral=float(p_sent[i, 1]),
+                    p_bullish=float(p_sent[i, 2]),
+                    doc_vector=tuple(float(x) for x in vectors[i]),
+                )
+            )
         return out
 
 
@@ -315,16 +365,27 @@ class MemoryCell:
         if not memory:
             raise ModelError(f"{model_dir}/manifest.json names no memory cell; re-export the model")
         # The cell is tiny: the CPU provider beats a GPU round trip.
-        session = _open_session(Path(model_dir) / memory["file"], settings, ["CPUExecutionProvider"])
+        session = _open_session(
+            Path(model_dir) / memory["file"], settings, ["CPUExecutionProvider"]
+        )
         return cls(session, int(memory["state_dim"]), int(memory["feature_dim"]))
 
     def initial_state(self) -> np.ndarray:
         return np.zeros(self.state_dim, dtype=np.float32)
 
-    def features(self, p_bearish: float, p_neutral: float, p_bullish: float, topic_confidence: float,
-                 doc_vector: Sequence[float] | np.ndarray, dt_seconds: float | None) -> np.ndarray:
+    def features(
+        self,
+        p_bearish: float,
+        p_neutral: float,
+        p_bullish: float,
+        topic_confidence: float,
+        doc_vector: Sequence[float] | np.ndarray,
+        dt_seconds: float | None,
+    ) -> np.ndarray:
         """One document's input features; see :func:`pipeline.memory_features.memory_features`."""
-        feats = memory_features(p_bearish, p_neutral, p_bullish, topic_confidence, doc_vector, dt_seconds)
+        feats = memory_features(
+            p_bearish, p_neutral, p_bullish, topic_confidence, doc_vector, dt_seconds
+        )
         if feats.shape[0] != self.feature_dim:
             raise ModelError(
                 f"memory features have {feats.shape[0]} values but the cell expects {self.feature_dim}; "

@@ -61,8 +61,15 @@ def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> Kafka
     return KafkaProducer(**config)
 
 
-def make_consumer(settings: Settings, bootstrap: str, group_id: str, kafka_topics: Iterable[str], *,
-                  listener: ConsumerRebalanceListener | None = None, **overrides: Any) -> KafkaConsumer:
+def make_consumer(
+    settings: Settings,
+    bootstrap: str,
+    group_id: str,
+    kafka_topics: Iterable[str],
+    *,
+    listener: ConsumerRebalanceListener | None = None,
+    **overrides: Any,
+) -> KafkaConsumer:
     """A consumer in ``group_id`` subscribed to ``kafka_topics`` with manual commits;
     ``listener`` hears of partitions revoked and assigned (subscribing once: a second
     ``subscribe`` to add a listener logs a warning). With static membership

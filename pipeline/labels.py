@@ -38,18 +38,26 @@ class FeedbackRows:
     topic: list[tuple[str, int]]
 
 
-def _check(sentiment: str | None, topic_id: int | None, labelled_by: str) -> tuple[str | None, int | None, str]:
+def _check(
+    sentiment: str | None, topic_id: int | None, labelled_by: str
+) -> tuple[str | None, int | None, str]:
     if sentiment is None and topic_id is None:
-        raise InputError("a label needs a sentiment (bearish, neutral, bullish) or a topic id (0-19), or both")
+        raise InputError(
+            "a label needs a sentiment (bearish, neutral, bullish) or a topic id (0-19), or both"
+        )
     if sentiment is not None:
         sentiment = str(sentiment).strip().lower()
         if sentiment not in SENTIMENTS:
             raise InputError(f"sentiment {sentiment!r} is not one of bearish, neutral, bullish")
     if topic_id is not None:
         if isinstance(topic_id, bool) or not isinstance(topic_id, int):
-            raise InputError(f"topic id {topic_id!r} is not an integer; give a topic id from 0 to 19")
+            raise InputError(
+                f"topic id {topic_id!r} is not an integer; give a topic id from 0 to 19"
+            )
         if not 0 <= topic_id < N_TOPICS:
-            raise InputError(f"topic id {topic_id} is out of range; give a topic id from 0 to {N_TOPICS - 1}")
+            raise InputError(
+                f"topic id {topic_id} is out of range; give a topic id from 0 to {N_TOPICS - 1}"
+            )
     labelled_by = (labelled_by or "").strip()
     if not labelled_by:
         raise InputError("a label needs the name of who made it (labelled_by / --by)")
@@ -58,8 +66,14 @@ def _check(sentiment: str | None, topic_id: int | None, labelled_by: str) -> tup
     return sentiment, topic_id, labelled_by
 
 
-def store_label(conn: Connection, document_id: str, *, sentiment: str | None = None,
-                topic_id: int | None = None, labelled_by: str) -> int:
+def store_label(
+    conn: Connection,
+    document_id: str,
+    *,
+    sentiment: str | None = None,
+    topic_id: int | None = None,
+    labelled_by: str,
+) -> int:
     """Store one human label in the caller's transaction; return its id.
 
     Records the prediction it corrects (the document's newest prediction, if any).
@@ -69,23 +83,36 @@ def store_label(conn: Connection, document_id: str, *, sentiment: str | None = N
     sentiment, topic_id, labelled_by = _check(sentiment, topic_id, labelled_by)
     if not isinstance(document_id, str) or not document_id.strip():
         raise InputError("a label needs the id of the document it is about")
-    exists = conn.execute(sa.text("select 1 from documents where id = :id"), {"id": document_id}).first()
+    exists = conn.execute(
+        sa.text("select 1 from documents where id = :id"), {"id": document_id}
+    ).first()
     if exists is None:
-        raise InputError(f"document {document_id!r} is not in the database; label a document finsent has ingested "
-                         "(see the documents table)")
-    latest = conn.execute(sa.text(
-        "select model_version, sentiment, topic_id from predictions where document_id = :id "
-        "order by scored_at desc, model_version desc limit 1"
-    ), {"id": document_id}).first()
-    label_id = conn.execute(sa.text(
-        "insert into labels (document_id, sentiment, topic_id, labelled_by, corrects_version, "
-        "corrects_sentiment, corrects_topic_id) values (:doc, :s, :t, :by, :cv, :cs, :ct) returning id"
-    ), {
-        "doc": document_id, "s": sentiment, "t": topic_id, "by": labelled_by,
-        "cv": latest.model_version if latest else None,
-        "cs": latest.sentiment if latest else None,
-        "ct": latest.topic_id if latest else None,
-    }).scalar_one()
+        raise InputError(
+            f"document {document_id!r} is not in the database; label a document finsent has ingested "
+            "(see the documents table)"
+        )
+    latest = conn.execute(
+        sa.text(
+            "select model_version, sentiment, topic_id from predictions where document_id = :id "
+            "order by scored_at desc, model_version desc limit 1"
+        ),
+        {"id": document_id},
+    ).first()
+    label_id = conn.execute(
+        sa.text(
+            "insert into labels (document_id, sentiment, topic_id, labelled_by, corrects_version, "
+            "corrects_sentiment, corrects_topic_id) values (:doc, :s, :t, :by, :cv, :cs, :ct) returning id"
+        ),
+        {
+            "doc": document_id,
+            "s": sentiment,
+            "t": topic_id,
+            "by": labelled_by,
+            "cv": latest.model_version if latest else None,
+            "cs": latest.sentiment if latest else None,
+            "ct": latest.topic_id if latest else None,
+        },
+    ).scalar_one()
     return int(label_id)
 
 
@@ -129,7 +156,9 @@ def export_labels(engine: Engine, path: Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise InputError(f"{path} is a file; 'finsent label export' writes two CSVs into a directory")
+        raise InputError(
+            f"{path} is a file; 'finsent label export' writes two CSVs into a directory"
+        )
     path.mkdir(parents=True, exist_ok=True)
     rows = feedback_rows(engine)
     written: dict[str, Any] = {}

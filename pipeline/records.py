@@ -27,10 +27,26 @@ SENTIMENTS: tuple[Sentiment, ...] = ("bearish", "neutral", "bullish")
 #: sentiment name -> label id in the training data files (0 bearish, 1 bullish, 2 neutral)
 SENTIMENT_DATA_IDS: dict[str, int] = {"bearish": 0, "bullish": 1, "neutral": 2}
 TOPICS: tuple[str, ...] = (
-    "Analyst Update", "Fed / Central Banks", "Company / Product News", "Treasuries / Corporate Debt",
-    "Dividend", "Earnings", "Energy / Oil", "Financials", "Currencies", "General News / Opinion",
-    "Gold / Metals / Materials", "IPO", "Legal / Regulation", "M&A / Investments", "Macro", "Markets",
-    "Politics", "Personnel Change", "Stock Commentary", "Stock Movement",
+    "Analyst Update",
+    "Fed / Central Banks",
+    "Company / Product News",
+    "Treasuries / Corporate Debt",
+    "Dividend",
+    "Earnings",
+    "Energy / Oil",
+    "Financials",
+    "Currencies",
+    "General News / Opinion",
+    "Gold / Metals / Materials",
+    "IPO",
+    "Legal / Regulation",
+    "M&A / Investments",
+    "Macro",
+    "Markets",
+    "Politics",
+    "Personnel Change",
+    "Stock Commentary",
+    "Stock Movement",
 )
 KEY_KINDS = ("topic", "entity")
 MAX_KEY_CHARS = 300
@@ -104,6 +120,8 @@ class ScoredRecord(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
-                                 for e in exc.errors()[:5])
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
             raise InputError(f"scored record is missing or has a bad field: {problems}") from None

@@ -27,12 +27,16 @@ class ModelVersion:
 
 
 def _row(row: Any) -> ModelVersion:
-    return ModelVersion(version=row.version, status=row.status, path=Path(row.path), metrics=dict(row.metrics or {}))
+    return ModelVersion(
+        version=row.version, status=row.status, path=Path(row.path), metrics=dict(row.metrics or {})
+    )
 
 
 def current_champion(bind: Engine | Connection) -> ModelVersion | None:
     """The champion version, or None when none is registered."""
-    query = sa.text("select version, status, path, metrics from model_versions where status = 'champion'")
+    query = sa.text(
+        "select version, status, path, metrics from model_versions where status = 'champion'"
+    )
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             row = conn.execute(query).first()
@@ -44,9 +48,11 @@ def current_champion(bind: Engine | Connection) -> ModelVersion | None:
 def list_versions(engine: Engine) -> list[ModelVersion]:
     """Every registered version, newest first."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select version, status, path, metrics from model_versions order by created_at desc, version desc"
-        )).all()
+        rows = conn.execute(
+            sa.text(
+                "select version, status, path, metrics from model_versions order by created_at desc, version desc"
+            )
+        ).all()
     return [_row(r) for r in rows]
 
 
@@ -69,8 +75,10 @@ def check_model_dir(path: Path) -> dict[str, Any]:
     """
     manifest_path = Path(path) / "manifest.json"
     if not manifest_path.is_file():
-        raise ModelError(f"{path} is not a model directory (no manifest.json); "
-                         "give the directory 'finsent train' or 'finsent retrain' wrote")
+        raise ModelError(
+            f"{path} is not a model directory (no manifest.json); "
+            "give the directory 'finsent train' or 'finsent retrain' wrote"
+        )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -83,12 +91,20 @@ def check_model_dir(path: Path) -> dict[str, Any]:
         files.append(memory["file"])
     missing = [f for f in files if not (Path(path) / f).is_file()]
     if missing:
-        raise ModelError(f"model directory {path} is incomplete (missing {', '.join(missing)}); re-export it")
+        raise ModelError(
+            f"model directory {path} is incomplete (missing {', '.join(missing)}); re-export it"
+        )
     return dict(manifest)
 
 
-def register_version(conn: Connection, version: str, path: Path, metrics: dict[str, Any],
-                     status: str = "challenger", training_run_id: int | None = None) -> None:
+def register_version(
+    conn: Connection,
+    version: str,
+    path: Path,
+    metrics: dict[str, Any],
+    status: str = "challenger",
+    training_run_id: int | None = None,
+) -> None:
     """Insert a version (in the caller's transaction). Promote it with ``promote``.
 
     The directory must be complete (``check_model_dir``); ModelError when the version is
@@ -96,11 +112,16 @@ def register_version(conn: Connection, version: str, path: Path, metrics: dict[s
     """
     check_model_dir(path)
     if get_version(conn, version) is not None:
-        raise ModelError(f"model version {version!r} is already registered; see 'finsent models list'")
-    conn.execute(sa.text(
-        "insert into model_versions (version, status, path, metrics, training_run_id) "
-        "values (:v, :s, :p, cast(:m as jsonb), :r)"
-    ), {"v": version, "s": status, "p": str(path), "m": json.dumps(metrics), "r": training_run_id})
+        raise ModelError(
+            f"model version {version!r} is already registered; see 'finsent models list'"
+        )
+    conn.execute(
+        sa.text(
+            "insert into model_versions (version, status, path, metrics, training_run_id) "
+            "values (:v, :s, :p, cast(:m as jsonb), :r)"
+        ),
+        {"v": version, "s": status, "p": str(path), "m": json.dumps(metrics), "r": training_run_id},
+    )
 
 
 def promote(conn: Connection, version: str) -> None:
@@ -112,19 +133,29 @@ def promote(conn: Connection, version: str) -> None:
         raise ModelError(f"model version {version!r} is not registered; see 'finsent models list'")
     check_model_dir(target.path)
     conn.execute(sa.text("select pg_advisory_xact_lock(hashtext('finsent.model_versions'))"))
-    conn.execute(sa.text("update model_versions set status = 'retired' where status = 'champion' and version <> :v"),
-                 {"v": version})
-    conn.execute(sa.text("update model_versions set status = 'champion', promoted_at = now() where version = :v"),
-                 {"v": version})
+    conn.execute(
+        sa.text(
+            "update model_versions set status = 'retired' where status = 'champion' and version <> :v"
+        ),
+        {"v": version},
+    )
+    conn.execute(
+        sa.text(
+            "update model_versions set status = 'champion', promoted_at = now() where version = :v"
+        ),
+        {"v": version},
+    )
 
 
 def previous_champion(conn: Connection) -> ModelVersion | None:
     """The version that was champion before the current one: the retired version promoted
     most recently (a rolled-back version is marked 'rejected', so it is never chosen)."""
-    row = conn.execute(sa.text(
-        "select version, status, path, metrics from model_versions "
-        "where status = 'retired' and promoted_at is not null order by promoted_at desc limit 1"
-    )).first()
+    row = conn.execute(
+        sa.text(
+            "select version, status, path, metrics from model_versions "
+            "where status = 'retired' and promoted_at is not null order by promoted_at desc limit 1"
+        )
+    ).first()
     return _row(row) if row is not None else None
 
 
@@ -137,16 +168,26 @@ def rollback(conn: Connection) -> tuple[ModelVersion, ModelVersion]:
     conn.execute(sa.text("select pg_advisory_xact_lock(hashtext('finsent.model_versions'))"))
     current = current_champion(conn)
     if current is None:
-        raise ModelError("no champion is registered, so there is nothing to roll back; "
-                         "see 'finsent models list'")
+        raise ModelError(
+            "no champion is registered, so there is nothing to roll back; see 'finsent models list'"
+        )
     previous = previous_champion(conn)
     if previous is None:
-        raise ModelError(f"{current.version} is the only version that was ever champion; nothing to roll back to "
-                         "(promote another version with 'finsent models promote V')")
+        raise ModelError(
+            f"{current.version} is the only version that was ever champion; nothing to roll back to "
+            "(promote another version with 'finsent models promote V')"
+        )
     check_model_dir(previous.path)
-    conn.execute(sa.text("update model_versions set status = 'rejected' where version = :v"), {"v": current.version})
-    conn.execute(sa.text("update model_versions set status = 'champion', promoted_at = now() where version = :v"),
-                 {"v": previous.version})
+    conn.execute(
+        sa.text("update model_versions set status = 'rejected' where version = :v"),
+        {"v": current.version},
+    )
+    conn.execute(
+        sa.text(
+            "update model_versions set status = 'champion', promoted_at = now() where version = :v"
+        ),
+        {"v": previous.version},
+    )
     restored = get_version(conn, previous.version)
     assert restored is not None
     return current, restored

@@ -97,7 +97,9 @@ class BatchPolicy(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     max_size: int = Field(32, ge=1, le=4096, description="documents per batch at most")
-    max_wait_ms: int = Field(200, ge=1, le=60_000, description="wait for a fuller batch at most this long")
+    max_wait_ms: int = Field(
+        200, ge=1, le=60_000, description="wait for a fuller batch at most this long"
+    )
 
 
 class KafkaTimeouts(BaseModel):
@@ -125,9 +127,15 @@ class SmtpSettings(BaseModel):
     password: SecretStr | None = None
     sender: str = "finsent@localhost"
     recipients: tuple[str, ...] = ()
-    timeout_s: float = Field(10.0, gt=0, description="total deadline of one send (connect, TLS, EHLO, STARTTLS, "
-                             "AUTH, the message and QUIT together); capped at half of FINSENT_DELIVERY__LEASE_S")
-    tls_ca_file: Path | None = Field(None, description="CA bundle to trust for STARTTLS/SSL (default: the system's)")
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="total deadline of one send (connect, TLS, EHLO, STARTTLS, "
+        "AUTH, the message and QUIT together); capped at half of FINSENT_DELIVERY__LEASE_S",
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="CA bundle to trust for STARTTLS/SSL (default: the system's)"
+    )
 
 
 class WebhookSettings(BaseModel):
@@ -136,9 +144,15 @@ class WebhookSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     url: str | None = None
-    secret: SecretStr | None = Field(None, description="shared HMAC-SHA256 secret for the signature header")
-    timeout_s: float = Field(10.0, gt=0, description="total deadline of one send (connect, request, whole "
-                             "answer); capped at half of FINSENT_DELIVERY__LEASE_S")
+    secret: SecretStr | None = Field(
+        None, description="shared HMAC-SHA256 secret for the signature header"
+    )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="total deadline of one send (connect, request, whole "
+        "answer); capped at half of FINSENT_DELIVERY__LEASE_S",
+    )
 
 
 class DeliveryPolicy(BaseModel):
@@ -149,8 +163,14 @@ class DeliveryPolicy(BaseModel):
     max_attempts: int = Field(8, ge=1)
     base_delay_s: float = Field(2.0, gt=0)
     max_delay_s: float = Field(600.0, gt=0)
-    lease_s: float = Field(120.0, gt=0, description="a claimed ('sending') delivery is retried after this if its dispatcher died")
-    poll_interval_s: float = Field(1.0, gt=0, description="how often the dispatcher looks for due deliveries")
+    lease_s: float = Field(
+        120.0,
+        gt=0,
+        description="a claimed ('sending') delivery is retried after this if its dispatcher died",
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="how often the dispatcher looks for due deliveries"
+    )
 
 
 class FeedPolicy(BaseModel):
@@ -158,11 +178,17 @@ class FeedPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    urls: tuple[str, ...] = Field((), description="feeds `finsent run` polls (FINSENT_FEEDS__URLS as a JSON list)")
+    urls: tuple[str, ...] = Field(
+        (), description="feeds `finsent run` polls (FINSENT_FEEDS__URLS as a JSON list)"
+    )
     interval_s: float = Field(60.0, gt=0, description="seconds between polls of one feed")
     timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one fetch")
-    max_backoff_s: float = Field(900.0, gt=0, description="a failing feed is retried at most this far apart")
-    max_seen_ids: int = Field(5000, ge=10, description="ids remembered per feed so a restart does not re-send")
+    max_backoff_s: float = Field(
+        900.0, gt=0, description="a failing feed is retried at most this far apart"
+    )
+    max_seen_ids: int = Field(
+        5000, ge=10, description="ids remembered per feed so a restart does not re-send"
+    )
 
 
 class Settings(BaseSettings):
@@ -187,12 +213,18 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, description="comma-separated host:port list. Empty: start the embedded broker."
     )
-    kafka_partitions: int = Field(4, ge=1, le=1024, description="partitions of the project's Kafka topics when finsent creates them")
+    kafka_partitions: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="partitions of the project's Kafka topics when finsent creates them",
+    )
     kafka_topic_documents: str = "finsent.documents"
     kafka_topic_scored: str = "finsent.scored"
     kafka_topic_dlq: str = "finsent.dlq"
     kafka_group_prefix: str = Field(
-        "finsent", pattern=r"^[A-Za-z0-9._-]+$",
+        "finsent",
+        pattern=r"^[A-Za-z0-9._-]+$",
         description="consumer groups are PREFIX-scorer and PREFIX-trends: give each deployment that "
         "shares a Kafka cluster its own prefix, or they split each other's partitions",
     )
@@ -205,7 +237,8 @@ class Settings(BaseSettings):
         "session timeout for it",
     )
     worker_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,200}$",
         description="this worker's stable name in its consumer groups (static membership). Default: the "
         "host name. Two workers of one role on one host need different ids (e.g. scorer-1, scorer-2)",
     )
@@ -213,34 +246,45 @@ class Settings(BaseSettings):
     batch: BatchPolicy = BatchPolicy()
 
     model_dir: Path = Field(
-        SHIPPED_MODEL_DIR, description="the model served while no champion is registered (default: the shipped one)"
+        SHIPPED_MODEL_DIR,
+        description="the model served while no champion is registered (default: the shipped one)",
     )
     model_registry_dir: Path = Field(
-        Path.home() / ".finsent" / "models", description="where retraining writes new model versions"
+        Path.home() / ".finsent" / "models",
+        description="where retraining writes new model versions",
     )
     ort_providers: tuple[str, ...] = Field(
         (),
         description="onnxruntime execution providers in order of preference; empty = automatic (CUDA when the "
-                    "installed runtime offers it, else CPU); a listed provider that cannot be used is skipped "
-                    "with one WARNING",
+        "installed runtime offers it, else CPU); a listed provider that cannot be used is skipped "
+        "with one WARNING",
     )
-    ort_intra_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime's default)")
+    ort_intra_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime's default)"
+    )
     ort_inter_threads: int = Field(1, ge=0)
-    max_text_chars: int = Field(20_000, ge=100, description="documents are truncated to this many characters")
+    max_text_chars: int = Field(
+        20_000, ge=100, description="documents are truncated to this many characters"
+    )
     max_tokens: int = Field(128, ge=8, le=512, description="tokenizer truncation length")
     batch_independent_inference: bool = Field(
-        True, description="classify each document in its own onnxruntime call, so its prediction never depends "
+        True,
+        description="classify each document in its own onnxruntime call, so its prediction never depends "
         "on the other documents of its batch: the int8 model quantizes activations with one scale per call, so "
         "batched calls move probabilities by up to ~1e-3 and flip a few topics, and two replays of one file "
         "would differ. Off: length-bucketed batches of 32 (about 1.6x the model throughput on CPU)",
     )
 
     rules: Path | None = Field(None, description="alert rules YAML")
-    watchlist: Path | None = Field(None, description="entity watchlist YAML (ticker: [names, aliases])")
+    watchlist: Path | None = Field(
+        None, description="entity watchlist YAML (ticker: [names, aliases])"
+    )
     alert_interval_s: float = Field(30.0, gt=0, description="how often alert rules are evaluated")
     alert_clock: Literal["wall", "data"] = Field(
-        "wall", description="alert evaluation instants follow the wall clock, or (data) the newest event time "
-        "in trend_points, so replaying history through the stream raises its alerts (demos, replays)")
+        "wall",
+        description="alert evaluation instants follow the wall clock, or (data) the newest event time "
+        "in trend_points, so replaying history through the stream raises its alerts (demos, replays)",
+    )
     smtp: SmtpSettings = SmtpSettings()
     webhook: WebhookSettings = WebhookSettings()
     delivery: DeliveryPolicy = DeliveryPolicy()
@@ -249,34 +293,61 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP ingest, /healthz and /metrics")
-    http_token: SecretStr | None = Field(None, description="bearer token required by HTTP ingest when set")
+    http_token: SecretStr | None = Field(
+        None, description="bearer token required by HTTP ingest when set"
+    )
     http_max_body_bytes: int = Field(5_000_000, ge=1024)
-    shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM: stop every role, stage by stage (and drain the embedded broker), within this")
-    model_poll_s: float = Field(5.0, gt=0, description="stream workers check model_versions for a new champion this often")
+    shutdown_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="SIGTERM: stop every role, stage by stage (and drain the embedded broker), within this",
+    )
+    model_poll_s: float = Field(
+        5.0, gt=0, description="stream workers check model_versions for a new champion this often"
+    )
     lateness_horizon_s: float = Field(
-        604_800.0, ge=0, description="trends: a record older than its key's newest by more than this is "
+        604_800.0,
+        ge=0,
+        description="trends: a record older than its key's newest by more than this is "
         "applied in arrival order (logged) instead of rewinding the key's memory",
     )
     scorer_max_drift_s: float = Field(
-        86_400.0, ge=0, description="scorers sharing a backlog hold back documents later than the group's slowest "
+        86_400.0,
+        ge=0,
+        description="scorers sharing a backlog hold back documents later than the group's slowest "
         "partition plus this (event time), so a key's documents reach trends within its lateness horizon; "
         "must not exceed FINSENT_LATENESS_HORIZON_S",
     )
     scorer_align_wait_s: float = Field(
-        30.0, ge=0, description="how long scorers wait for a partition whose event-time watermark no member "
+        30.0,
+        ge=0,
+        description="how long scorers wait for a partition whose event-time watermark no member "
         "has published yet before ignoring it (logged)",
     )
 
-    train_sentiment_csv: Path | None = Field(None, description="labelled sentiment training CSV (text,label)")
-    train_topic_csv: Path | None = Field(None, description="labelled topic training CSV (text,label)")
-    retrain_promote_margin: float = Field(0.005, ge=0, description="challenger may be this much worse in macro-F1 and still win")
-    retrain_max_recall_drop: float = Field(0.05, ge=0, description="no class's recall may drop more than this")
+    train_sentiment_csv: Path | None = Field(
+        None, description="labelled sentiment training CSV (text,label)"
+    )
+    train_topic_csv: Path | None = Field(
+        None, description="labelled topic training CSV (text,label)"
+    )
+    retrain_promote_margin: float = Field(
+        0.005, ge=0, description="challenger may be this much worse in macro-F1 and still win"
+    )
+    retrain_max_recall_drop: float = Field(
+        0.05, ge=0, description="no class's recall may drop more than this"
+    )
     retrain_distill: bool = Field(
-        True, description="the champion teaches the challenger: its predictions label the head each "
-        "training row has no gold label for (self-distillation; see training/distill.py)")
+        True,
+        description="the champion teaches the challenger: its predictions label the head each "
+        "training row has no gold label for (self-distillation; see training/distill.py)",
+    )
     retrain_misfire_grace_s: int = Field(
-        3600, ge=1, description="a scheduled retraining missed while the scheduler was down still runs (once) "
-        "if the scheduler is back within this many seconds; later, it waits for the next slot")
+        3600,
+        ge=1,
+        description="a scheduled retraining missed while the scheduler was down still runs (once) "
+        "if the scheduler is back within this many seconds; later, it waits for the next slot",
+    )
 
     log_level: str = "INFO"
 

@@ -29,9 +29,16 @@ from pipeline import db
 from pipeline.embedded import EmbeddedBroker, ensure_kafka_topics, free_port, port_answers
 from pipeline.settings import KafkaTimeouts, Settings, get_settings, load_settings
 
-ADMIN_URL = os.environ.get("FINSENT_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-TEST_KAFKA = KafkaTimeouts(session_timeout_ms=2000, heartbeat_interval_ms=600, max_poll_interval_ms=10_000,
-                           request_timeout_ms=10_000, poll_timeout_ms=200)
+ADMIN_URL = os.environ.get(
+    "FINSENT_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+TEST_KAFKA = KafkaTimeouts(
+    session_timeout_ms=2000,
+    heartbeat_interval_ms=600,
+    max_poll_interval_ms=10_000,
+    request_timeout_ms=10_000,
+    poll_timeout_ms=200,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -50,12 +57,17 @@ def _ensure_local_postgres() -> None:
         return
     versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
     if versions and shutil.which("pg_ctlcluster"):
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"], check=False)
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"],
+            check=False,
+        )
         for _ in range(50):
             if port_answers("127.0.0.1", 5432):
                 return
             time.sleep(0.2)
-    pytest.exit("PostgreSQL is not running on 127.0.0.1:5432 and could not be started", returncode=3)
+    pytest.exit(
+        "PostgreSQL is not running on 127.0.0.1:5432 and could not be started", returncode=3
+    )
 
 
 @pytest.fixture(scope="session")
@@ -104,11 +116,21 @@ def engine(database_url: str) -> Iterator[sa.engine.Engine]:
     """An engine on the session database, with every table emptied before the test."""
     eng = db.make_engine(database_url)
     with eng.begin() as conn:
-        tables = conn.execute(sa.text(
-            "select tablename from pg_tables where schemaname = 'public' and tablename <> 'alembic_version'"
-        )).scalars().all()
+        tables = (
+            conn.execute(
+                sa.text(
+                    "select tablename from pg_tables where schemaname = 'public' and tablename <> 'alembic_version'"
+                )
+            )
+            .scalars()
+            .all()
+        )
         if tables:
-            conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+            conn.execute(
+                sa.text(
+                    "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
+                )
+            )
     yield eng
     eng.dispose()
 
@@ -150,6 +172,7 @@ def settings(database_url: str, kafka_broker: EmbeddedBroker, tmp_path: Path) ->
 
 # --- SMTP --------------------------------------------------------------------------------
 
+
 @dataclass
 class SmtpServer:
     host: str
@@ -171,11 +194,13 @@ def smtp_server() -> Iterator[SmtpServer]:
 
     class Recorder:
         async def handle_DATA(self, _server, session, envelope):
-            server.messages.append({
-                "from": envelope.mail_from,
-                "to": list(envelope.rcpt_tos),
-                "data": envelope.content.decode("utf-8", "replace"),
-            })
+            server.messages.append(
+                {
+                    "from": envelope.mail_from,
+                    "to": list(envelope.rcpt_tos),
+                    "data": envelope.content.decode("utf-8", "replace"),
+                }
+            )
             return "250 OK"
 
     controller = Controller(Recorder(), hostname=server.host, port=server.port)
@@ -185,6 +210,7 @@ def smtp_server() -> Iterator[SmtpServer]:
 
 
 # --- HTTP receiver -----------------------------------------------------------------------
+
 
 @dataclass
 class ReceivedRequest:
@@ -228,7 +254,9 @@ def http_receiver() -> Iterator[HttpReceiver]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             with receiver.lock:
-                receiver.requests.append(ReceivedRequest(self.command, self.path, dict(self.headers), body))
+                receiver.requests.append(
+                    ReceivedRequest(self.command, self.path, dict(self.headers), body)
+                )
                 status, headers = receiver.script.pop(0) if receiver.script else (200, {})
             self.send_response(status)
             for name, value in headers.items():

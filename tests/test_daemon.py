@@ -27,12 +27,19 @@ def test_finsent_run_processes_documents_and_exits_0_on_sigterm(
 ) -> None:
     s = settings.model_copy(update={"model_dir": tiny_model_dir, "shutdown_grace_s": 15.0})
     log = open(tmp_path / "run.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "run"], cwd=ROOT, env=worker_env(s),
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent.cli", "run"],
+        cwd=ROOT,
+        env=worker_env(s),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     try:
         produce(s, make_documents(300, seed=5))
-        wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 300, 60, "300 predictions")
+        wait_for(
+            lambda: count(engine, "SELECT count(*) FROM predictions") == 300, 60, "300 predictions"
+        )
         with GroupProgress(s.kafka_bootstrap or "") as progress:
             assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=60)
         started = time.monotonic()
@@ -52,14 +59,20 @@ def test_sigterm_mid_stream_commits_only_what_is_stored_and_a_restart_finishes(
     produce(s, docs)
     proc = start_worker("scorer", s, tmp_path / "scorer.log")
     try:
-        wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") > 200, 60, "scoring under way")
+        wait_for(
+            lambda: count(engine, "SELECT count(*) FROM predictions") > 200, 60, "scoring under way"
+        )
         assert terminate(proc, 20) == 0
         stored = count(engine, "SELECT count(*) FROM predictions")
         with GroupProgress(s.kafka_bootstrap or "") as progress:
             committed = 3000 - progress.lag(s.group_id("scorer"), s.kafka_topic_documents)
         assert 0 < committed <= stored
         proc = start_worker("scorer", s, tmp_path / "scorer.log")
-        wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 3000, 90, "every prediction")
+        wait_for(
+            lambda: count(engine, "SELECT count(*) FROM predictions") == 3000,
+            90,
+            "every prediction",
+        )
         assert terminate(proc, 20) == 0
     finally:
         kill9(proc)
@@ -68,11 +81,18 @@ def test_sigterm_mid_stream_commits_only_what_is_stored_and_a_restart_finishes(
 
 # -- staged shutdown (issue #11) ------------------------------------------------------------
 
+
 class RecordingRole:
     """Waits for its stop, then records that it saw it and that it returned."""
 
-    def __init__(self, name: str, stage: Stage | None, events: list[tuple[str, str]], *,
-                 left_behind: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        stage: Stage | None,
+        events: list[tuple[str, str]],
+        *,
+        left_behind: str | None = None,
+    ) -> None:
         self.name = name
         if stage is not None:
             self.stage = stage
@@ -99,8 +119,14 @@ def test_shutdown_stops_the_stages_in_data_flow_order_each_after_the_previous_re
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     events: list[tuple[str, str]] = []
-    stages = {"alerts": None, "trends": Stage.TREND, "http": Stage.INGEST, "scorer": Stage.SCORE,
-              "rss": Stage.INGEST, "outbox": Stage.DOWNSTREAM}
+    stages = {
+        "alerts": None,
+        "trends": Stage.TREND,
+        "http": Stage.INGEST,
+        "scorer": Stage.SCORE,
+        "rss": Stage.INGEST,
+        "outbox": Stage.DOWNSTREAM,
+    }
     roles = [RecordingRole(name, stage, events) for name, stage in stages.items()]
     daemon = Daemon(roles, shutdown_grace_s=10.0)
     daemon.stop.set()
@@ -108,7 +134,10 @@ def test_shutdown_stops_the_stages_in_data_flow_order_each_after_the_previous_re
     with caplog.at_level(logging.INFO, logger="finsent.daemon"):
         assert daemon.run(install_signals=False) == 0
     assert caplog.records[-1].getMessage() == "every role stopped cleanly"
-    rank = {name: int(stage if stage is not None else Stage.DOWNSTREAM) for name, stage in stages.items()}
+    rank = {
+        name: int(stage if stage is not None else Stage.DOWNSTREAM)
+        for name, stage in stages.items()
+    }
     position = {event: i for i, event in enumerate(events)}
     assert len(position) == 2 * len(roles)
     for earlier in stages:
@@ -125,8 +154,12 @@ def test_a_role_that_left_records_behind_keeps_the_daemon_from_claiming_a_clean_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     events: list[tuple[str, str]] = []
-    roles = [RecordingRole("scorer", Stage.SCORE, events),
-             RecordingRole("trends", Stage.TREND, events, left_behind="trends: 7 records of finsent.scored")]
+    roles = [
+        RecordingRole("scorer", Stage.SCORE, events),
+        RecordingRole(
+            "trends", Stage.TREND, events, left_behind="trends: 7 records of finsent.scored"
+        ),
+    ]
     daemon = Daemon(roles, shutdown_grace_s=10.0, durable_log=False)
     daemon.stop.set()
     with caplog.at_level(logging.INFO, logger="finsent.daemon"):
@@ -179,8 +212,13 @@ def test_sigterm_right_after_ingest_on_the_embedded_broker_scores_and_trends_eve
     del env["FINSENT_KAFKA_BOOTSTRAP"]  # finsent run starts its own embedded broker
     log_path = tmp_path / "run.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "run"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent.cli", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     try:
         url: list[str] = []
@@ -190,8 +228,15 @@ def test_sigterm_right_after_ingest_on_the_embedded_broker_scores_and_trends_eve
             return bool(url)
 
         wait_for(http_url, 60, "the HTTP server")
-        docs = [{"id": f"e2e-{i}", "text": f"$NVLX shares jump after earnings {i}", "entities": ["NVLX"],
-                 "published_at": f"2026-03-02T10:{i // 60:02d}:{i % 60:02d}Z"} for i in range(120)]
+        docs = [
+            {
+                "id": f"e2e-{i}",
+                "text": f"$NVLX shares jump after earnings {i}",
+                "entities": ["NVLX"],
+                "published_at": f"2026-03-02T10:{i // 60:02d}:{i % 60:02d}Z",
+            }
+            for i in range(120)
+        ]
         response = httpx.post(f"{url[0]}/v1/documents", json=docs, timeout=30)
         assert response.status_code == 202, response.text
         proc.send_signal(signal.SIGTERM)

@@ -37,7 +37,12 @@ def test_demo_scores_every_sample_document_and_prints_the_summary(
     assert "SELECT" in text
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar() == n
-        assert conn.execute(sa.text("SELECT doc_count FROM key_state WHERE key = 'entity:NVLX'")).scalar() >= 70
+        assert (
+            conn.execute(
+                sa.text("SELECT doc_count FROM key_state WHERE key = 'entity:NVLX'")
+            ).scalar()
+            >= 70
+        )
 
 
 def test_demo_without_a_model_says_where_to_get_one(settings: Settings, tmp_path: Path) -> None:

@@ -70,7 +70,9 @@ def test_every_package_imports_only_the_layers_below_it() -> None:
         for target in sorted(targets):
             other = target.split(".")[0]
             if other != top and other not in ALLOWED[top]:
-                bad.append(f"{module} imports {target} ({top} may import only {sorted(ALLOWED[top])})")
+                bad.append(
+                    f"{module} imports {target} ({top} may import only {sorted(ALLOWED[top])})"
+                )
     assert not bad, "layer contract broken:\n" + "\n".join(bad)
 
 
@@ -122,13 +124,23 @@ def test_no_project_import_is_guarded_by_import_error() -> None:
                 if not isinstance(node, ast.Try):
                     continue
                 catches = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
-                if not catches & {"ImportError", "ModuleNotFoundError", "(ImportError, ModuleNotFoundError)"}:
+                if not catches & {
+                    "ImportError",
+                    "ModuleNotFoundError",
+                    "(ImportError, ModuleNotFoundError)",
+                }:
                     continue
                 for inner in node.body:
                     for sub in ast.walk(inner):
-                        names = ([a.name for a in sub.names] if isinstance(sub, ast.Import)
-                                 else [sub.module or ""] if isinstance(sub, ast.ImportFrom) and not sub.level
-                                 else ["."] if isinstance(sub, ast.ImportFrom) else [])
+                        names = (
+                            [a.name for a in sub.names]
+                            if isinstance(sub, ast.Import)
+                            else [sub.module or ""]
+                            if isinstance(sub, ast.ImportFrom) and not sub.level
+                            else ["."]
+                            if isinstance(sub, ast.ImportFrom)
+                            else []
+                        )
                         if any(n == "." or n.split(".")[0] in PACKAGES for n in names):
                             guarded.append(f"{path.relative_to(ROOT)}:{sub.lineno}")
     assert not guarded, "project imports behind except ImportError: " + ", ".join(guarded)

@@ -12,8 +12,9 @@ from pipeline import registry
 from tests.pipeline.test_registry import register
 
 
-def test_models_list_promote_rollback(engine: sa.Engine, database_url: str, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_list_promote_rollback(
+    engine: sa.Engine, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = ["--database-url", database_url]
     assert main([*db, "models", "list"]) == 0
     assert "no model versions registered" in capsys.readouterr().out
@@ -30,8 +31,9 @@ def test_models_list_promote_rollback(engine: sa.Engine, database_url: str, tmp_
     assert registry.current_champion(engine).version == "v1"  # type: ignore[union-attr]
 
 
-def test_models_errors_say_what_to_do(engine: sa.Engine, database_url: str,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_errors_say_what_to_do(
+    engine: sa.Engine, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = ["--database-url", database_url]
     assert main([*db, "models", "promote"]) == 2
     assert "needs the version" in capsys.readouterr().err

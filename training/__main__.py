@@ -32,7 +32,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default
+            )
         elif f.type in ("int | None", "float | None"):
             kind = int if f.type.startswith("int") else float
             parser.add_argument(flag, dest=f.name, type=kind, default=default)
@@ -41,17 +43,24 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="fine-tune, then export the best epoch to --out")
     t.add_argument("--sentiment-csv", type=Path)
     t.add_argument("--topic-csv", type=Path)
-    t.add_argument("--work-dir", type=Path, required=True, help="checkpoints, history, config (not the repo)")
+    t.add_argument(
+        "--work-dir", type=Path, required=True, help="checkpoints, history, config (not the repo)"
+    )
     t.add_argument("--out", type=Path, help="model directory to write (default WORK_DIR/model)")
     t.add_argument("--no-export", action="store_true", help="train and evaluate only (ablations)")
     t.add_argument("--version")
-    t.add_argument("--memory", action="store_true", help="also train the memory cell into the model directory")
+    t.add_argument(
+        "--memory", action="store_true", help="also train the memory cell into the model directory"
+    )
     _add_config_flags(t)
     e = sub.add_parser("export", help="export a checkpoint to a complete model directory")
     e.add_argument("--checkpoint", type=Path, required=True)
@@ -60,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--topic-csv", type=Path)
     e.add_argument("--version")
     e.add_argument("--gpu-precision", choices=["fp16", "fp32"])
-    e.add_argument("--memory", action="store_true", help="also train the memory cell into the model directory")
+    e.add_argument(
+        "--memory", action="store_true", help="also train the memory cell into the model directory"
+    )
     e.add_argument("--memory-from", type=Path, help="copy memory.onnx from this model directory")
     e.add_argument("--note", default="", help="a remark on the training run for the model card")
     a = sub.add_parser("soup", help="average checkpoints greedily (model soup) into one checkpoint")
@@ -76,28 +87,56 @@ def _print(record: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     api.quiet_third_party_logs()
     args = build_parser().parse_args(argv)
-    reproduce = "python -m training " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    reproduce = "python -m training " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     data = {"sentiment_csv": args.sentiment_csv, "topic_csv": args.topic_csv}
     if args.command == "train":
         if not args.sentiment_csv and not args.topic_csv:
             print("error: give --sentiment-csv and/or --topic-csv", file=sys.stderr)
             return 2
-        config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-        run = api.train(args.work_dir, **data, config=config, out=args.out, version=args.version,
-                        export_model=not args.no_export, memory=args.memory, reproduce=reproduce)
-        _print({"best_epoch": run.best_epoch, "dev_pytorch": run.dev_pytorch, "wall_s": run.wall_s,
-                "train_docs_per_s": run.train_docs_per_s})
+        config = TrainConfig(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        )
+        run = api.train(
+            args.work_dir,
+            **data,
+            config=config,
+            out=args.out,
+            version=args.version,
+            export_model=not args.no_export,
+            memory=args.memory,
+            reproduce=reproduce,
+        )
+        _print(
+            {
+                "best_epoch": run.best_epoch,
+                "dev_pytorch": run.dev_pytorch,
+                "wall_s": run.wall_s,
+                "train_docs_per_s": run.train_docs_per_s,
+            }
+        )
         if run.exported is not None:
             _print({"model_dir": str(run.exported.model_dir), "int8": run.exported.int8})
     elif args.command == "soup":
         print(json.dumps(api.soup(args.checkpoints, args.out, **data), indent=1), flush=True)
     else:
-        exported = api.export(args.checkpoint, args.out, **data, version=args.version,
-                              gpu_precision=args.gpu_precision, memory=args.memory,
-                              memory_from=args.memory_from, note=args.note, reproduce=reproduce)
+        exported = api.export(
+            args.checkpoint,
+            args.out,
+            **data,
+            version=args.version,
+            gpu_precision=args.gpu_precision,
+            memory=args.memory,
+            memory_from=args.memory_from,
+            note=args.note,
+            reproduce=reproduce,
+        )
         _print({"model_dir": str(exported.model_dir), "int8": exported.int8})
     return 0
 

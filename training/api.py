@@ -38,9 +38,21 @@ if TYPE_CHECKING:
     from training.train import TrainConfig
 
 __all__ = [
-    "ExportParityError", "ExportedModel", "MemoryExportError", "RetrainLocked", "TrainExtraMissing",
-    "TrainedModel", "UnsafeJobState", "export", "quiet_third_party_logs", "retrain_once",
-    "run_retrain_schedule", "soup", "train", "train_config", "train_config_from_json",
+    "ExportParityError",
+    "ExportedModel",
+    "MemoryExportError",
+    "RetrainLocked",
+    "TrainExtraMissing",
+    "TrainedModel",
+    "UnsafeJobState",
+    "export",
+    "quiet_third_party_logs",
+    "retrain_once",
+    "run_retrain_schedule",
+    "soup",
+    "train",
+    "train_config",
+    "train_config_from_json",
 ]
 
 #: onnxruntime's transformer optimizer logs every fusion at INFO, some of it through the root
@@ -102,18 +114,31 @@ def train_config_from_json(text: str | None) -> TrainConfig | None:
     try:
         overrides = json.loads(text)
     except ValueError as exc:
-        raise InputError(f"--train-config is not JSON: {exc}; give e.g. '{{\"epochs\": 1}}'") from exc
+        raise InputError(
+            f"--train-config is not JSON: {exc}; give e.g. '{{\"epochs\": 1}}'"
+        ) from exc
     if not isinstance(overrides, dict):
-        raise InputError("--train-config must be a JSON object of TrainConfig fields, e.g. '{\"epochs\": 1}'")
+        raise InputError(
+            "--train-config must be a JSON object of TrainConfig fields, e.g. '{\"epochs\": 1}'"
+        )
     try:
         return TrainConfig(**overrides)
     except TypeError as exc:
         raise InputError(f"--train-config: {exc}") from exc
 
 
-def train(work_dir: Path, *, sentiment_csv: Path | None = None, topic_csv: Path | None = None,
-          config: TrainConfig | None = None, out: Path | None = None, version: str | None = None,
-          export_model: bool = True, memory: bool = False, reproduce: str = "") -> TrainedModel:
+def train(
+    work_dir: Path,
+    *,
+    sentiment_csv: Path | None = None,
+    topic_csv: Path | None = None,
+    config: TrainConfig | None = None,
+    out: Path | None = None,
+    version: str | None = None,
+    export_model: bool = True,
+    memory: bool = False,
+    reproduce: str = "",
+) -> TrainedModel:
     """Fine-tune on the CSVs' train part, select the best epoch on the fixed dev split,
     write ``work_dir/result.json`` and (``export_model``) export a complete model directory
     to ``out`` (default ``work_dir/model``). ``memory``: train the memory cell on the new
@@ -136,17 +161,41 @@ def train(work_dir: Path, *, sentiment_csv: Path | None = None, topic_csv: Path 
     exported = None
     if export_model:
         model_dir, metrics = build_model_dir(
-            result.model, config, Path(out) if out else work_dir / "model", dev, version=version,
-            memory_csv=sentiment_csv, train_memory=memory, training=info, reproduce=reproduce,
-            data={"sentiment_csv": str(sentiment_csv), "topic_csv": str(topic_csv)})
+            result.model,
+            config,
+            Path(out) if out else work_dir / "model",
+            dev,
+            version=version,
+            memory_csv=sentiment_csv,
+            train_memory=memory,
+            training=info,
+            reproduce=reproduce,
+            data={"sentiment_csv": str(sentiment_csv), "topic_csv": str(topic_csv)},
+        )
         exported = ExportedModel(model_dir, metrics["summary_int8"])
-    return TrainedModel(work_dir, result.best_epoch, info["dev_pytorch"], info["wall_s"], info["train_docs_per_s"],
-                        exported)
+    return TrainedModel(
+        work_dir,
+        result.best_epoch,
+        info["dev_pytorch"],
+        info["wall_s"],
+        info["train_docs_per_s"],
+        exported,
+    )
 
 
-def export(checkpoint: Path, out: Path, *, sentiment_csv: Path | None = None, topic_csv: Path | None = None,
-           version: str | None = None, gpu_precision: str | None = None, memory: bool = False,
-           memory_from: Path | None = None, note: str = "", reproduce: str = "") -> ExportedModel:
+def export(
+    checkpoint: Path,
+    out: Path,
+    *,
+    sentiment_csv: Path | None = None,
+    topic_csv: Path | None = None,
+    version: str | None = None,
+    gpu_precision: str | None = None,
+    memory: bool = False,
+    memory_from: Path | None = None,
+    note: str = "",
+    reproduce: str = "",
+) -> ExportedModel:
     """Export a training checkpoint (``<run>/checkpoints/epochN.pt``) to a complete model
     directory ``out``, parity-checked against PyTorch on the CSVs' fixed dev split.
     ``gpu_precision``: "fp16" | "fp32" (default fp16, fp32 for a tiny model). The memory
@@ -154,7 +203,9 @@ def export(checkpoint: Path, out: Path, *, sentiment_csv: Path | None = None, to
     ``memory_from`` when compatible, or random-init. ``note`` goes into the model card.
     Raises InputError for a missing checkpoint, ConfigurationError without data."""
     if not Path(checkpoint).is_file():
-        raise InputError(f"checkpoint {checkpoint} does not exist; training writes WORK_DIR/checkpoints/epochN.pt")
+        raise InputError(
+            f"checkpoint {checkpoint} does not exist; training writes WORK_DIR/checkpoints/epochN.pt"
+        )
     if sentiment_csv is None and topic_csv is None:
         raise _no_data("export checks parity on the dev split, so it")
     require_train_extra()
@@ -166,15 +217,33 @@ def export(checkpoint: Path, out: Path, *, sentiment_csv: Path | None = None, to
     info = checkpoint_training_info(Path(checkpoint), config, note)
     _, dev = fixed_dev_split(sentiment_csv, topic_csv)
     model_dir, metrics = build_model_dir(
-        model, config, Path(out), dev, version=version, memory_from=memory_from, gpu_precision=gpu_precision,
-        memory_csv=sentiment_csv, train_memory=memory, training=info, reproduce=reproduce,
-        data={"sentiment_csv": str(sentiment_csv), "topic_csv": str(topic_csv),
-              "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}})
+        model,
+        config,
+        Path(out),
+        dev,
+        version=version,
+        memory_from=memory_from,
+        gpu_precision=gpu_precision,
+        memory_csv=sentiment_csv,
+        train_memory=memory,
+        training=info,
+        reproduce=reproduce,
+        data={
+            "sentiment_csv": str(sentiment_csv),
+            "topic_csv": str(topic_csv),
+            "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)},
+        },
+    )
     return ExportedModel(model_dir, metrics["summary_int8"])
 
 
-def soup(checkpoints: Sequence[Path], out: Path, *, sentiment_csv: Path | None = None,
-         topic_csv: Path | None = None) -> dict[str, Any]:
+def soup(
+    checkpoints: Sequence[Path],
+    out: Path,
+    *,
+    sentiment_csv: Path | None = None,
+    topic_csv: Path | None = None,
+) -> dict[str, Any]:
     """Average ``checkpoints`` greedily (model soup, judged on the fixed dev split) into the
     checkpoint ``out``, which :func:`export` reads. Returns the members, score and what was
     tried."""
@@ -188,8 +257,13 @@ def soup(checkpoints: Sequence[Path], out: Path, *, sentiment_csv: Path | None =
     return greedy_soup([Path(c) for c in checkpoints], dev, Path(out))
 
 
-def retrain_once(settings: Settings, *, trigger: str = "manual", config: TrainConfig | None = None,
-                 engine: Engine | None = None) -> RetrainOutcome:
+def retrain_once(
+    settings: Settings,
+    *,
+    trigger: str = "manual",
+    config: TrainConfig | None = None,
+    engine: Engine | None = None,
+) -> RetrainOutcome:
     """One champion/challenger retraining run (:mod:`training.retrain_run`). Returns the
     outcome (status 'promoted', 'rejected' or 'failed', with the reason and
     ``summary()``); raises :class:`RetrainLocked` when another run holds the lock.
@@ -200,8 +274,13 @@ def retrain_once(settings: Settings, *, trigger: str = "manual", config: TrainCo
     return run_retraining(settings, trigger=trigger, config=config, engine=engine)
 
 
-def run_retrain_schedule(settings: Settings, cron: str, *, config: TrainConfig | None = None,
-                         stop_event: threading.Event | None = None) -> None:
+def run_retrain_schedule(
+    settings: Settings,
+    cron: str,
+    *,
+    config: TrainConfig | None = None,
+    stop_event: threading.Event | None = None,
+) -> None:
     """Retrain on the crontab schedule ``cron`` (5 fields, UTC; or 6 with leading seconds)
     until SIGTERM/SIGINT or ``stop_event`` (:mod:`training.retrain_schedule`). Raises
     ConfigurationError for an invalid expression."""
@@ -212,5 +291,7 @@ def run_retrain_schedule(settings: Settings, cron: str, *, config: TrainConfig |
 
 
 def _no_data(what: str) -> ConfigurationError:
-    return ConfigurationError(f"{what} needs labelled data: give sentiment_csv and/or topic_csv "
-                              "(FINSENT_TRAIN_SENTIMENT_CSV / FINSENT_TRAIN_TOPIC_CSV)")
+    return ConfigurationError(
+        f"{what} needs labelled data: give sentiment_csv and/or topic_csv "
+        "(FINSENT_TRAIN_SENTIMENT_CSV / FINSENT_TRAIN_TOPIC_CSV)"
+    )

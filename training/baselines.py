@@ -75,7 +75,9 @@ class Cusum:
         s = np.zeros(b)
         for i in range(t):
             xi = x[:, i]
-            s = np.minimum(self.cap, np.maximum(0.0, s + (xi - mean) / np.sqrt(var + 1e-6) - self.k))
+            s = np.minimum(
+                self.cap, np.maximum(0.0, s + (xi - mean) / np.sqrt(var + 1e-6) - self.k)
+            )
             out[:, i] = s
             d = xi - mean
             mean = mean + self.slow * d
@@ -94,21 +96,29 @@ def run_detector(det: Detector, streams: Sequence[Stream], prior: dict[str, floa
     """Scores ``[B, T]``. ``prior`` holds the starting mean/var of both inputs (from the
     training streams' quiet documents), so a new key does not alarm on its first documents."""
     key = "indicator" if det.use_indicator else "p_bearish"
-    return det.scores(detector_input(streams, det.use_indicator), prior[f"{key}_mean"], prior[f"{key}_var"])
+    return det.scores(
+        detector_input(streams, det.use_indicator), prior[f"{key}_mean"], prior[f"{key}_var"]
+    )
 
 
 def input_prior(streams: Sequence[Stream]) -> dict[str, float]:
     quiet = stack(streams, "quiet")
     p = stack(streams, "p_bearish")[quiet]
     ind = stack(streams, "is_bearish_pred")[quiet].astype(np.float64)
-    return {"p_bearish_mean": float(p.mean()), "p_bearish_var": float(p.var()),
-            "indicator_mean": float(ind.mean()), "indicator_var": float(ind.var())}
+    return {
+        "p_bearish_mean": float(p.mean()),
+        "p_bearish_var": float(p.var()),
+        "indicator_mean": float(ind.mean()),
+        "indicator_var": float(ind.var()),
+    }
 
 
 def baseline_grid() -> list[Detector]:
     """Hyper-parameters tried for each baseline (tuned on training streams, like the memory)."""
     grid: list[Detector] = []
-    for fast, slow, ind in itertools.product((0.05, 0.1, 0.2, 0.3), (0.005, 0.01, 0.02), (False, True)):
+    for fast, slow, ind in itertools.product(
+        (0.05, 0.1, 0.2, 0.3), (0.005, 0.01, 0.02), (False, True)
+    ):
         grid.append(EwmaZ(fast, slow, ind))
     for k, slow, ind in itertools.product((0.25, 0.5, 1.0), (0.005, 0.01, 0.02), (False, True)):
         grid.append(Cusum(k, slow, ind))
@@ -122,10 +132,10 @@ def baseline_grid() -> list[Detector]:
 class CurvePoint:
     threshold: float
     false_alarms_per_1000: float
-    mean_delay_docs: float     # misses count their full labelled length
+    mean_delay_docs: float  # misses count their full labelled length
     median_delay_docs: float
-    mean_delay_hours: float    # misses count their full labelled duration in hours
-    detected: float            # share of surges alarmed on before their labelled end
+    mean_delay_hours: float  # misses count their full labelled duration in hours
+    detected: float  # share of surges alarmed on before their labelled end
 
 
 def _surge_table(streams: Sequence[Stream]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,8 +145,12 @@ def _surge_table(streams: Sequence[Stream]) -> tuple[np.ndarray, np.ndarray, np.
     return arr[:, 0], arr[:, 1], arr[:, 2]
 
 
-def detection_curve(streams: Sequence[Stream], scores: np.ndarray,
-                    thresholds: Iterable[float] | None = None, n_thresholds: int = 160) -> list[CurvePoint]:
+def detection_curve(
+    streams: Sequence[Stream],
+    scores: np.ndarray,
+    thresholds: Iterable[float] | None = None,
+    n_thresholds: int = 160,
+) -> list[CurvePoint]:
     """False-alarm rate and delay for each threshold (by default, quantiles of the scores
     on quiet documents, from the median to beyond the maximum)."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -146,7 +160,11 @@ def detection_curve(streams: Sequence[Stream], scores: np.ndarray,
     if thresholds is None:
         qs = 1.0 - np.geomspace(0.5, 1e-5, n_thresholds)
         quiet_scores = scores[quiet] if n_quiet else scores.reshape(-1)
-        thresholds = np.unique(np.concatenate([np.quantile(quiet_scores, qs), [quiet_scores.max(), scores.max() + 1e-9]]))
+        thresholds = np.unique(
+            np.concatenate(
+                [np.quantile(quiet_scores, qs), [quiet_scores.max(), scores.max() + 1e-9]]
+            )
+        )
     sb, so, se = _surge_table(streams)
     points: list[CurvePoint] = []
     for th in thresholds:
@@ -165,13 +183,16 @@ def detection_curve(streams: Sequence[Stream], scores: np.ndarray,
                 delays.append(float(end - on))
                 delays_h.append(float(hours[b, end - 1] - hours[b, on]))
                 hit.append(0.0)
-        points.append(CurvePoint(
-            float(th), fa,
-            float(np.mean(delays)) if delays else float("nan"),
-            float(np.median(delays)) if delays else float("nan"),
-            float(np.mean(delays_h)) if delays_h else float("nan"),
-            float(np.mean(hit)) if hit else float("nan"),
-        ))
+        points.append(
+            CurvePoint(
+                float(th),
+                fa,
+                float(np.mean(delays)) if delays else float("nan"),
+                float(np.median(delays)) if delays else float("nan"),
+                float(np.mean(delays_h)) if delays_h else float("nan"),
+                float(np.mean(hit)) if hit else float("nan"),
+            )
+        )
     return points
 
 
@@ -192,8 +213,12 @@ def surge_kinds(streams: Sequence[Stream]) -> dict[str, np.ndarray]:
     surges = [s for st in streams for s in st.surges]
     ramp = np.array([s.ramp_up > 0 for s in surges], dtype=bool)
     large = np.array([s.lift >= 0.3 for s in surges], dtype=bool)
-    return {"step onset": ~ramp, "ramp onset": ramp,
-            "small (+12-30 points)": ~large, "large (+30-55 points)": large}
+    return {
+        "step onset": ~ramp,
+        "ramp onset": ramp,
+        "small (+12-30 points)": ~large,
+        "large (+30-55 points)": large,
+    }
 
 
 def delay_at_false_alarm(curve: Sequence[CurvePoint], target: float) -> CurvePoint | None:

@@ -47,27 +47,41 @@ def read_labelled_csv(path: Path, n_classes: int) -> list[Row]:
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}; pass an existing text,label CSV") from exc
+        raise InputError(
+            f"cannot read {path}: {exc.strerror}; pass an existing text,label CSV"
+        ) from exc
     rows: list[Row] = []
     with handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames or "text" not in reader.fieldnames or "label" not in reader.fieldnames:
-            raise InputError(f"{path} must have a header with 'text' and 'label' columns, got {reader.fieldnames}")
+        if (
+            not reader.fieldnames
+            or "text" not in reader.fieldnames
+            or "label" not in reader.fieldnames
+        ):
+            raise InputError(
+                f"{path} must have a header with 'text' and 'label' columns, got {reader.fieldnames}"
+            )
         for record in reader:
             raw = (record.get("label") or "").strip()
             try:
                 label = int(raw)
             except ValueError:
-                raise InputError(f"{path} line {reader.line_num}: label {raw!r} is not an integer") from None
+                raise InputError(
+                    f"{path} line {reader.line_num}: label {raw!r} is not an integer"
+                ) from None
             if not 0 <= label < n_classes:
-                raise InputError(f"{path} line {reader.line_num}: label {label} is outside 0..{n_classes - 1}")
+                raise InputError(
+                    f"{path} line {reader.line_num}: label {label} is outside 0..{n_classes - 1}"
+                )
             rows.append((record.get("text") or "", label))
     if not rows:
         raise InputError(f"{path} has no rows")
     return rows
 
 
-def stratified_split(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+def stratified_split(
+    rows: Sequence[Row], fraction: float, seed: int
+) -> tuple[list[Row], list[Row]]:
     """Per label, a seeded shuffle; the first ``round(fraction * n)`` (at least one when the
     class has two or more rows) go to dev. Deterministic for the same rows and seed."""
     by_label: dict[int, list[Row]] = defaultdict(list)
@@ -87,8 +101,12 @@ def stratified_split(rows: Sequence[Row], fraction: float, seed: int) -> tuple[l
     return train, dev
 
 
-def fixed_dev_split(sentiment_csv: Path | None, topic_csv: Path | None, seed: int = DEV_SEED,
-                    fraction: float = DEV_FRACTION) -> tuple[HeadRows, HeadRows]:
+def fixed_dev_split(
+    sentiment_csv: Path | None,
+    topic_csv: Path | None,
+    seed: int = DEV_SEED,
+    fraction: float = DEV_FRACTION,
+) -> tuple[HeadRows, HeadRows]:
     """``(train, dev)``, each a :class:`HeadRows`: a stratified dev split per head, carved
     with a fixed seed, so every run and the retraining job select models on the same rows."""
     sent = read_labelled_csv(sentiment_csv, len(SENTIMENTS)) if sentiment_csv else []
@@ -122,8 +140,9 @@ def build_examples(tokenizer: object, rows: HeadRows, max_tokens: int) -> list[E
     return out
 
 
-def bucketed_batches(examples: Sequence[Example], batch_size: int, rng: random.Random,
-                     window: int = 50) -> Iterator[list[Example]]:
+def bucketed_batches(
+    examples: Sequence[Example], batch_size: int, rng: random.Random, window: int = 50
+) -> Iterator[list[Example]]:
     """Shuffled batches of similar length: shuffle, sort each window of
     ``window * batch_size`` examples by length, cut batches, shuffle the batches. Keeps
     the randomness of SGD while cutting padding to a few tokens per batch."""
@@ -132,8 +151,8 @@ def bucketed_batches(examples: Sequence[Example], batch_size: int, rng: random.R
     batches: list[list[Example]] = []
     span = window * batch_size
     for start in range(0, len(order), span):
-        chunk = sorted(order[start:start + span], key=lambda i: len(examples[i].ids))
+        chunk = sorted(order[start : start + span], key=lambda i: len(examples[i].ids))
         for b in range(0, len(chunk), batch_size):
-            batches.append([examples[i] for i in chunk[b:b + batch_size]])
+            batches.append([examples[i] for i in chunk[b : b + batch_size]])
     rng.shuffle(batches)
     yield from batches

@@ -34,8 +34,9 @@ def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def teacher_distributions(teacher_dirs: Sequence[Path], texts: Sequence[str], temperature: float = 1.0
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def teacher_distributions(
+    teacher_dirs: Sequence[Path], texts: Sequence[str], temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """``(topic probs [N,20], sentiment probs [N,3])`` averaged over the teachers (the
     serving runtime's CPU file of each model directory; sentiment in model order)."""
     from pipeline.inference import Classifier
@@ -70,13 +71,20 @@ def _cache_key(teacher_dirs: Sequence[Path], texts: Sequence[str], temperature: 
     return h.hexdigest()[:16]
 
 
-def attach_teacher(examples: Sequence[Example], rows: HeadRows, teacher_dirs: Sequence[Path],
-                   temperature: float = 1.0, cache_dir: Path | None = None) -> list[Example]:
+def attach_teacher(
+    examples: Sequence[Example],
+    rows: HeadRows,
+    teacher_dirs: Sequence[Path],
+    temperature: float = 1.0,
+    cache_dir: Path | None = None,
+) -> list[Example]:
     """Examples (as built by ``build_examples`` from ``rows``, same order) with the
     teacher's distribution on the head each row has no gold label for."""
     texts = [t for t, _ in rows.sentiment] + [t for t, _ in rows.topic]
     if len(texts) != len(examples):
-        raise ValueError(f"{len(examples)} examples but {len(texts)} rows: build them from the same rows")
+        raise ValueError(
+            f"{len(examples)} examples but {len(texts)} rows: build them from the same rows"
+        )
     cache = None
     if cache_dir is not None:
         cache = Path(cache_dir) / f"teacher-{_cache_key(teacher_dirs, texts, temperature)}.npz"

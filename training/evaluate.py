@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 
-def classification_report(y_true: Sequence[int], y_pred: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
+def classification_report(
+    y_true: Sequence[int], y_pred: Sequence[int], names: Sequence[str]
+) -> dict[str, Any]:
     """{"accuracy", "macro_f1", "n", "precision": {name: p}, "recall": {...}, "f1": {...},
     "support": {...}, "confusion": [[...]]}."""
     t = np.asarray(y_true, dtype=np.int64)
@@ -61,12 +63,21 @@ def plot_confusion(report: dict[str, Any], names: Sequence[str], title: str, pat
     ax.set_yticks(range(len(names)), labels=list(names), fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}  acc {report['accuracy']:.3f}  macro-F1 {report['macro_f1']:.3f}", fontsize=9)
+    ax.set_title(
+        f"{title}  acc {report['accuracy']:.3f}  macro-F1 {report['macro_f1']:.3f}", fontsize=9
+    )
     for i in range(len(names)):
         for j in range(len(names)):
             if cm[i, j]:
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(cm[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

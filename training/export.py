@@ -50,22 +50,40 @@ def export_fp32(model: MultiTaskClassifier, path: Path) -> Path:
     encoder_config = model.encoder.config  # type: ignore[union-attr]
     previous = getattr(encoder_config, "_attn_implementation", None)
     encoder_config._attn_implementation = "eager"
-    ids = torch.tensor([[101, 2054, 2003, 102, 0, 0], [101, 2054, 2003, 1037, 2742, 102]], dtype=torch.long)
+    ids = torch.tensor(
+        [[101, 2054, 2003, 102, 0, 0], [101, 2054, 2003, 1037, 2742, 102]], dtype=torch.long
+    )
     mask = (ids != 0).long()
     path.parent.mkdir(parents=True, exist_ok=True)
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "topic_logits": {0: "batch"}, "sentiment_logits": {0: "batch"}, "doc_vector": {0: "batch"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "topic_logits": {0: "batch"},
+        "sentiment_logits": {0: "batch"},
+        "doc_vector": {0: "batch"},
+    }
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
-            torch.onnx.export(model, (ids, mask), str(path), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                              dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+            torch.onnx.export(
+                model,
+                (ids, mask),
+                str(path),
+                input_names=INPUT_NAMES,
+                output_names=OUTPUT_NAMES,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
     finally:
         encoder_config._attn_implementation = previous
     return path
 
 
-def optimize_transformer(src: Path, dst: Path, model: MultiTaskClassifier, *, fp16: bool = False) -> Path:
+def optimize_transformer(
+    src: Path, dst: Path, model: MultiTaskClassifier, *, fp16: bool = False
+) -> Path:
     """onnxruntime's transformer fusions (attention, LayerNorm, GELU); optionally fp16 with
     float32 inputs/outputs kept (the runtime feeds and reads float32 either way)."""
     from onnxruntime.transformers.optimizer import optimize_model
@@ -73,8 +91,13 @@ def optimize_transformer(src: Path, dst: Path, model: MultiTaskClassifier, *, fp
     cfg = model.encoder.config  # type: ignore[union-attr]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = optimize_model(str(src), model_type="bert", num_heads=cfg.num_attention_heads,
-                             hidden_size=cfg.hidden_size, opt_level=0)
+        opt = optimize_model(
+            str(src),
+            model_type="bert",
+            num_heads=cfg.num_attention_heads,
+            hidden_size=cfg.hidden_size,
+            opt_level=0,
+        )
         if fp16:
             opt.convert_float_to_float16(keep_io_types=True)
     log.info("optimizer fused: %s", opt.get_fused_operator_statistics())
@@ -137,20 +160,40 @@ def int8_recipes(path: Path, heads: Sequence[str]) -> list[Int8Recipe]:
 
     names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
     ffn_out = [n for n in names if n.endswith("output/dense/MatMul") and "attention" not in n]
-    last = [n for n in names if any(f"layer.{k}/" in n for k in (4, 5))] + ["Attention_4", "Attention_5"]
+    last = [n for n in names if any(f"layer.{k}/" in n for k in (4, 5))] + [
+        "Attention_4",
+        "Attention_5",
+    ]
     first_ffn = [n for n in ffn_out if "layer.0/" in n]
     h = tuple(heads)
-    return [Int8Recipe("encoder int8, heads fp32", h, reduce_range=True),
-            Int8Recipe("encoder int8 except the first layer's FFN down-projection", h + tuple(first_ffn),
-                       reduce_range=True),
-            Int8Recipe("encoder int8 except FFN down-projections", h + tuple(ffn_out), reduce_range=True),
-            Int8Recipe("encoder int8 except FFN down-projections and the last two layers",
-                       h + tuple(ffn_out) + tuple(last), reduce_range=True)]
+    return [
+        Int8Recipe("encoder int8, heads fp32", h, reduce_range=True),
+        Int8Recipe(
+            "encoder int8 except the first layer's FFN down-projection",
+            h + tuple(first_ffn),
+            reduce_range=True,
+        ),
+        Int8Recipe(
+            "encoder int8 except FFN down-projections", h + tuple(ffn_out), reduce_range=True
+        ),
+        Int8Recipe(
+            "encoder int8 except FFN down-projections and the last two layers",
+            h + tuple(ffn_out) + tuple(last),
+            reduce_range=True,
+        ),
+    ]
 
 
-def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = (), per_channel: bool = True,
-                  reduce_range: bool = False, weight_type: str = "s8",
-                  op_types: Sequence[str] = QUANT_OP_TYPES) -> Path:
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    *,
+    exclude: Sequence[str] = (),
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    weight_type: str = "s8",
+    op_types: Sequence[str] = QUANT_OP_TYPES,
+) -> Path:
     """Dynamic int8 quantization (weights int8, activations quantized at run time)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -162,21 +205,36 @@ def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = (), per_chan
     # the quantizer is told that untyped tensors are float32.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(dst), weight_type=weights[weight_type], per_channel=per_channel,
-                         reduce_range=reduce_range, nodes_to_exclude=list(exclude),
-                         op_types_to_quantize=list(op_types),
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=weights[weight_type],
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            nodes_to_exclude=list(exclude),
+            op_types_to_quantize=list(op_types),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return dst
 
 
 def quantize_with(recipe: Int8Recipe, src: Path, dst: Path) -> Path:
     """``quantize_int8`` with a recipe's settings."""
-    return quantize_int8(src, dst, exclude=recipe.exclude, reduce_range=recipe.reduce_range,
-                         weight_type=recipe.weight_type)
+    return quantize_int8(
+        src,
+        dst,
+        exclude=recipe.exclude,
+        reduce_range=recipe.reduce_range,
+        weight_type=recipe.weight_type,
+    )
 
 
-def _ort_outputs(path: Path, examples: Sequence[Example], providers: Sequence[str] = ("CPUExecutionProvider",),
-                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ort_outputs(
+    path: Path,
+    examples: Sequence[Example],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -185,7 +243,7 @@ def _ort_outputs(path: Path, examples: Sequence[Example], providers: Sequence[st
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     results: list[np.ndarray] = []
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         width = max(len(examples[i].ids) for i in chunk)
         ids = np.zeros((len(chunk), width), np.int64)
         mask = np.zeros((len(chunk), width), np.int64)
@@ -200,8 +258,11 @@ def _ort_outputs(path: Path, examples: Sequence[Example], providers: Sequence[st
     return results[0], results[1], results[2]
 
 
-def parity(reference: tuple[np.ndarray, np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray, np.ndarray],
-           examples: Sequence[Example]) -> dict[str, float]:
+def parity(
+    reference: tuple[np.ndarray, np.ndarray, np.ndarray],
+    candidate: tuple[np.ndarray, np.ndarray, np.ndarray],
+    examples: Sequence[Example],
+) -> dict[str, float]:
     """Max abs differences per output and argmax agreement per head (over all examples:
     a head's argmax is defined for every text, labelled or not)."""
     return {
@@ -214,7 +275,9 @@ def parity(reference: tuple[np.ndarray, np.ndarray, np.ndarray], candidate: tupl
     }
 
 
-def _accuracy(outputs: tuple[np.ndarray, np.ndarray, np.ndarray], examples: Sequence[Example]) -> dict[str, float]:
+def _accuracy(
+    outputs: tuple[np.ndarray, np.ndarray, np.ndarray], examples: Sequence[Example]
+) -> dict[str, float]:
     s = [(i, e.sentiment) for i, e in enumerate(examples) if e.sentiment != IGNORE]
     t = [(i, e.topic) for i, e in enumerate(examples) if e.topic != IGNORE]
     out = {}
@@ -225,9 +288,17 @@ def _accuracy(outputs: tuple[np.ndarray, np.ndarray, np.ndarray], examples: Sequ
     return out
 
 
-def export_classifier(model: MultiTaskClassifier, out_dir: Path, examples: Sequence[Example], *,
-                      gpu_precision: str = "fp16", optimize: bool = True, fp32_atol: float = 1e-3,
-                      int8_min_agreement: float = 0.98, work_dir: Path | None = None) -> dict[str, Any]:
+def export_classifier(
+    model: MultiTaskClassifier,
+    out_dir: Path,
+    examples: Sequence[Example],
+    *,
+    gpu_precision: str = "fp16",
+    optimize: bool = True,
+    fp32_atol: float = 1e-3,
+    int8_min_agreement: float = 0.98,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
     """Write ``classifier.int8.onnx`` and ``classifier.onnx`` (GPU variant) into ``out_dir``
     and return the parity report. ``examples`` are the texts parity is measured on."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,8 +310,11 @@ def export_classifier(model: MultiTaskClassifier, out_dir: Path, examples: Seque
     report: dict[str, Any] = {"fp32": parity(reference, fp32_out, examples)}
     report["fp32"].update(_accuracy(fp32_out, examples))
     p = report["fp32"]
-    if not (p["max_abs_diff_topic"] <= fp32_atol and p["max_abs_diff_sentiment"] <= fp32_atol
-            and min(p["agreement_topic"], p["agreement_sentiment"]) >= 0.999):
+    if not (
+        p["max_abs_diff_topic"] <= fp32_atol
+        and p["max_abs_diff_sentiment"] <= fp32_atol
+        and min(p["agreement_topic"], p["agreement_sentiment"]) >= 0.999
+    ):
         raise ExportParityError(f"fp32 ONNX differs from PyTorch: {p}; do not ship this export")
     source = plain
     if optimize:
@@ -263,12 +337,15 @@ def export_classifier(model: MultiTaskClassifier, out_dir: Path, examples: Seque
         if min(r["agreement_topic"], r["agreement_sentiment"]) >= int8_min_agreement:
             break
     report["int8"] = r
-    report["int8_tried"] = [{k: t[k] for k in ("recipe", "agreement_topic", "agreement_sentiment")} for t in tried]
+    report["int8_tried"] = [
+        {k: t[k] for k in ("recipe", "agreement_topic", "agreement_sentiment")} for t in tried
+    ]
     if min(r["agreement_topic"], r["agreement_sentiment"]) < int8_min_agreement:
         raise ExportParityError(
             f"int8 argmax agrees with PyTorch on only topic {r['agreement_topic']:.4f} / sentiment "
             f"{r['agreement_sentiment']:.4f} (< {int8_min_agreement}) even with {r['recipe']}; "
-            "ship the fp32 variant for CPU or exclude more nodes from quantization")
+            "ship the fp32 variant for CPU or exclude more nodes from quantization"
+        )
     gpu_path = out_dir / "classifier.onnx"
     if gpu_precision == "fp16":
         optimize_transformer(plain, gpu_path, model, fp16=True)
@@ -287,12 +364,18 @@ def export_classifier(model: MultiTaskClassifier, out_dir: Path, examples: Seque
     return report
 
 
-def export_memory(out_dir: Path, memory_net: Any | None, doc_vector_dim: int, seed: int = 0) -> dict[str, Any]:
+def export_memory(
+    out_dir: Path, memory_net: Any | None, doc_vector_dim: int, seed: int = 0
+) -> dict[str, Any]:
     """``memory.onnx`` from a :class:`~training.memory.MemoryNet` (a random-init one when none
     is given, seeded by ``seed``); returns the manifest's "memory" entry."""
     if memory_net is None:
         torch.manual_seed(seed)
         memory_net = MemoryNet(feature_dim(doc_vector_dim))
     info = export_memory_onnx(memory_net, out_dir / "memory.onnx")
-    return {"file": "memory.onnx", "state_dim": int(memory_net.state_dim),
-            "feature_dim": int(memory_net.feature_dim), "parity_max_abs_diff": info["max_abs_diff"]}
+    return {
+        "file": "memory.onnx",
+        "state_dim": int(memory_net.state_dim),
+        "feature_dim": int(memory_net.feature_dim),
+        "parity_max_abs_diff": info["max_abs_diff"],
+    }

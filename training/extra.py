@@ -22,5 +22,7 @@ def require_train_extra(modules: tuple[str, ...] = TRAIN_EXTRA_MODULES) -> None:
     """Raise :class:`TrainExtraMissing` naming every missing module and the install command."""
     missing = missing_train_modules(modules)
     if missing:
-        raise TrainExtraMissing(f"training needs the train extra ({', '.join(missing)} "
-                                f"{'is' if len(missing) == 1 else 'are'} missing): {INSTALL_HINT}")
+        raise TrainExtraMissing(
+            f"training needs the train extra ({', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing): {INSTALL_HINT}"
+        )

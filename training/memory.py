@@ -51,9 +51,9 @@ class MemoryNet(nn.Module):
     persists.
     """
 
-    FAST = (0.05, 0.1, 0.3)       # decays of the fast means of p_bearish
-    CUSUM_K = (0.25, 0.75)        # reference values of the CUSUM accumulators (in standard deviations)
-    SLOW = 0.01                   # decay of the key's own level (mean, second moment)
+    FAST = (0.05, 0.1, 0.3)  # decays of the fast means of p_bearish
+    CUSUM_K = (0.25, 0.75)  # reference values of the CUSUM accumulators (in standard deviations)
+    SLOW = 0.01  # decay of the key's own level (mean, second moment)
     GAP_FAST, GAP_SLOW = 0.1, 0.01
     N_STATS = 2 + len(FAST) + len(CUSUM_K) + 2
     N_DERIVED = len(FAST) + len(CUSUM_K) + 3
@@ -62,8 +62,10 @@ class MemoryNet(nn.Module):
         super().__init__()
         n_stats = self.N_STATS if stats else 0
         if feature_dim < len(BASE_FEATURES) or state_dim <= n_stats:
-            raise ValueError(f"feature_dim must be >= {len(BASE_FEATURES)} and state_dim > {n_stats}, "
-                             f"got {feature_dim}, {state_dim}")
+            raise ValueError(
+                f"feature_dim must be >= {len(BASE_FEATURES)} and state_dim > {n_stats}, "
+                f"got {feature_dim}, {state_dim}"
+            )
         self.feature_dim = int(feature_dim)
         self.state_dim = int(state_dim)
         self.stats = bool(stats)
@@ -74,7 +76,9 @@ class MemoryNet(nn.Module):
         self.register_buffer("feature_shift", torch.zeros(self.feature_dim))
         self.register_buffer("feature_scale", torch.ones(self.feature_dim))
         # Priors of the running statistics (quiet documents of the training streams).
-        self.register_buffer("prior", torch.tensor([0.15, 0.08, 0.5]))  # mean p, mean p^2, mean log-gap
+        self.register_buffer(
+            "prior", torch.tensor([0.15, 0.08, 0.5])
+        )  # mean p, mean p^2, mean log-gap
         self.cell = nn.GRUCell(self.feature_dim + n_derived, self.hidden_dim)
         self.head = nn.Sequential(
             nn.Linear(self.hidden_dim + n_derived, 32),
@@ -82,7 +86,9 @@ class MemoryNet(nn.Module):
             nn.Linear(32, 2),
         )
 
-    def _statistics(self, stats: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _statistics(
+        self, stats: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(new stats, derived inputs) — the EWMA z-scores and CUSUMs of training.baselines,
         at several decays, against the key's own slowly tracked level."""
         x = features[:, 0]
@@ -112,14 +118,18 @@ class MemoryNet(nn.Module):
         mean = mean + self.SLOW * (x - mean)
         m2 = m2 + self.SLOW * (x * x - m2)
         derived += [(mean - p_mean) * 5.0, g_fast - g_slow, sd * 5.0]
-        new_stats = torch.stack([mean - p_mean, m2 - p_m2, *new_cols, g_fast - p_gap, g_slow - p_gap], dim=1)
+        new_stats = torch.stack(
+            [mean - p_mean, m2 - p_m2, *new_cols, g_fast - p_gap, g_slow - p_gap], dim=1
+        )
         return new_stats, torch.stack(derived, dim=1)
 
-    def step(self, state: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, state: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step returning (new_state, negative-rate logit, surge logit): logits for the losses."""
         scaled = (features - self.feature_shift) * self.feature_scale
         if self.stats:
-            hidden, stats = state[:, : self.hidden_dim], state[:, self.hidden_dim:]
+            hidden, stats = state[:, : self.hidden_dim], state[:, self.hidden_dim :]
             new_stats, derived = self._statistics(stats, features)
             new_hidden = self.cell(torch.cat([scaled, derived], dim=1), hidden)
             raw = self.head(torch.cat([new_hidden, derived], dim=1))
@@ -129,7 +139,9 @@ class MemoryNet(nn.Module):
             raw = self.head(new_state)
         return new_state, raw[:, 0], raw[:, 1]
 
-    def forward(self, state: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, state: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         new_state, rate_logit, surge_logit = self.step(state, features)
         outputs = torch.stack([torch.sigmoid(rate_logit), surge_logit], dim=1)
         return new_state, outputs

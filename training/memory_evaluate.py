@@ -44,13 +44,17 @@ def onnx_memory_outputs(path: Path, streams: Sequence[Stream]) -> tuple[np.ndarr
     surge = np.empty((b, t), dtype=np.float32)
     rate = np.empty((b, t), dtype=np.float32)
     for i in range(t):
-        state, out = session.run(list(OUTPUT_NAMES), {"state": state, "features": np.ascontiguousarray(feats[:, i])})
+        state, out = session.run(
+            list(OUTPUT_NAMES), {"state": state, "features": np.ascontiguousarray(feats[:, i])}
+        )
         rate[:, i] = out[:, 0]
         surge[:, i] = out[:, 1]
     return surge, rate
 
 
-def _tune_baselines(streams: Sequence[Stream], prior: dict[str, float], fa: float) -> dict[str, Detector]:
+def _tune_baselines(
+    streams: Sequence[Stream], prior: dict[str, float], fa: float
+) -> dict[str, Detector]:
     """Best EWMA and best CUSUM configuration on the *training* streams (the memory's own
     tuning data), judged like the memory: mean delay at ``fa`` false alarms per 1000."""
     best: dict[str, tuple[float, Detector]] = {}
@@ -61,15 +65,23 @@ def _tune_baselines(streams: Sequence[Stream], prior: dict[str, float], fa: floa
     return {name: det for name, (_, det) in best.items()}
 
 
-def compare_detectors(train_streams: Sequence[Stream], eval_sets: dict[str, Sequence[Stream]],
-                      memory_scores: dict[str, np.ndarray], config: MemoryTrainConfig) -> dict:
+def compare_detectors(
+    train_streams: Sequence[Stream],
+    eval_sets: dict[str, Sequence[Stream]],
+    memory_scores: dict[str, np.ndarray],
+    config: MemoryTrainConfig,
+) -> dict:
     """The delay / false-alarm comparison of the memory with the tuned baselines on each
     held-out set. Returns a JSON-able dict with the curves and the table."""
     prior = input_prior(train_streams)
     tuned = _tune_baselines(train_streams, prior, config.selection_false_alarms)
-    result: dict = {"baselines": {name: {"config": asdict(det), "description": describe(det)}
-                                  for name, det in tuned.items()},
-                    "sets": {}}
+    result: dict = {
+        "baselines": {
+            name: {"config": asdict(det), "description": describe(det)}
+            for name, det in tuned.items()
+        },
+        "sets": {},
+    }
     for set_name, streams in eval_sets.items():
         curves = {"memory": detection_curve(streams, memory_scores[set_name])}
         for name, det in tuned.items():
@@ -81,8 +93,11 @@ def compare_detectors(train_streams: Sequence[Stream], eval_sets: dict[str, Sequ
                 row[name] = point_dict(delay_at_false_alarm(curve, fa))
             for name in tuned:
                 m, b = row["memory"], row[name]
-                row[f"delay_ratio_vs_{name}"] = (m["mean_delay_docs"] / b["mean_delay_docs"]
-                                                 if m and b and b["mean_delay_docs"] > 0 else None)
+                row[f"delay_ratio_vs_{name}"] = (
+                    m["mean_delay_docs"] / b["mean_delay_docs"]
+                    if m and b and b["mean_delay_docs"] > 0
+                    else None
+                )
             table.append(row)
         breakdown: dict[str, dict[str, float]] = {}
         kinds = surge_kinds(streams)
@@ -90,13 +105,21 @@ def compare_detectors(train_streams: Sequence[Stream], eval_sets: dict[str, Sequ
             point = delay_at_false_alarm(curve, config.selection_false_alarms)
             if point is None:
                 continue
-            scores_ = memory_scores[set_name] if name == "memory" else run_detector(tuned[name], streams, prior)
+            scores_ = (
+                memory_scores[set_name]
+                if name == "memory"
+                else run_detector(tuned[name], streams, prior)
+            )
             delays = surge_delays(streams, scores_, point.threshold)
-            breakdown[name] = {kind: float(delays[mask].mean()) for kind, mask in kinds.items() if mask.any()}
+            breakdown[name] = {
+                kind: float(delays[mask].mean()) for kind, mask in kinds.items() if mask.any()
+            }
         n_surges = sum(len(s.surges) for s in streams)
         result["sets"][set_name] = {
-            "streams": len(streams), "documents": int(sum(len(s.labels) for s in streams)),
-            "quiet_documents": int(sum(int(s.quiet.sum()) for s in streams)), "surges": n_surges,
+            "streams": len(streams),
+            "documents": int(sum(len(s.labels) for s in streams)),
+            "quiet_documents": int(sum(int(s.quiet.sum()) for s in streams)),
+            "surges": n_surges,
             "table": table,
             "breakdown_at_selection_false_alarms": breakdown,
             "curves": {name: [asdict(p) for p in curve] for name, curve in curves.items()},
@@ -104,7 +127,9 @@ def compare_detectors(train_streams: Sequence[Stream], eval_sets: dict[str, Sequ
     return result
 
 
-def rate_error(streams: Sequence[Stream], memory_rate: np.ndarray, slow: float = 0.02) -> dict[str, float]:
+def rate_error(
+    streams: Sequence[Stream], memory_rate: np.ndarray, slow: float = 0.02
+) -> dict[str, float]:
     """Mean absolute error of the expected negative rate vs the truth, next to a plain slow
     EWMA of the bearish probability (what a dashboard would otherwise show)."""
     truth = stack(streams, "true_rate")
@@ -114,8 +139,10 @@ def rate_error(streams: Sequence[Stream], memory_rate: np.ndarray, slow: float =
     for i in range(p.shape[1]):
         m = (1 - slow) * m + slow * p[:, i]
         ewma[:, i] = m
-    return {"memory_mae": float(np.abs(memory_rate - truth).mean()),
-            f"ewma{slow}_p_bearish_mae": float(np.abs(ewma - truth).mean())}
+    return {
+        "memory_mae": float(np.abs(memory_rate - truth).mean()),
+        f"ewma{slow}_p_bearish_mae": float(np.abs(ewma - truth).mean()),
+    }
 
 
 def verdict(result: dict, set_name: str) -> str:
@@ -130,12 +157,18 @@ def verdict(result: dict, set_name: str) -> str:
                 wins += r < 1.0
     if total and wins == total:
         return f"the memory detects earlier than every baseline at every false-alarm budget on '{set_name}'"
-    return (f"the memory is earlier in {wins} of {total} (budget, baseline) comparisons on '{set_name}'; "
-            "it does NOT beat the baselines everywhere")
+    return (
+        f"the memory is earlier in {wins} of {total} (budget, baseline) comparisons on '{set_name}'; "
+        "it does NOT beat the baselines everywhere"
+    )
 
 
-def evaluate_memory(onnx_path: Path, train: Sequence[Stream], eval_sets: dict[str, list[Stream]],
-                    config: MemoryTrainConfig) -> dict:
+def evaluate_memory(
+    onnx_path: Path,
+    train: Sequence[Stream],
+    eval_sets: dict[str, list[Stream]],
+    config: MemoryTrainConfig,
+) -> dict:
     """Run the exported ``memory.onnx`` (what the trends worker runs) over the held-out sets
     and compare it with the baselines tuned on ``train``."""
     scores: dict[str, np.ndarray] = {}
@@ -147,6 +180,8 @@ def evaluate_memory(onnx_path: Path, train: Sequence[Stream], eval_sets: dict[st
     result["rate_error"] = rate_error(eval_sets[first], rates[first])
     result["surge_score_thresholds"] = {
         str(row["false_alarms_per_1000"]): row["memory"]["threshold"]
-        for row in result["sets"][first]["table"] if row["memory"]}
+        for row in result["sets"][first]["table"]
+        if row["memory"]
+    }
     result["verdict"] = verdict(result, first)
     return result

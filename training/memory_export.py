@@ -18,8 +18,16 @@ from training.errors import MemoryExportError
 from training.memory import INPUT_NAMES, OUTPUT_NAMES, MemoryNet
 
 
-def export_memory_onnx(net: MemoryNet, path: Path | str, feature_dim: int | None = None, *,
-                       steps: int = 4, batch: int = 3, atol: float = 1e-5, seed: int = 0) -> dict:
+def export_memory_onnx(
+    net: MemoryNet,
+    path: Path | str,
+    feature_dim: int | None = None,
+    *,
+    steps: int = 4,
+    batch: int = 3,
+    atol: float = 1e-5,
+    seed: int = 0,
+) -> dict:
     """Export ``net`` to ``path`` (inputs state/features, outputs new_state/outputs, dynamic N)
     and check parity against PyTorch over ``steps`` chained steps, feeding each runtime its own
     state back (so drift through the recurrence is caught). Raises :class:`MemoryExportError`
@@ -29,7 +37,9 @@ def export_memory_onnx(net: MemoryNet, path: Path | str, feature_dim: int | None
 
     feature_dim = net.feature_dim if feature_dim is None else int(feature_dim)
     if feature_dim != net.feature_dim:
-        raise ValueError(f"feature_dim {feature_dim} does not match the network's {net.feature_dim}")
+        raise ValueError(
+            f"feature_dim {feature_dim} does not match the network's {net.feature_dim}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = net.eval()
@@ -39,10 +49,19 @@ def export_memory_onnx(net: MemoryNet, path: Path | str, feature_dim: int | None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            net, example, str(path),
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_axes={"state": {0: "N"}, "features": {0: "N"}, "new_state": {0: "N"}, "outputs": {0: "N"}},
-            opset_version=17, dynamo=False,
+            net,
+            example,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={
+                "state": {0: "N"},
+                "features": {0: "N"},
+                "new_state": {0: "N"},
+                "outputs": {0: "N"},
+            },
+            opset_version=17,
+            dynamo=False,
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(seed)
@@ -53,8 +72,14 @@ def export_memory_onnx(net: MemoryNet, path: Path | str, feature_dim: int | None
         feats = torch.rand(batch, feature_dim, generator=gen)
         with torch.no_grad():
             t_state, t_out = net(t_state, feats)
-        o_state, o_out = session.run(list(OUTPUT_NAMES), {"state": o_state, "features": feats.numpy()})
-        worst = max(worst, float(np.abs(o_state - t_state.numpy()).max()), float(np.abs(o_out - t_out.numpy()).max()))
+        o_state, o_out = session.run(
+            list(OUTPUT_NAMES), {"state": o_state, "features": feats.numpy()}
+        )
+        worst = max(
+            worst,
+            float(np.abs(o_state - t_state.numpy()).max()),
+            float(np.abs(o_out - t_out.numpy()).max()),
+        )
     if not worst <= atol:
         raise MemoryExportError(
             f"memory.onnx differs from PyTorch by {worst:.3g} (> {atol:g}) over {steps} steps; "
@@ -63,8 +88,9 @@ def export_memory_onnx(net: MemoryNet, path: Path | str, feature_dim: int | None
     return {"max_abs_diff": worst, "steps": steps, "path": str(path)}
 
 
-def update_manifest_memory(model_dir: Path, *, state_dim: int, feature_dim: int,
-                           extra: dict | None = None) -> dict:
+def update_manifest_memory(
+    model_dir: Path, *, state_dim: int, feature_dim: int, extra: dict | None = None
+) -> dict:
     """Set manifest.json's "memory" entry (written atomically); returns the manifest."""
     path = Path(model_dir) / "manifest.json"
     manifest = json.loads(path.read_text())

@@ -14,45 +14,64 @@ def report_markdown(result: dict) -> str:
     lines = ["# Memory cell: surge detection vs baselines", ""]
     head = [f"Feature source: {result.get('feature_source', 'unknown')}."]
     if "train_seconds" in result:
-        head.append(f"Trained in {result['train_seconds']:.0f} s ({result['config']['iterations']} iterations, "
-                    f"best at {result['best_iteration']}).")
+        head.append(
+            f"Trained in {result['train_seconds']:.0f} s ({result['config']['iterations']} iterations, "
+            f"best at {result['best_iteration']})."
+        )
     if "export" in result:
         head.append(f"ONNX parity max |diff| {result['export']['max_abs_diff']:.2g}.")
     if "memory_file" in result:
         head.append(f"Memory evaluated: {result['memory_file']}.")
     if "documents" in result:
-        head.append(f"Documents: {result['documents']}, split in two halves: training streams draw from "
-                    "one, the held-out streams from the other.")
+        head.append(
+            f"Documents: {result['documents']}, split in two halves: training streams draw from "
+            "one, the held-out streams from the other."
+        )
     cfg = result.get("config") or {}
     if cfg:
-        head.append(f"Cell: state {cfg.get('state_dim')} = GRU hidden units + running statistics "
-                    f"({'on' if cfg.get('stats', True) else 'off'}); doc-vector dropout "
-                    f"{cfg.get('doc_vector_dropout')} (1.0 = the doc vector is ignored).")
+        head.append(
+            f"Cell: state {cfg.get('state_dim')} = GRU hidden units + running statistics "
+            f"({'on' if cfg.get('stats', True) else 'off'}); doc-vector dropout "
+            f"{cfg.get('doc_vector_dropout')} (1.0 = the doc vector is ignored)."
+        )
     lines.append(" ".join(head))
     lines.append("")
-    lines.append("Delay = documents from a surge's onset to the first alarm inside it; a missed surge "
-                 "counts its whole labelled length. False alarms = alarm episodes starting on quiet "
-                 "documents, per 1000 quiet documents. Each detector's threshold is the fastest one "
-                 "within the false-alarm budget; baselines' hyper-parameters were tuned on the training "
-                 "streams, like the memory.")
+    lines.append(
+        "Delay = documents from a surge's onset to the first alarm inside it; a missed surge "
+        "counts its whole labelled length. False alarms = alarm episodes starting on quiet "
+        "documents, per 1000 quiet documents. Each detector's threshold is the fastest one "
+        "within the false-alarm budget; baselines' hyper-parameters were tuned on the training "
+        "streams, like the memory."
+    )
     for name, info in result["baselines"].items():
         lines.append(f"- {name}: {info['description']}")
     for set_name, data in result["sets"].items():
-        lines += ["", f"## {set_name} ({data['streams']} streams, {data['documents']} documents, "
-                      f"{data['surges']} surges)", ""]
+        lines += [
+            "",
+            f"## {set_name} ({data['streams']} streams, {data['documents']} documents, "
+            f"{data['surges']} surges)",
+            "",
+        ]
         names = ["memory"] + list(result["baselines"])
-        header = "| FA / 1000 quiet docs | " + " | ".join(
-            f"{n} delay docs (median) / hours / detected" for n in names) + " | " + " | ".join(
-            f"memory ÷ {n}" for n in result["baselines"]) + " |"
+        header = (
+            "| FA / 1000 quiet docs | "
+            + " | ".join(f"{n} delay docs (median) / hours / detected" for n in names)
+            + " | "
+            + " | ".join(f"memory ÷ {n}" for n in result["baselines"])
+            + " |"
+        )
         lines.append(header)
         lines.append("|" + "---|" * (1 + len(names) + len(result["baselines"])))
         for row in data["table"]:
             cells = [f"{row['false_alarms_per_1000']:g}"]
             for n in names:
                 p = row[n]
-                cells.append("—" if p is None else
-                             f"{p['mean_delay_docs']:.1f} ({p['median_delay_docs']:.0f}) / "
-                             f"{p['mean_delay_hours']:.1f} h / {100 * p['detected']:.0f}%")
+                cells.append(
+                    "—"
+                    if p is None
+                    else f"{p['mean_delay_docs']:.1f} ({p['median_delay_docs']:.0f}) / "
+                    f"{p['mean_delay_hours']:.1f} h / {100 * p['detected']:.0f}%"
+                )
             for n in result["baselines"]:
                 r = row[f"delay_ratio_vs_{n}"]
                 cells.append("—" if r is None else f"{r:.2f}")
@@ -61,12 +80,25 @@ def report_markdown(result: dict) -> str:
         if bd:
             fa = (result.get("config") or {}).get("selection_false_alarms", 2.0)
             kinds = list(next(iter(bd.values())))
-            lines += ["", f"Mean delay (documents) by kind of surge at {fa:g} false alarms per 1000 quiet documents:", "",
-                      "| detector | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+            lines += [
+                "",
+                f"Mean delay (documents) by kind of surge at {fa:g} false alarms per 1000 quiet documents:",
+                "",
+                "| detector | " + " | ".join(kinds) + " |",
+                "|---|" + "---|" * len(kinds),
+            ]
             for name, row in bd.items():
-                lines.append(f"| {name} | " + " | ".join(f"{row.get(k, float('nan')):.1f}" for k in kinds) + " |")
-    lines += ["", "Expected negative rate, mean absolute error vs the true rate: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in result["rate_error"].items()), ""]
+                lines.append(
+                    f"| {name} | "
+                    + " | ".join(f"{row.get(k, float('nan')):.1f}" for k in kinds)
+                    + " |"
+                )
+    lines += [
+        "",
+        "Expected negative rate, mean absolute error vs the true rate: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result["rate_error"].items()),
+        "",
+    ]
     lines.append(f"Verdict: {result['verdict']}")
     return "\n".join(lines) + "\n"
 
@@ -82,8 +114,11 @@ def plot_curves(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), squeeze=False)
     for ax, set_name in zip(axes[0], sets, strict=True):
         for name, curve in result["sets"][set_name]["curves"].items():
-            pts = sorted((p["false_alarms_per_1000"], p["mean_delay_docs"]) for p in curve
-                         if p["false_alarms_per_1000"] > 0)
+            pts = sorted(
+                (p["false_alarms_per_1000"], p["mean_delay_docs"])
+                for p in curve
+                if p["false_alarms_per_1000"] > 0
+            )
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, label=name, lw=2 if name == "memory" else 1.2)
@@ -99,7 +134,9 @@ def plot_curves(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(result: dict, out_dir: Path, stem: str = "memory_report", png: str = "memory_detection.png") -> None:
+def write_report(
+    result: dict, out_dir: Path, stem: str = "memory_report", png: str = "memory_detection.png"
+) -> None:
     """``<stem>.json``, ``<stem>.md`` and the ``png`` plot into ``out_dir`` (overwritten)."""
     out_dir = Path(out_dir)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")

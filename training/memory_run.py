@@ -31,8 +31,9 @@ from training.simulate import (
 )
 
 
-def stream_sets(train_bank: FeatureBank, eval_bank: FeatureBank, config: MemoryTrainConfig
-                ) -> tuple[list[Stream], list[Stream], dict[str, list[Stream]]]:
+def stream_sets(
+    train_bank: FeatureBank, eval_bank: FeatureBank, config: MemoryTrainConfig
+) -> tuple[list[Stream], list[Stream], dict[str, list[Stream]]]:
     """(train, validation, held-out sets). Training and validation streams draw documents
     from ``train_bank``; the held-out sets from ``eval_bank`` with other seeds. The second
     held-out set has surges that do not change the arrival rate (an ablation)."""
@@ -40,15 +41,24 @@ def stream_sets(train_bank: FeatureBank, eval_bank: FeatureBank, config: MemoryT
     train = simulate_streams(train_bank, config.n_train_streams, seed=s + 1, config=config.sim)
     val = simulate_streams(train_bank, config.n_val_streams, seed=s + 2, config=config.sim)
     eval_sets = {
-        "held-out streams": simulate_streams(eval_bank, config.n_eval_streams, seed=s + 3, config=config.sim),
+        "held-out streams": simulate_streams(
+            eval_bank, config.n_eval_streams, seed=s + 3, config=config.sim
+        ),
         "held-out, surges without volume change": simulate_streams(
-            eval_bank, config.n_eval_streams, seed=s + 4, config=no_volume_change(config.sim)),
+            eval_bank, config.n_eval_streams, seed=s + 4, config=no_volume_change(config.sim)
+        ),
     }
     return train, val, eval_sets
 
 
-def train_and_evaluate(train_bank: FeatureBank, eval_bank: FeatureBank, out_dir: Path,
-                       config: MemoryTrainConfig, *, progress: bool = False) -> dict:
+def train_and_evaluate(
+    train_bank: FeatureBank,
+    eval_bank: FeatureBank,
+    out_dir: Path,
+    config: MemoryTrainConfig,
+    *,
+    progress: bool = False,
+) -> dict:
     """Simulate, train, export ``out_dir/memory.onnx``, evaluate the exported graph against
     the baselines on held-out streams (other seeds, other documents), write
     ``memory_report.md/.json`` and ``memory_detection.png``. Returns the result dict."""
@@ -59,15 +69,22 @@ def train_and_evaluate(train_bank: FeatureBank, eval_bank: FeatureBank, out_dir:
     onnx_path = out_dir / "memory.onnx"
     export = export_memory_onnx(net, onnx_path, net.feature_dim)
     result = evaluate_memory(onnx_path, train, eval_sets, config)
-    result.update({
-        "feature_source": train_bank.source,
-        "feature_dim": net.feature_dim, "state_dim": net.state_dim, "stats": net.stats,
-        "train_documents": len(train_bank.labels), "eval_documents": len(eval_bank.labels),
-        "train_seconds": history["train_seconds"], "best_iteration": history["best_iteration"],
-        "val_delay": history["val_delay"], "final_loss": history["loss"][-1] if history["loss"] else None,
-        "export": export,
-        "config": jsonable(asdict(config)),
-    })
+    result.update(
+        {
+            "feature_source": train_bank.source,
+            "feature_dim": net.feature_dim,
+            "state_dim": net.state_dim,
+            "stats": net.stats,
+            "train_documents": len(train_bank.labels),
+            "eval_documents": len(eval_bank.labels),
+            "train_seconds": history["train_seconds"],
+            "best_iteration": history["best_iteration"],
+            "val_delay": history["val_delay"],
+            "final_loss": history["loss"][-1] if history["loss"] else None,
+            "export": export,
+            "config": jsonable(asdict(config)),
+        }
+    )
     write_report(result, out_dir)
     return result
 
@@ -87,9 +104,16 @@ def memory_rows(sentiment_csv: Path, quick: bool, seed: int) -> tuple[list[tuple
     return rows, note
 
 
-def train_memory_into(model_dir: Path, sentiment_csv: Path, *, seed: int = 0, quick: bool = False,
-                      cache_dir: Path | None = None, progress: bool = False,
-                      config: MemoryTrainConfig | None = None) -> dict:
+def train_memory_into(
+    model_dir: Path,
+    sentiment_csv: Path,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+    config: MemoryTrainConfig | None = None,
+) -> dict:
     """Train the memory on the classifier of ``model_dir`` and install it there.
 
     Features come from that classifier (ONNX runtime) over ``sentiment_csv``'s dev rows,
@@ -103,12 +127,18 @@ def train_memory_into(model_dir: Path, sentiment_csv: Path, *, seed: int = 0, qu
     bank = classifier_feature_bank(model_dir, rows, cache_dir=cache_dir)
     expected = feature_dim(int(manifest.get("doc_vector_dim", bank.doc_vector_dim)))
     if bank.feature_dim != expected:
-        raise MemoryExportError(f"the classifier's doc vectors give {bank.feature_dim} memory features but "
-                                f"the manifest's doc_vector_dim implies {expected}; re-export the classifier")
+        raise MemoryExportError(
+            f"the classifier's doc vectors give {bank.feature_dim} memory features but "
+            f"the manifest's doc_vector_dim implies {expected}; re-export the classifier"
+        )
     train_bank, eval_bank = bank.halves(seed)
     result = train_and_evaluate(train_bank, eval_bank, model_dir, config, progress=progress)
     result["documents"] = note
     write_report(result, model_dir)
-    update_manifest_memory(model_dir, state_dim=result["state_dim"], feature_dim=result["feature_dim"],
-                           extra={"surge_score_thresholds": result["surge_score_thresholds"]})
+    update_manifest_memory(
+        model_dir,
+        state_dim=result["state_dim"],
+        feature_dim=result["feature_dim"],
+        extra={"surge_score_thresholds": result["surge_score_thresholds"]},
+    )
     return result

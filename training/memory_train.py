@@ -30,7 +30,7 @@ class MemoryTrainConfig:
     into ``tbptt``-document chunks (truncated back-propagation through time)."""
 
     state_dim: int = STATE_DIM
-    stats: bool = True                    # running statistics beside the GRU (see MemoryNet)
+    stats: bool = True  # running statistics beside the GRU (see MemoryNet)
     n_train_streams: int = 384
     n_val_streams: int = 128
     n_eval_streams: int = 400
@@ -44,7 +44,7 @@ class MemoryTrainConfig:
     # documents (held-out delay ratios vs the baselines 0.83-1.04 at 0.5, 0.82-1.00 at 1.0).
     doc_vector_dropout: float = 1.0
     eval_every: int = 25
-    selection_false_alarms: float = 2.0   # per 1000 quiet documents: where checkpoints are compared
+    selection_false_alarms: float = 2.0  # per 1000 quiet documents: where checkpoints are compared
     report_false_alarms: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
     sim: SimConfig = field(default_factory=SimConfig)
     seed: int = 0
@@ -52,15 +52,26 @@ class MemoryTrainConfig:
     @classmethod
     def quick(cls, seed: int = 0) -> MemoryTrainConfig:
         """Seconds, not minutes: for tests and smoke runs (numbers are not meaningful)."""
-        return cls(n_train_streams=24, n_val_streams=12, n_eval_streams=24, iterations=6, batch=8,
-                   tbptt=50, eval_every=3, sim=SimConfig(n_steps=200, duration=(15, 60)), seed=seed)
+        return cls(
+            n_train_streams=24,
+            n_val_streams=12,
+            n_eval_streams=24,
+            iterations=6,
+            batch=8,
+            tbptt=50,
+            eval_every=3,
+            sim=SimConfig(n_steps=200, duration=(15, 60)),
+            seed=seed,
+        )
 
 
 def _stream_tensors(streams: Sequence[Stream]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """features [B,T,F], in_surge [B,T], true_rate [B,T] as float32 tensors."""
-    return (torch.from_numpy(stack(streams, "features")),
-            torch.from_numpy(stack(streams, "in_surge").astype(np.float32)),
-            torch.from_numpy(stack(streams, "true_rate").astype(np.float32)))
+    return (
+        torch.from_numpy(stack(streams, "features")),
+        torch.from_numpy(stack(streams, "in_surge").astype(np.float32)),
+        torch.from_numpy(stack(streams, "true_rate").astype(np.float32)),
+    )
 
 
 def memory_outputs(net: MemoryNet, streams: Sequence[Stream]) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +98,13 @@ def selection_delay(streams: Sequence[Stream], scores: np.ndarray, fa: float) ->
     return float("inf") if point is None else point.mean_delay_docs
 
 
-def train_memory(train_streams: Sequence[Stream], val_streams: Sequence[Stream],
-                 config: MemoryTrainConfig, *, progress: bool = False) -> tuple[MemoryNet, dict]:
+def train_memory(
+    train_streams: Sequence[Stream],
+    val_streams: Sequence[Stream],
+    config: MemoryTrainConfig,
+    *,
+    progress: bool = False,
+) -> tuple[MemoryNet, dict]:
     """Fit a :class:`MemoryNet` (BCE on in-surge + BCE on the true negative rate as a soft
     target) and keep the checkpoint with the shortest validation delay at
     ``config.selection_false_alarms``. Returns (net, history)."""
@@ -102,8 +118,13 @@ def train_memory(train_streams: Sequence[Stream], val_streams: Sequence[Stream],
         torch.set_num_threads(threads)
 
 
-def _train_memory(train_streams: Sequence[Stream], val_streams: Sequence[Stream],
-                  config: MemoryTrainConfig, *, progress: bool) -> tuple[MemoryNet, dict]:
+def _train_memory(
+    train_streams: Sequence[Stream],
+    val_streams: Sequence[Stream],
+    config: MemoryTrainConfig,
+    *,
+    progress: bool,
+) -> tuple[MemoryNet, dict]:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     feats, surge_y, rate_y = _stream_tensors(train_streams)
@@ -149,7 +170,11 @@ def _train_memory(train_streams: Sequence[Stream], val_streams: Sequence[Stream]
             loss = torch.zeros(())
             for i in range(c0, min(c0 + config.tbptt, t)):
                 state, rate_logit, surge_logit = net.step(state, x[:, i])
-                loss = loss + bce(surge_logit, ys[:, i]) + config.rate_weight * bce(rate_logit, yr[:, i])
+                loss = (
+                    loss
+                    + bce(surge_logit, ys[:, i])
+                    + config.rate_weight * bce(rate_logit, yr[:, i])
+                )
             loss = loss / min(config.tbptt, t - c0)
             opt.zero_grad()
             loss.backward()
@@ -170,4 +195,3 @@ def _train_memory(train_streams: Sequence[Stream], val_streams: Sequence[Stream]
     net.eval()
     history["train_seconds"] = time.perf_counter() - started
     return net, history
-

@@ -41,24 +41,44 @@ def tiny_encoder_config() -> object:
     """A random-init BERT-shaped encoder small enough to train two steps in a second."""
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+    )
 
 
 class MultiTaskClassifier(nn.Module):
     """``forward(input_ids, attention_mask) -> (topic_logits, sentiment_logits, doc_vector)``."""
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, *, n_topics: int = len(TOPICS),
-                 n_sentiments: int = len(SENTIMENTS), doc_vector_dim: int = DOC_VECTOR_DIM,
-                 dropout: float = 0.1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        hidden_size: int,
+        *,
+        n_topics: int = len(TOPICS),
+        n_sentiments: int = len(SENTIMENTS),
+        doc_vector_dim: int = DOC_VECTOR_DIM,
+        dropout: float = 0.1,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.topic_head = nn.Linear(hidden_size, n_topics)
         self.sentiment_head = nn.Linear(hidden_size, n_sentiments)
         gen = torch.Generator().manual_seed(seed + 7919)
-        q, _ = torch.linalg.qr(torch.randn(hidden_size, max(hidden_size, doc_vector_dim), generator=gen))
-        self.register_buffer("doc_projection", q[:, :doc_vector_dim].contiguous() * (hidden_size / doc_vector_dim) ** 0.5)
+        q, _ = torch.linalg.qr(
+            torch.randn(hidden_size, max(hidden_size, doc_vector_dim), generator=gen)
+        )
+        self.register_buffer(
+            "doc_projection",
+            q[:, :doc_vector_dim].contiguous() * (hidden_size / doc_vector_dim) ** 0.5,
+        )
         self.doc_vector_dim = doc_vector_dim
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -66,8 +86,9 @@ class MultiTaskClassifier(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pooled = self.pooled(input_ids, attention_mask)
         dropped = self.dropout(pooled)
         unit = pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-6)
@@ -84,7 +105,9 @@ def build_model(*, tiny: bool = False, seed: int = 0, dropout: float = 0.1) -> M
         encoder = BertModel(config, add_pooling_layer=False)  # type: ignore[arg-type]
         hidden = config.hidden_size  # type: ignore[attr-defined]
     else:
-        encoder = AutoModel.from_pretrained(str(encoder_path()), local_files_only=True, add_pooling_layer=False)
+        encoder = AutoModel.from_pretrained(
+            str(encoder_path()), local_files_only=True, add_pooling_layer=False
+        )
         hidden = encoder.config.hidden_size
     return MultiTaskClassifier(encoder, hidden, dropout=dropout, seed=seed)
 

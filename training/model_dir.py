@@ -28,10 +28,20 @@ from training.model import MultiTaskClassifier, tokenizer_path
 log = logging.getLogger(__name__)
 
 
-def write_model_dir(model: MultiTaskClassifier, out_dir: Path, examples: Sequence[Example], *, version: str | None,
-                    max_tokens: int, memory_net: Any | None = None, gpu_precision: str = "fp16",
-                    int8_min_agreement: float = 0.98, optimize: bool = True, extra_manifest: dict[str, Any] | None = None,
-                    seed: int = 0) -> tuple[Path, dict[str, Any]]:
+def write_model_dir(
+    model: MultiTaskClassifier,
+    out_dir: Path,
+    examples: Sequence[Example],
+    *,
+    version: str | None,
+    max_tokens: int,
+    memory_net: Any | None = None,
+    gpu_precision: str = "fp16",
+    int8_min_agreement: float = 0.98,
+    optimize: bool = True,
+    extra_manifest: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> tuple[Path, dict[str, Any]]:
     """A complete model directory (contract in notes/model_contract.md): both classifier
     variants, memory.onnx, tokenizer.json, labels.json, manifest.json. Returns the directory
     and the export (parity) report. Metrics and the model card are added by the caller."""
@@ -39,12 +49,21 @@ def write_model_dir(model: MultiTaskClassifier, out_dir: Path, examples: Sequenc
     out_dir.mkdir(parents=True, exist_ok=True)
     created = datetime.now(UTC)
     version = version or created.strftime("v%Y%m%d-%H%M%S")
-    report = export_classifier(model, out_dir, examples, gpu_precision=gpu_precision, optimize=optimize,
-                               int8_min_agreement=int8_min_agreement)
+    report = export_classifier(
+        model,
+        out_dir,
+        examples,
+        gpu_precision=gpu_precision,
+        optimize=optimize,
+        int8_min_agreement=int8_min_agreement,
+    )
     memory = export_memory(out_dir, memory_net, model.doc_vector_dim, seed=seed)
     shutil.copyfile(tokenizer_path(), out_dir / "tokenizer.json")
-    labels = {"topics": list(TOPICS), "sentiments": list(SENTIMENTS),
-              "data_sentiment_ids": {"bearish": 0, "bullish": 1, "neutral": 2}}
+    labels = {
+        "topics": list(TOPICS),
+        "sentiments": list(SENTIMENTS),
+        "data_sentiment_ids": {"bearish": 0, "bullish": 1, "neutral": 2},
+    }
     (out_dir / "labels.json").write_text(json.dumps(labels, indent=2))
     manifest: dict[str, Any] = {
         "version": version,
@@ -53,7 +72,11 @@ def write_model_dir(model: MultiTaskClassifier, out_dir: Path, examples: Sequenc
         "sentiments": list(SENTIMENTS),
         "max_tokens": int(max_tokens),
         "doc_vector_dim": int(model.doc_vector_dim),
-        "classifier": {"cpu": "classifier.int8.onnx", "gpu": "classifier.onnx", "gpu_precision": gpu_precision},
+        "classifier": {
+            "cpu": "classifier.int8.onnx",
+            "gpu": "classifier.onnx",
+            "gpu_precision": gpu_precision,
+        },
         "memory": memory,
         "tokenizer": "tokenizer.json",
         "pad_token_id": 0,
@@ -65,8 +88,11 @@ def write_model_dir(model: MultiTaskClassifier, out_dir: Path, examples: Sequenc
     return out_dir, report
 
 
-def evaluate_model_dir(model_dir: Path, sentiment_rows: Sequence[tuple[str, int]],
-                       topic_rows: Sequence[tuple[str, int]]) -> dict[str, Any]:
+def evaluate_model_dir(
+    model_dir: Path,
+    sentiment_rows: Sequence[tuple[str, int]],
+    topic_rows: Sequence[tuple[str, int]],
+) -> dict[str, Any]:
     """Metrics of a model directory's CPU (int8) classifier through the serving runtime.
     Rows carry data-file label ids (sentiment 0 bearish, 1 bullish, 2 neutral)."""
     settings = load_settings(ort_providers=("CPUExecutionProvider",))
@@ -75,34 +101,64 @@ def evaluate_model_dir(model_dir: Path, sentiment_rows: Sequence[tuple[str, int]
     if sentiment_rows:
         preds = clf.classify([t for t, _ in sentiment_rows])
         y = [DATA_TO_MODEL_SENTIMENT[label] for _, label in sentiment_rows]
-        out["sentiment"] = classification_report(y, [SENTIMENTS.index(p.sentiment) for p in preds], SENTIMENTS)
+        out["sentiment"] = classification_report(
+            y, [SENTIMENTS.index(p.sentiment) for p in preds], SENTIMENTS
+        )
     if topic_rows:
         preds = clf.classify([t for t, _ in topic_rows])
-        out["topic"] = classification_report([label for _, label in topic_rows], [p.topic_id for p in preds], TOPICS)
+        out["topic"] = classification_report(
+            [label for _, label in topic_rows], [p.topic_id for p in preds], TOPICS
+        )
     return out
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """Accuracy and macro-F1 per head, rounded: the headline of a metrics dict."""
-    return {h: {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)} for h, m in metrics.items()}
+    return {
+        h: {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+        for h, m in metrics.items()
+    }
 
 
-def finish_model_dir(model_dir: Path, dev: HeadRows, *, training: dict[str, Any] | None = None,
-                     reproduce: str = "", data: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish_model_dir(
+    model_dir: Path,
+    dev: HeadRows,
+    *,
+    training: dict[str, Any] | None = None,
+    reproduce: str = "",
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Evaluate the directory's int8 model on ``dev`` (through the runtime) and write
     metrics.json, the confusion-matrix PNGs and MODEL_CARD.md beside it."""
     model_dir = Path(model_dir)
     dev_metrics = evaluate_model_dir(model_dir, dev.sentiment, dev.topic)
-    export_report = json.loads((model_dir / "export_report.json").read_text()) if (model_dir / "export_report.json").exists() else {}
+    export_report = (
+        json.loads((model_dir / "export_report.json").read_text())
+        if (model_dir / "export_report.json").exists()
+        else {}
+    )
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    metrics = {"version": manifest["version"], "dev_int8": dev_metrics, "summary_int8": summary(dev_metrics),
-               "export_parity": export_report, "training": training or {}, "data": data or {},
-               "reproduce": reproduce}
+    metrics = {
+        "version": manifest["version"],
+        "dev_int8": dev_metrics,
+        "summary_int8": summary(dev_metrics),
+        "export_parity": export_report,
+        "training": training or {},
+        "data": data or {},
+        "reproduce": reproduce,
+    }
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if "sentiment" in dev_metrics:
-        plot_confusion(dev_metrics["sentiment"], SENTIMENTS, "sentiment (dev, int8)", model_dir / "confusion_sentiment.png")
+        plot_confusion(
+            dev_metrics["sentiment"],
+            SENTIMENTS,
+            "sentiment (dev, int8)",
+            model_dir / "confusion_sentiment.png",
+        )
     if "topic" in dev_metrics:
-        plot_confusion(dev_metrics["topic"], TOPICS, "topic (dev, int8)", model_dir / "confusion_topic.png")
+        plot_confusion(
+            dev_metrics["topic"], TOPICS, "topic (dev, int8)", model_dir / "confusion_topic.png"
+        )
     write_model_card(model_dir, manifest, metrics, reproduce=reproduce)
     return metrics
 
@@ -117,7 +173,10 @@ def adopt_memory(model_dir: Path, source_dir: Path) -> bool:
         return False
     manifest = json.loads((model_dir / "manifest.json").read_text())
     mem = source.get("memory") or {}
-    if mem.get("feature_dim") != manifest["memory"]["feature_dim"] or not (source_dir / mem.get("file", "")).is_file():
+    if (
+        mem.get("feature_dim") != manifest["memory"]["feature_dim"]
+        or not (source_dir / mem.get("file", "")).is_file()
+    ):
         log.warning("memory cell of %s is not compatible; keeping the new one", source_dir)
         return False
     shutil.copyfile(source_dir / mem["file"], model_dir / "memory.onnx")

@@ -106,7 +106,9 @@ def read_labels(labels_path: Path = DEFAULT_LABELS_PATH) -> list[tuple[int, str,
     return out
 
 
-def load_news_dev(data_path: Path, labels_path: Path = DEFAULT_LABELS_PATH) -> list[tuple[str, str]]:
+def load_news_dev(
+    data_path: Path, labels_path: Path = DEFAULT_LABELS_PATH
+) -> list[tuple[str, str]]:
     """``(text, sentiment)`` pairs of the hand-labelled news dev set, in label-file order.
 
     ``text`` is the headline (the model input), read from ``data_path`` (the external

@@ -29,9 +29,13 @@ class Decision:
         return "; ".join(self.reasons)
 
 
-
-def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, *, margin: float,
-           max_recall_drop: float) -> Decision:
+def decide(
+    challenger: dict[str, Any],
+    champion: dict[str, Any] | None,
+    *,
+    margin: float,
+    max_recall_drop: float,
+) -> Decision:
     """The champion/challenger gate, a pure function of both models' metrics on the same rows.
 
     ``metrics[head]`` has ``macro_f1`` and ``recall`` (class -> recall). A head the champion
@@ -39,7 +43,9 @@ def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, *, margi
     rejects it. With no champion at all, the challenger is promoted.
     """
     if not champion:
-        return Decision(True, ["no champion to compare with: the challenger becomes the first champion"])
+        return Decision(
+            True, ["no champion to compare with: the challenger becomes the first champion"]
+        )
     problems: list[str] = []
     notes: list[str] = []
     for head in HEADS:
@@ -50,16 +56,20 @@ def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, *, margi
             continue
         new, old = float(challenger[head]["macro_f1"]), float(champion[head]["macro_f1"])
         if new < old - margin - EPSILON:
-            problems.append(f"{head} macro-F1 {new:.4f} is worse than the champion's {old:.4f} "
-                            f"by {old - new:.4f} (allowed: {margin})")
+            problems.append(
+                f"{head} macro-F1 {new:.4f} is worse than the champion's {old:.4f} "
+                f"by {old - new:.4f} (allowed: {margin})"
+            )
         else:
             notes.append(f"{head} macro-F1 {new:.4f} vs champion {old:.4f} ({new - old:+.4f})")
         new_recall = challenger[head].get("recall") or {}
         for cls, old_r in (champion[head].get("recall") or {}).items():
             new_r = float(new_recall.get(cls, 0.0))
             if float(old_r) - new_r > max_recall_drop + EPSILON:
-                problems.append(f"{head} recall of {cls!r} drops {float(old_r):.4f} -> {new_r:.4f} "
-                                f"(allowed drop: {max_recall_drop})")
+                problems.append(
+                    f"{head} recall of {cls!r} drops {float(old_r):.4f} -> {new_r:.4f} "
+                    f"(allowed drop: {max_recall_drop})"
+                )
     if problems:
         return Decision(False, problems)
     return Decision(True, notes + [f"no class's recall dropped by more than {max_recall_drop}"])

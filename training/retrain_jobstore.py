@@ -37,19 +37,33 @@ PRE_SPLIT_JOB_FUNCS = frozenset({"training.retrain:scheduled_retrain"})
 #: as data by :func:`load_job_state`.
 _JOB_STATE_GLOBALS = {
     ("apscheduler.triggers.cron", "CronTrigger"),
-    *(("apscheduler.triggers.cron.fields", name) for name in (
-        "BaseField", "DayOfMonthField", "DayOfWeekField", "MonthField", "WeekField")),
-    *(("apscheduler.triggers.cron.expressions", name) for name in (
-        "AllExpression", "RangeExpression", "MonthRangeExpression", "WeekdayRangeExpression",
-        "WeekdayPositionExpression", "LastDayOfMonthExpression")),
-    ("datetime", "datetime"), ("datetime", "timedelta"), ("datetime", "timezone"),
+    *(
+        ("apscheduler.triggers.cron.fields", name)
+        for name in ("BaseField", "DayOfMonthField", "DayOfWeekField", "MonthField", "WeekField")
+    ),
+    *(
+        ("apscheduler.triggers.cron.expressions", name)
+        for name in (
+            "AllExpression",
+            "RangeExpression",
+            "MonthRangeExpression",
+            "WeekdayRangeExpression",
+            "WeekdayPositionExpression",
+            "LastDayOfMonthExpression",
+        )
+    ),
+    ("datetime", "datetime"),
+    ("datetime", "timedelta"),
+    ("datetime", "timezone"),
 }
 
 
 class _JobStateUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _JOB_STATE_GLOBALS:
-            raise UnsafeJobState(f"the stored job names {module}.{name}, which a retraining job never holds")
+            raise UnsafeJobState(
+                f"the stored job names {module}.{name}, which a retraining job never holds"
+            )
         return super().find_class(module, name)
 
 
@@ -113,6 +127,9 @@ def stored_job_trigger(engine: Engine) -> str | None:
     except sa.exc.ProgrammingError:
         return None
     except (pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError) as exc:
-        log.warning("ignoring the stored retraining job (it is replaced by the configured schedule): %s", exc)
+        log.warning(
+            "ignoring the stored retraining job (it is replaced by the configured schedule): %s",
+            exc,
+        )
         return None
     return str(job.trigger) if job is not None else None

@@ -33,20 +33,31 @@ class RetrainOutcome:
 
     def summary(self) -> str:
         """A few lines for people: the decision, why, and both models' headline figures."""
-        lines = [f"retraining run {self.run_id}: {self.status.upper()} ({self.wall_s:.1f} s)", f"  why: {self.reason}"]
-        for name, version, metrics in (("challenger", self.challenger_version, self.challenger_metrics),
-                                       ("champion", self.champion_version, self.champion_metrics)):
+        lines = [
+            f"retraining run {self.run_id}: {self.status.upper()} ({self.wall_s:.1f} s)",
+            f"  why: {self.reason}",
+        ]
+        for name, version, metrics in (
+            ("challenger", self.challenger_version, self.challenger_metrics),
+            ("champion", self.champion_version, self.champion_metrics),
+        ):
             if version is None and metrics is None:
                 continue
-            figures = ", ".join(
-                f"{head} macro-F1 {metrics[head]['macro_f1']:.4f} acc {metrics[head]['accuracy']:.4f}"
-                for head in HEADS if metrics and head in metrics
-            ) or "no metrics"
+            figures = (
+                ", ".join(
+                    f"{head} macro-F1 {metrics[head]['macro_f1']:.4f} acc {metrics[head]['accuracy']:.4f}"
+                    for head in HEADS
+                    if metrics and head in metrics
+                )
+                or "no metrics"
+            )
             lines.append(f"  {name} {version or '-'}: {figures}")
         if self.run_dir is not None:
             lines.append(f"  artefacts: {self.run_dir}")
         if self.status != "promoted":
-            lines.append(f"  the champion ({self.champion_version or 'shipped model'}) keeps serving")
+            lines.append(
+                f"  the champion ({self.champion_version or 'shipped model'}) keeps serving"
+            )
         return "\n".join(lines)
 
 
@@ -106,5 +117,9 @@ def write_artefacts(run_dir: Path, payload: dict[str, Any], history: list[dict[s
         metrics = payload.get(f"{who}_metrics") or {}
         for head, names in (("sentiment", SENTIMENTS), ("topic", TOPICS)):
             if head in metrics and "confusion" in metrics[head]:
-                plot_confusion(metrics[head], names, f"{who} {payload.get(f'{who}_version')} {head}",
-                               run_dir / f"confusion_{who}_{head}.png")
+                plot_confusion(
+                    metrics[head],
+                    names,
+                    f"{who} {payload.get(f'{who}_version')} {head}",
+                    run_dir / f"confusion_{who}_{head}.png",
+                )

@@ -81,30 +81,44 @@ def new_version(run_id: int) -> str:
 
 def _lock_holder(engine: Engine) -> str:
     with engine.connect() as conn:
-        row = conn.execute(sa.text(
-            "select id, started_at, host, trigger from training_runs where status = 'running' "
-            "order by started_at desc limit 1")).first()
+        row = conn.execute(
+            sa.text(
+                "select id, started_at, host, trigger from training_runs where status = 'running' "
+                "order by started_at desc limit 1"
+            )
+        ).first()
     if row is None:
         return "another retraining run"
     return f"run {row.id} ({row.trigger}, on {row.host}, started {row.started_at:%Y-%m-%d %H:%M:%S %Z})"
 
 
-def abandon_stale_runs(conn: Connection, registry_dir: Path, by_run: int | None = None) -> list[int]:
+def abandon_stale_runs(
+    conn: Connection, registry_dir: Path, by_run: int | None = None
+) -> list[int]:
     """Mark 'running' rows as failed and remove what they left half-written.
 
     Only call this while holding the retraining lock: then no live run exists, so every
     'running' row is a process that crashed or was killed.
     """
-    rows = conn.execute(sa.text(
-        "update training_runs set status = 'failed', finished_at = now(), "
-        "reason = 'its process ended before the run finished (crash, kill or power loss); found by run ' "
-        "|| coalesce(cast(:by as text), 'start-up') "
-        "where status = 'running' and (cast(:by as bigint) is null or id <> cast(:by as bigint)) "
-        "returning id, challenger_version"), {"by": by_run}).all()
+    rows = conn.execute(
+        sa.text(
+            "update training_runs set status = 'failed', finished_at = now(), "
+            "reason = 'its process ended before the run finished (crash, kill or power loss); found by run ' "
+            "|| coalesce(cast(:by as text), 'start-up') "
+            "where status = 'running' and (cast(:by as bigint) is null or id <> cast(:by as bigint)) "
+            "returning id, challenger_version"
+        ),
+        {"by": by_run},
+    ).all()
     for row in rows:
-        log.warning("training run %s was left 'running' by a process that is gone; marked failed", row.id)
+        log.warning(
+            "training run %s was left 'running' by a process that is gone; marked failed", row.id
+        )
         if row.challenger_version and registry.get_version(conn, row.challenger_version) is None:
-            for leftover in (registry_dir / row.challenger_version, registry_dir / f".{row.challenger_version}.partial"):
+            for leftover in (
+                registry_dir / row.challenger_version,
+                registry_dir / f".{row.challenger_version}.partial",
+            ):
                 if leftover.exists():
                     shutil.rmtree(leftover, ignore_errors=True)
                     log.warning("removed %s left by failed run %s", leftover, row.id)
@@ -123,12 +137,17 @@ def resolve_champion(engine: Engine, settings: Settings) -> registry.ModelVersio
     try:
         manifest = registry.check_model_dir(settings.model_dir)
     except ModelError as exc:
-        log.info("no champion registered and no complete shipped model (%s): the challenger competes with nobody", exc)
+        log.info(
+            "no champion registered and no complete shipped model (%s): the challenger competes with nobody",
+            exc,
+        )
         return None
     version = str(manifest.get("version") or "shipped")
     with engine.begin() as conn:
         if registry.get_version(conn, version) is None:
-            registry.register_version(conn, version, Path(settings.model_dir), {}, status="challenger")
+            registry.register_version(
+                conn, version, Path(settings.model_dir), {}, status="challenger"
+            )
         registry.promote(conn, version)
     log.info("registered the shipped model %s (%s) as the champion", version, settings.model_dir)
     return registry.current_champion(engine)
@@ -141,8 +160,9 @@ def _config_json(config: Any) -> dict[str, Any]:
         return {"repr": repr(config)}
 
 
-def with_champion_teacher(config: TrainConfig, champion: registry.ModelVersion | None,
-                          settings: Settings) -> TrainConfig:
+def with_champion_teacher(
+    config: TrainConfig, champion: registry.ModelVersion | None, settings: Settings
+) -> TrainConfig:
     """``config`` with the champion as its distillation teacher, when ``retrain_distill`` is
     on, a champion exists and the config names no teacher of its own. A challenger trained
     on the champion's soft labels starts from what the champion knows, so a short run on
@@ -150,7 +170,6 @@ def with_champion_teacher(config: TrainConfig, champion: registry.ModelVersion |
     if not settings.retrain_distill or champion is None or getattr(config, "teacher", None):
         return config
     return replace(config, teacher=str(champion.path))
-
 
 
 def _own_dev_metrics(model_dir: Path, dev: Any) -> dict[str, Any] | None:
@@ -170,8 +189,13 @@ def _own_dev_metrics(model_dir: Path, dev: Any) -> dict[str, Any] | None:
     return metrics
 
 
-def run_retraining(settings: Settings | None = None, *, trigger: str = "manual", config: TrainConfig | None = None,
-                   engine: Engine | None = None) -> RetrainOutcome:
+def run_retraining(
+    settings: Settings | None = None,
+    *,
+    trigger: str = "manual",
+    config: TrainConfig | None = None,
+    engine: Engine | None = None,
+) -> RetrainOutcome:
     """One retraining run (see the module docstring). Raises ``RetrainLocked`` when another
     run holds the lock; every other failure is recorded and returned as status 'failed'."""
     settings = settings or get_settings()
@@ -182,10 +206,14 @@ def run_retraining(settings: Settings | None = None, *, trigger: str = "manual",
         engine = db.make_engine(url, pool_size=2)
     lock_conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
-        got = lock_conn.execute(sa.text("select pg_try_advisory_lock(:k)"), {"k": RETRAIN_LOCK_KEY}).scalar_one()
+        got = lock_conn.execute(
+            sa.text("select pg_try_advisory_lock(:k)"), {"k": RETRAIN_LOCK_KEY}
+        ).scalar_one()
         if not got:
-            raise RetrainLocked(f"{_lock_holder(engine)} holds the retraining lock; this run did nothing. "
-                                "Wait for it to finish (see the training_runs table) and run again.")
+            raise RetrainLocked(
+                f"{_lock_holder(engine)} holds the retraining lock; this run did nothing. "
+                "Wait for it to finish (see the training_runs table) and run again."
+            )
         try:
             return _run_locked(settings, engine, trigger, config)
         finally:
@@ -196,7 +224,9 @@ def run_retraining(settings: Settings | None = None, *, trigger: str = "manual",
             engine.dispose()
 
 
-def _run_locked(settings: Settings, engine: Engine, trigger: str, config: TrainConfig | None) -> RetrainOutcome:
+def _run_locked(
+    settings: Settings, engine: Engine, trigger: str, config: TrainConfig | None
+) -> RetrainOutcome:
     # torch is loaded here, not at import: the schedule and the job store work without it
     from training.model_dir import evaluate_model_dir
     from training.train import TrainConfig
@@ -207,13 +237,20 @@ def _run_locked(settings: Settings, engine: Engine, trigger: str, config: TrainC
     registry_dir.mkdir(parents=True, exist_ok=True)
     config = config if config is not None else TrainConfig()
     with engine.begin() as conn:
-        run_id = int(conn.execute(sa.text(
-            "insert into training_runs (trigger, host, config) values (:t, :h, cast(:c as jsonb)) returning id"
-        ), {"t": trigger, "h": _host(), "c": json.dumps(_config_json(config), default=str)}).scalar_one())
+        run_id = int(
+            conn.execute(
+                sa.text(
+                    "insert into training_runs (trigger, host, config) values (:t, :h, cast(:c as jsonb)) returning id"
+                ),
+                {"t": trigger, "h": _host(), "c": json.dumps(_config_json(config), default=str)},
+            ).scalar_one()
+        )
         abandon_stale_runs(conn, registry_dir, by_run=run_id)
         version = new_version(run_id)
-        conn.execute(sa.text("update training_runs set challenger_version = :v where id = :i"),
-                     {"v": version, "i": run_id})
+        conn.execute(
+            sa.text("update training_runs set challenger_version = :v where id = :i"),
+            {"v": version, "i": run_id},
+        )
     run_dir = registry_dir / "runs" / f"run-{run_id}"
     log.info("retraining run %s (%s) started: challenger %s", run_id, trigger, version)
     champion: registry.ModelVersion | None = None
@@ -223,70 +260,141 @@ def _run_locked(settings: Settings, engine: Engine, trigger: str, config: TrainC
         champion = resolve_champion(engine, settings)
         config = with_champion_teacher(config, champion, settings)
         with engine.begin() as conn:
-            conn.execute(sa.text("update training_runs set champion_version = :v, config = cast(:c as jsonb) "
-                                 "where id = :i"),
-                         {"v": champion.version if champion else None, "i": run_id,
-                          "c": json.dumps(_config_json(config), default=str)})
+            conn.execute(
+                sa.text(
+                    "update training_runs set champion_version = :v, config = cast(:c as jsonb) "
+                    "where id = :i"
+                ),
+                {
+                    "v": champion.version if champion else None,
+                    "i": run_id,
+                    "c": json.dumps(_config_json(config), default=str),
+                },
+            )
         s_csv, t_csv = settings.train_sentiment_csv, settings.train_topic_csv
         feedback = feedback_rows(engine)
         if not s_csv and not t_csv:
-            raise ConfigurationError("no base training data: set FINSENT_TRAIN_SENTIMENT_CSV and/or "
-                                     "FINSENT_TRAIN_TOPIC_CSV (or --sentiment-csv/--topic-csv); the fixed "
-                                     "evaluation set is carved from them")
+            raise ConfigurationError(
+                "no base training data: set FINSENT_TRAIN_SENTIMENT_CSV and/or "
+                "FINSENT_TRAIN_TOPIC_CSV (or --sentiment-csv/--topic-csv); the fixed "
+                "evaluation set is carved from them"
+            )
         _, dev = fixed_dev_split(s_csv, t_csv)
-        log.info("run %s: base data %s + %s; %d sentiment and %d topic feedback labels; "
-                 "evaluation set %d sentiment + %d topic rows", run_id, s_csv, t_csv, len(feedback.sentiment),
-                 len(feedback.topic), len(dev.sentiment), len(dev.topic))
+        log.info(
+            "run %s: base data %s + %s; %d sentiment and %d topic feedback labels; "
+            "evaluation set %d sentiment + %d topic rows",
+            run_id,
+            s_csv,
+            t_csv,
+            len(feedback.sentiment),
+            len(feedback.topic),
+            len(dev.sentiment),
+            len(dev.topic),
+        )
         partial = registry_dir / f".{version}.partial"
         final = registry_dir / version
         train_t0 = time.perf_counter()
         # the memory cell is not retrained here: the challenger keeps the champion's
-        train_and_export(partial, sentiment_csv=s_csv, topic_csv=t_csv, extra_sentiment=feedback.sentiment,
-                         extra_topic=feedback.topic, config=config, version=version,
-                         memory_from=champion.path if champion else None)
+        train_and_export(
+            partial,
+            sentiment_csv=s_csv,
+            topic_csv=t_csv,
+            extra_sentiment=feedback.sentiment,
+            extra_topic=feedback.topic,
+            config=config,
+            version=version,
+            memory_from=champion.path if champion else None,
+        )
         train_s = time.perf_counter() - train_t0
         manifest = registry.check_model_dir(partial)
         if manifest.get("version") != version:
-            raise ModelError(f"the training code wrote version {manifest.get('version')!r}, expected {version!r}")
+            raise ModelError(
+                f"the training code wrote version {manifest.get('version')!r}, expected {version!r}"
+            )
         os.replace(partial, final)
-        log.info("run %s: challenger %s trained and exported in %.1f s -> %s", run_id, version, train_s, final)
+        log.info(
+            "run %s: challenger %s trained and exported in %.1f s -> %s",
+            run_id,
+            version,
+            train_s,
+            final,
+        )
 
-        challenger_metrics = _own_dev_metrics(final, dev) or evaluate_model_dir(final, dev.sentiment, dev.topic)
+        challenger_metrics = _own_dev_metrics(final, dev) or evaluate_model_dir(
+            final, dev.sentiment, dev.topic
+        )
         if champion is not None:
             try:
                 champion_metrics = evaluate_model_dir(champion.path, dev.sentiment, dev.topic)
             except Exception as exc:  # noqa: BLE001 - a broken champion must not block a working challenger
-                log.error("run %s: the champion %s could not be evaluated: %s", run_id, champion.version, exc)
+                log.error(
+                    "run %s: the champion %s could not be evaluated: %s",
+                    run_id,
+                    champion.version,
+                    exc,
+                )
                 champion_metrics = None
-        decision = decide(challenger_metrics, champion_metrics, margin=settings.retrain_promote_margin,
-                          max_recall_drop=settings.retrain_max_recall_drop)
+        decision = decide(
+            challenger_metrics,
+            champion_metrics,
+            margin=settings.retrain_promote_margin,
+            max_recall_drop=settings.retrain_max_recall_drop,
+        )
         if champion is not None and champion_metrics is None:
             decision.reasons.insert(0, f"the champion {champion.version} could not be evaluated")
         status = "promoted" if decision.promote else "rejected"
         wall_s = time.perf_counter() - t0
         history = read_history(final)
-        payload = {"run_id": run_id, "status": status, "reason": decision.reason, "trigger": trigger,
-                   "challenger_version": version, "champion_version": champion.version if champion else None,
-                   "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
-                   "feedback_labels": {"sentiment": len(feedback.sentiment), "topic": len(feedback.topic)},
-                   "evaluation_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)},
-                   "train_s": round(train_s, 1), "wall_s": round(wall_s, 1), "history": history,
-                   "config": _config_json(config)}
+        payload = {
+            "run_id": run_id,
+            "status": status,
+            "reason": decision.reason,
+            "trigger": trigger,
+            "challenger_version": version,
+            "champion_version": champion.version if champion else None,
+            "challenger_metrics": challenger_metrics,
+            "champion_metrics": champion_metrics,
+            "feedback_labels": {"sentiment": len(feedback.sentiment), "topic": len(feedback.topic)},
+            "evaluation_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)},
+            "train_s": round(train_s, 1),
+            "wall_s": round(wall_s, 1),
+            "history": history,
+            "config": _config_json(config),
+        }
         try:
             write_artefacts(run_dir, payload, history)
         except Exception as exc:  # noqa: BLE001 - plots are for people; their failure must not lose the run
             log.warning("run %s: could not write the plots: %s", run_id, exc)
         with engine.begin() as conn:
-            registry.register_version(conn, version, final, challenger_metrics, training_run_id=run_id,
-                                      status="challenger" if decision.promote else "rejected")
+            registry.register_version(
+                conn,
+                version,
+                final,
+                challenger_metrics,
+                training_run_id=run_id,
+                status="challenger" if decision.promote else "rejected",
+            )
             if decision.promote:
                 registry.promote(conn, version)
             if champion is not None and champion_metrics is not None and not champion.metrics:
-                conn.execute(sa.text("update model_versions set metrics = cast(:m as jsonb) where version = :v"),
-                             {"m": json.dumps(champion_metrics), "v": champion.version})
+                conn.execute(
+                    sa.text(
+                        "update model_versions set metrics = cast(:m as jsonb) where version = :v"
+                    ),
+                    {"m": json.dumps(champion_metrics), "v": champion.version},
+                )
             _finish(conn, run_id, status, decision.reason, challenger_metrics, champion_metrics)
-        outcome = RetrainOutcome(run_id, status, decision.reason, version, champion.version if champion else None,
-                                 challenger_metrics, champion_metrics, wall_s, run_dir)
+        outcome = RetrainOutcome(
+            run_id,
+            status,
+            decision.reason,
+            version,
+            champion.version if champion else None,
+            challenger_metrics,
+            champion_metrics,
+            wall_s,
+            run_dir,
+        )
         log.info("retraining run %s %s in %.1f s: %s", run_id, status, wall_s, decision.reason)
         return outcome
     except Exception as exc:
@@ -297,15 +405,37 @@ def _run_locked(settings: Settings, engine: Engine, trigger: str, config: TrainC
                 shutil.rmtree(leftover, ignore_errors=True)
         with engine.begin() as conn:
             _finish(conn, run_id, "failed", reason, challenger_metrics, champion_metrics)
-        return RetrainOutcome(run_id, "failed", reason, None, champion.version if champion else None,
-                              challenger_metrics, champion_metrics, time.perf_counter() - t0, None)
+        return RetrainOutcome(
+            run_id,
+            "failed",
+            reason,
+            None,
+            champion.version if champion else None,
+            challenger_metrics,
+            champion_metrics,
+            time.perf_counter() - t0,
+            None,
+        )
 
 
-def _finish(conn: Connection, run_id: int, status: str, reason: str, challenger: dict[str, Any] | None,
-            champion: dict[str, Any] | None) -> None:
-    conn.execute(sa.text(
-        "update training_runs set status = :s, reason = :r, finished_at = now(), "
-        "challenger_metrics = cast(:cm as jsonb), champion_metrics = cast(:km as jsonb) where id = :i"
-    ), {"s": status, "r": reason, "i": run_id,
-        "cm": json.dumps(challenger) if challenger is not None else None,
-        "km": json.dumps(champion) if champion is not None else None})
+def _finish(
+    conn: Connection,
+    run_id: int,
+    status: str,
+    reason: str,
+    challenger: dict[str, Any] | None,
+    champion: dict[str, Any] | None,
+) -> None:
+    conn.execute(
+        sa.text(
+            "update training_runs set status = :s, reason = :r, finished_at = now(), "
+            "challenger_metrics = cast(:cm as jsonb), champion_metrics = cast(:km as jsonb) where id = :i"
+        ),
+        {
+            "s": status,
+            "r": reason,
+            "i": run_id,
+            "cm": json.dumps(challenger) if challenger is not None else None,
+            "km": json.dumps(champion) if champion is not None else None,
+        },
+    )

@@ -41,7 +41,9 @@ def scheduled_retrain() -> None:
     ``PRE_SPLIT_JOB_FUNCS`` there, or stored schedules are dropped and replaced."""
     settings = _SCHEDULE_CONTEXT.get("settings") or get_settings()
     try:
-        outcome = run_retraining(settings, trigger="schedule", config=_SCHEDULE_CONTEXT.get("config"))
+        outcome = run_retraining(
+            settings, trigger="schedule", config=_SCHEDULE_CONTEXT.get("config")
+        )
     except RetrainLocked as exc:
         log.warning("scheduled retraining skipped: %s", exc)
         return
@@ -88,20 +90,35 @@ def parse_cron(expression: str) -> Any:
 
     fields = expression.split()
     if len(fields) not in (5, 6):
-        raise ConfigurationError(f"schedule {expression!r} must have 5 fields (minute hour day month weekday, UTC), "
-                                 "e.g. '0 2 * * *' for 02:00 UTC daily, or 6 with leading seconds")
+        raise ConfigurationError(
+            f"schedule {expression!r} must have 5 fields (minute hour day month weekday, UTC), "
+            "e.g. '0 2 * * *' for 02:00 UTC daily, or 6 with leading seconds"
+        )
     second = fields[0] if len(fields) == 6 else "0"
     minute, hour, day, month, dow = fields[-5:]
     try:
-        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=crontab_day_of_week(dow), timezone=UTC)
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=crontab_day_of_week(dow),
+            timezone=UTC,
+        )
     except ValueError as exc:
-        raise ConfigurationError(f"schedule {expression!r} is not a valid cron expression: {exc}") from exc
+        raise ConfigurationError(
+            f"schedule {expression!r} is not a valid cron expression: {exc}"
+        ) from exc
 
 
-
-def run_schedule(settings: Settings, cron: str, *, config: TrainConfig | None = None,
-                 stop_event: threading.Event | None = None) -> None:
+def run_schedule(
+    settings: Settings,
+    cron: str,
+    *,
+    config: TrainConfig | None = None,
+    stop_event: threading.Event | None = None,
+) -> None:
     """Retrain on a cron schedule until stopped (SIGTERM/SIGINT, or ``stop_event``).
 
     The job lives in PostgreSQL (APScheduler's SQLAlchemyJobStore, table
@@ -132,7 +149,11 @@ def run_schedule(settings: Settings, cron: str, *, config: TrainConfig | None = 
     scheduler = BlockingScheduler(
         jobstores={"default": RetrainJobStore(engine=engine, tablename=SCHEDULE_TABLE)},
         executors={"default": ThreadPoolExecutor(max_workers=1)},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": settings.retrain_misfire_grace_s},
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": settings.retrain_misfire_grace_s,
+        },
         timezone=UTC,
     )
     stored = stored_job_trigger(engine)
@@ -141,15 +162,24 @@ def run_schedule(settings: Settings, cron: str, *, config: TrainConfig | None = 
     else:
         if stored is not None:
             log.info("replacing the stored retraining schedule %s with %s", stored, trigger)
-        scheduler.add_job(scheduled_retrain, trigger, id=SCHEDULE_JOB_ID, name="finsent retraining",
-                          replace_existing=True)
+        scheduler.add_job(
+            scheduled_retrain,
+            trigger,
+            id=SCHEDULE_JOB_ID,
+            name="finsent retraining",
+            replace_existing=True,
+        )
     stop_event = stop_event or threading.Event()
 
     def _stop(*_: object) -> None:
         if stop_event.is_set():  # second signal: do not wait for the run in progress
-            log.warning("second stop signal: exiting now; the next run marks the interrupted one failed")
+            log.warning(
+                "second stop signal: exiting now; the next run marks the interrupted one failed"
+            )
             os._exit(143)
-        log.info("stopping the retraining scheduler; a run in progress finishes first (signal again to abandon it)")
+        log.info(
+            "stopping the retraining scheduler; a run in progress finishes first (signal again to abandon it)"
+        )
         stop_event.set()
 
     if threading.current_thread() is threading.main_thread():
@@ -162,12 +192,15 @@ def run_schedule(settings: Settings, cron: str, *, config: TrainConfig | None = 
             scheduler.shutdown(wait=False)
 
     threading.Thread(target=_watch, name="retrain-schedule-stop", daemon=True).start()
-    log.info("retraining scheduled: %s (UTC); job store: table %s in %s", cron, SCHEDULE_TABLE,
-             db.database_description(settings))
+    log.info(
+        "retraining scheduled: %s (UTC); job store: table %s in %s",
+        cron,
+        SCHEDULE_TABLE,
+        db.database_description(settings),
+    )
     try:
         if not stop_event.is_set():
             scheduler.start()  # blocks until _watch shuts it down
     finally:
         stop_event.set()
         engine.dispose()
-

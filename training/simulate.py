@@ -44,21 +44,27 @@ class FeatureBank:
     ``labels`` are data-file sentiment ids (0 bearish, 1 bullish, 2 neutral); ``probs`` are
     in the model's output order (bearish, neutral, bullish)."""
 
-    labels: np.ndarray            # [M] int
-    probs: np.ndarray             # [M, 3] float32
+    labels: np.ndarray  # [M] int
+    probs: np.ndarray  # [M, 3] float32
     topic_confidence: np.ndarray  # [M] float32
-    doc_vectors: np.ndarray       # [M, D] float32
+    doc_vectors: np.ndarray  # [M, D] float32
     source: str = "unknown"
 
     def __post_init__(self) -> None:
         m = len(self.labels)
-        if not (self.probs.shape == (m, 3) and self.topic_confidence.shape == (m,)
-                and self.doc_vectors.ndim == 2 and self.doc_vectors.shape[0] == m):
+        if not (
+            self.probs.shape == (m, 3)
+            and self.topic_confidence.shape == (m,)
+            and self.doc_vectors.ndim == 2
+            and self.doc_vectors.shape[0] == m
+        ):
             raise ValueError("FeatureBank arrays disagree on the number of documents")
         missing = {BEARISH, BULLISH, NEUTRAL} - set(np.unique(self.labels).tolist())
         if missing:
-            raise ValueError(f"the feature bank has no documents with sentiment ids {sorted(missing)}; "
-                             "streams need bearish, bullish and neutral rows")
+            raise ValueError(
+                f"the feature bank has no documents with sentiment ids {sorted(missing)}; "
+                "streams need bearish, bullish and neutral rows"
+            )
 
     @property
     def doc_vector_dim(self) -> int:
@@ -69,8 +75,13 @@ class FeatureBank:
         return feature_dim(self.doc_vector_dim)
 
     def subset(self, index: np.ndarray) -> FeatureBank:
-        return FeatureBank(self.labels[index], self.probs[index], self.topic_confidence[index],
-                           self.doc_vectors[index], self.source)
+        return FeatureBank(
+            self.labels[index],
+            self.probs[index],
+            self.topic_confidence[index],
+            self.doc_vectors[index],
+            self.source,
+        )
 
     def halves(self, seed: int = 0) -> tuple[FeatureBank, FeatureBank]:
         """A stratified 50/50 split (by label), so the memory is evaluated on documents it
@@ -87,41 +98,69 @@ class FeatureBank:
         return self.subset(np.sort(first)), self.subset(np.sort(second))
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, labels=self.labels, probs=self.probs,
-                            topic_confidence=self.topic_confidence, doc_vectors=self.doc_vectors,
-                            source=np.array(self.source))
+        np.savez_compressed(
+            path,
+            labels=self.labels,
+            probs=self.probs,
+            topic_confidence=self.topic_confidence,
+            doc_vectors=self.doc_vectors,
+            source=np.array(self.source),
+        )
 
     @classmethod
     def load(cls, path: Path) -> FeatureBank:
         with np.load(path) as data:
-            return cls(data["labels"].astype(np.int64), data["probs"].astype(np.float32),
-                       data["topic_confidence"].astype(np.float32), data["doc_vectors"].astype(np.float32),
-                       str(data["source"]))
+            return cls(
+                data["labels"].astype(np.int64),
+                data["probs"].astype(np.float32),
+                data["topic_confidence"].astype(np.float32),
+                data["doc_vectors"].astype(np.float32),
+                str(data["source"]),
+            )
 
 
-def synthetic_feature_bank(n: int = 900, doc_vector_dim: int = 8, *, seed: int = 0,
-                           bearish_share: float = 0.15, accuracy: float = 0.85) -> FeatureBank:
+def synthetic_feature_bank(
+    n: int = 900,
+    doc_vector_dim: int = 8,
+    *,
+    seed: int = 0,
+    bearish_share: float = 0.15,
+    accuracy: float = 0.85,
+) -> FeatureBank:
     """Cheap stand-in for classifier outputs (tests, and development before a classifier
     exists): a noisy classifier that puts most mass on the true class ``accuracy`` of the
     time, and doc vectors with a weak class-dependent mean."""
     rng = np.random.default_rng(seed)
     n_bear = max(3, round(n * bearish_share))
     n_bull = max(3, round(n * 0.2))
-    labels = np.array([BEARISH] * n_bear + [BULLISH] * n_bull + [NEUTRAL] * max(3, n - n_bear - n_bull))
+    labels = np.array(
+        [BEARISH] * n_bear + [BULLISH] * n_bull + [NEUTRAL] * max(3, n - n_bear - n_bull)
+    )
     rng.shuffle(labels)
     model_index = np.array([0, 2, 1])[labels]  # data id -> model output index
-    believed = np.where(rng.random(len(labels)) < accuracy, model_index, rng.integers(0, 3, len(labels)))
+    believed = np.where(
+        rng.random(len(labels)) < accuracy, model_index, rng.integers(0, 3, len(labels))
+    )
     alpha = np.full((len(labels), 3), 0.6)
     alpha[np.arange(len(labels)), believed] = 6.0
     probs = np.stack([rng.dirichlet(a) for a in alpha]).astype(np.float32)
     centers = rng.normal(0, 1, (3, doc_vector_dim))
-    vectors = (centers[model_index] * 0.5 + rng.normal(0, 1, (len(labels), doc_vector_dim))).astype(np.float32)
+    vectors = (centers[model_index] * 0.5 + rng.normal(0, 1, (len(labels), doc_vector_dim))).astype(
+        np.float32
+    )
     topic_conf = rng.beta(5, 2, len(labels)).astype(np.float32)
-    return FeatureBank(labels.astype(np.int64), probs, topic_conf, vectors, f"synthetic(seed={seed})")
+    return FeatureBank(
+        labels.astype(np.int64), probs, topic_conf, vectors, f"synthetic(seed={seed})"
+    )
 
 
-def classifier_feature_bank(model_dir: Path, rows: Sequence[tuple[str, int]], *,
-                            cache_dir: Path | None = None, settings: object | None = None) -> FeatureBank:
+def classifier_feature_bank(
+    model_dir: Path,
+    rows: Sequence[tuple[str, int]],
+    *,
+    cache_dir: Path | None = None,
+    settings: object | None = None,
+) -> FeatureBank:
     """The classifier of ``model_dir`` run (ONNX runtime, CPU) over labelled ``rows``
     (text, data-file sentiment id). Cached as a .npz keyed by the model version and the
     rows, because classifying a few thousand texts takes a minute on two cores."""
@@ -131,8 +170,12 @@ def classifier_feature_bank(model_dir: Path, rows: Sequence[tuple[str, int]], *,
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     digest = hashlib.sha256(json.dumps([[t, int(y)] for t, y in rows]).encode()).hexdigest()[:16]
-    cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "finsent" / "memory_features"
-    safe_version = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(manifest["version"]))
+    cache_dir = (
+        Path(cache_dir) if cache_dir else Path.home() / ".cache" / "finsent" / "memory_features"
+    )
+    safe_version = "".join(
+        c if c.isalnum() or c in "-_." else "_" for c in str(manifest["version"])
+    )
     cache = cache_dir / f"{safe_version}-{digest}.npz"
     source = f"classifier {manifest['version']} ({model_dir})"
     if cache.exists():
@@ -145,12 +188,14 @@ def classifier_feature_bank(model_dir: Path, rows: Sequence[tuple[str, int]], *,
     texts = [t for t, _ in rows]
     preds = []
     for start in range(0, len(texts), 256):
-        preds.extend(classifier.classify(texts[start:start + 256]))
+        preds.extend(classifier.classify(texts[start : start + 256]))
     bank = FeatureBank(
         labels=np.array([int(y) for _, y in rows], dtype=np.int64),
         probs=np.array([[p.p_bearish, p.p_neutral, p.p_bullish] for p in preds], dtype=np.float32),
         topic_confidence=np.array([p.topic_confidence for p in preds], dtype=np.float32),
-        doc_vectors=np.array([p.doc_vector for p in preds], dtype=np.float32).reshape(len(preds), -1),
+        doc_vectors=np.array([p.doc_vector for p in preds], dtype=np.float32).reshape(
+            len(preds), -1
+        ),
         source=source,
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -166,27 +211,27 @@ class SimConfig:
     are documents per hour. Indices count documents within a stream."""
 
     n_steps: int = 600
-    warmup: int = 40                                  # no surge starts, no false alarm counts, before this
-    base_rate: tuple[float, float] = (0.03, 0.25)     # quiet bearish share, uniform per stream
+    warmup: int = 40  # no surge starts, no false alarm counts, before this
+    base_rate: tuple[float, float] = (0.03, 0.25)  # quiet bearish share, uniform per stream
     bullish_share: tuple[float, float] = (0.15, 0.4)  # of the non-bearish documents
     surge_counts: tuple[float, float, float] = (0.2, 0.5, 0.3)  # P(0, 1, 2 surges)
-    surge_lift: tuple[float, float] = (0.12, 0.55)    # added to the base rate at the surge's peak
+    surge_lift: tuple[float, float] = (0.12, 0.55)  # added to the base rate at the surge's peak
     max_rate: float = 0.9
-    ramp_probability: float = 0.5                     # onset (and, separately, offset) is a ramp
+    ramp_probability: float = 0.5  # onset (and, separately, offset) is a ramp
     ramp_steps: tuple[int, int] = (10, 60)
-    duration: tuple[int, int] = (15, 150)             # documents at the peak
-    gap_after: int = 60                               # quiet documents between surges
+    duration: tuple[int, int] = (15, 150)  # documents at the peak
+    gap_after: int = 60  # quiet documents between surges
     arrival_per_hour: tuple[float, float] = (0.5, 30.0)  # log-uniform per stream
-    burst_enter: float = 0.01                         # per document, quiet bursts of volume
+    burst_enter: float = 0.01  # per document, quiet bursts of volume
     burst_leave: float = 0.06
     burst_multiplier: tuple[float, float] = (3.0, 10.0)
-    surge_volume: tuple[float, float] = (1.0, 3.0)    # arrival-rate multiplier at a surge's peak
+    surge_volume: tuple[float, float] = (1.0, 3.0)  # arrival-rate multiplier at a surge's peak
 
 
 @dataclass
 class Surge:
-    onset: int   # first document of the surge (its rate starts rising here)
-    end: int     # one past the last document labelled in-surge
+    onset: int  # first document of the surge (its rate starts rising here)
+    end: int  # one past the last document labelled in-surge
     lift: float
     ramp_up: int
     ramp_down: int
@@ -196,19 +241,21 @@ class Surge:
 class Stream:
     """One key's simulated documents. ``features`` rows are what the memory sees."""
 
-    features: np.ndarray   # [T, F] float32
+    features: np.ndarray  # [T, F] float32
     p_bearish: np.ndarray  # [T] the classifier's bearish probability (the baselines' input)
     is_bearish_pred: np.ndarray  # [T] bool, argmax == bearish
-    labels: np.ndarray     # [T] true data-file sentiment id of each document
-    hours: np.ndarray      # [T] event time since the stream's start, hours
+    labels: np.ndarray  # [T] true data-file sentiment id of each document
+    hours: np.ndarray  # [T] event time since the stream's start, hours
     true_rate: np.ndarray  # [T] bearish share of the regime the document was drawn from
-    in_surge: np.ndarray   # [T] bool
-    quiet: np.ndarray      # [T] bool: counts toward false alarms
+    in_surge: np.ndarray  # [T] bool
+    quiet: np.ndarray  # [T] bool: counts toward false alarms
     base_rate: float
     surges: list[Surge] = field(default_factory=list)
 
 
-def _rate_profile(n: int, base: float, surges: Sequence[Surge], max_rate: float) -> tuple[np.ndarray, np.ndarray]:
+def _rate_profile(
+    n: int, base: float, surges: Sequence[Surge], max_rate: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-document bearish rate and in-surge label. Ramp-up counts as in-surge from its
     first document; ramp-down counts while the lift is still above half its peak."""
     rate = np.full(n, base)
@@ -218,10 +265,10 @@ def _rate_profile(n: int, base: float, surges: Sequence[Surge], max_rate: float)
         plateau_start = s.onset + s.ramp_up
         for i in range(s.onset, min(plateau_start, n)):
             rate[i] = base + (peak - base) * (i - s.onset + 1) / (s.ramp_up + 1)
-        label[s.onset:min(s.end, n)] = True
+        label[s.onset : min(s.end, n)] = True
         # ramp-down after the labelled end: half the lift remains at ``end``
         down_start = s.end - s.ramp_down // 2 if s.ramp_down else s.end
-        rate[plateau_start:min(down_start, n)] = peak
+        rate[plateau_start : min(down_start, n)] = peak
         for j in range(s.ramp_down):
             i = down_start + j
             if 0 <= i < n:
@@ -238,23 +285,32 @@ def simulate_stream(bank: FeatureBank, config: SimConfig, rng: np.random.Generat
     surges: list[Surge] = []
     cursor = config.warmup
     for _ in range(k):
-        ramp_up = int(rng.integers(*config.ramp_steps)) if rng.random() < config.ramp_probability else 0
-        ramp_down = int(rng.integers(*config.ramp_steps)) if rng.random() < config.ramp_probability else 0
+        ramp_up = (
+            int(rng.integers(*config.ramp_steps)) if rng.random() < config.ramp_probability else 0
+        )
+        ramp_down = (
+            int(rng.integers(*config.ramp_steps)) if rng.random() < config.ramp_probability else 0
+        )
         duration = int(rng.integers(*config.duration))
         length = ramp_up + duration + ramp_down // 2
         latest = n - length - 10
         if latest <= cursor:
             break
-        onset = int(rng.integers(cursor, min(latest, cursor + (n - cursor) // max(1, k - len(surges)))))
-        surges.append(Surge(onset, onset + length, float(rng.uniform(*config.surge_lift)), ramp_up, ramp_down))
+        onset = int(
+            rng.integers(cursor, min(latest, cursor + (n - cursor) // max(1, k - len(surges))))
+        )
+        surges.append(
+            Surge(onset, onset + length, float(rng.uniform(*config.surge_lift)), ramp_up, ramp_down)
+        )
         cursor = onset + length + ramp_down + config.gap_after
     rate, in_surge = _rate_profile(n, base, surges, config.max_rate)
     rate = np.minimum(rate, config.max_rate)
 
     # Which documents: bearish with the regime's rate, else bullish/neutral at the stream's mix.
     u = rng.random(n)
-    labels = np.where(u < rate, BEARISH,
-                      np.where(rng.random(n) < bull_share, BULLISH, NEUTRAL)).astype(np.int64)
+    labels = np.where(
+        u < rate, BEARISH, np.where(rng.random(n) < bull_share, BULLISH, NEUTRAL)
+    ).astype(np.int64)
     pools = {lab: np.flatnonzero(bank.labels == lab) for lab in (BEARISH, BULLISH, NEUTRAL)}
     rows = np.empty(n, dtype=np.int64)
     for lab, pool in pools.items():
@@ -284,30 +340,47 @@ def simulate_stream(bank: FeatureBank, config: SimConfig, rng: np.random.Generat
     hours = np.cumsum(gaps_h)
 
     probs = bank.probs[rows]
-    feats = np.stack([
-        memory_features(float(probs[i, 0]), float(probs[i, 1]), float(probs[i, 2]),
-                        float(bank.topic_confidence[rows[i]]), bank.doc_vectors[rows[i]],
-                        None if i == 0 else float(gaps_h[i] * 3600.0))
-        for i in range(n)
-    ])
+    feats = np.stack(
+        [
+            memory_features(
+                float(probs[i, 0]),
+                float(probs[i, 1]),
+                float(probs[i, 2]),
+                float(bank.topic_confidence[rows[i]]),
+                bank.doc_vectors[rows[i]],
+                None if i == 0 else float(gaps_h[i] * 3600.0),
+            )
+            for i in range(n)
+        ]
+    )
     quiet = ~in_surge
     quiet[: config.warmup] = False
-    for s in surges:  # the tail of a surge (ramp-down, detectors' memory) is neither quiet nor surge
-        quiet[s.end:min(s.end + s.ramp_down + config.gap_after // 2, n)] = False
+    for (
+        s
+    ) in surges:  # the tail of a surge (ramp-down, detectors' memory) is neither quiet nor surge
+        quiet[s.end : min(s.end + s.ramp_down + config.gap_after // 2, n)] = False
     return Stream(
         features=feats.astype(np.float32),
         p_bearish=probs[:, 0].astype(np.float32),
         is_bearish_pred=probs.argmax(axis=1) == 0,
-        labels=labels, hours=hours, true_rate=rate.astype(np.float32), in_surge=in_surge,
-        quiet=quiet, base_rate=base, surges=surges,
+        labels=labels,
+        hours=hours,
+        true_rate=rate.astype(np.float32),
+        in_surge=in_surge,
+        quiet=quiet,
+        base_rate=base,
+        surges=surges,
     )
 
 
-def simulate_streams(bank: FeatureBank, n_streams: int, *, seed: int,
-                     config: SimConfig | None = None) -> list[Stream]:
+def simulate_streams(
+    bank: FeatureBank, n_streams: int, *, seed: int, config: SimConfig | None = None
+) -> list[Stream]:
     """``n_streams`` independent streams; stream ``i`` depends only on (seed, i)."""
     config = config or SimConfig()
-    return [simulate_stream(bank, config, np.random.default_rng([seed, i])) for i in range(n_streams)]
+    return [
+        simulate_stream(bank, config, np.random.default_rng([seed, i])) for i in range(n_streams)
+    ]
 
 
 def stack(streams: Sequence[Stream], attr: str) -> np.ndarray:

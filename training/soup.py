@@ -37,11 +37,15 @@ def average_state_dicts(state_dicts: Sequence[dict[str, torch.Tensor]]) -> dict[
     first = state_dicts[0]
     for i, sd in enumerate(state_dicts[1:], start=2):
         if sd.keys() != first.keys():
-            raise ValueError(f"checkpoint {i} has different parameters than checkpoint 1: "
-                             "only checkpoints of the same architecture can be averaged")
+            raise ValueError(
+                f"checkpoint {i} has different parameters than checkpoint 1: "
+                "only checkpoints of the same architecture can be averaged"
+            )
         for k, v in sd.items():
             if v.shape != first[k].shape:
-                raise ValueError(f"checkpoint {i}: {k} has shape {tuple(v.shape)}, checkpoint 1 {tuple(first[k].shape)}")
+                raise ValueError(
+                    f"checkpoint {i}: {k} has shape {tuple(v.shape)}, checkpoint 1 {tuple(first[k].shape)}"
+                )
     out: dict[str, torch.Tensor] = {}
     for k, v in first.items():
         if v.is_floating_point():
@@ -51,7 +55,9 @@ def average_state_dicts(state_dicts: Sequence[dict[str, torch.Tensor]]) -> dict[
     return out
 
 
-def _score(state: dict[str, torch.Tensor], config: TrainConfig, dev_ex: Sequence[Example]) -> tuple[float, dict[str, Any]]:
+def _score(
+    state: dict[str, torch.Tensor], config: TrainConfig, dev_ex: Sequence[Example]
+) -> tuple[float, dict[str, Any]]:
     from training.model import build_model
 
     model = build_model(tiny=config.tiny, seed=config.seed, dropout=config.dropout)
@@ -95,8 +101,22 @@ def greedy_soup(checkpoints: Sequence[Path], dev: HeadRows, out: Path) -> dict[s
     averaged = average_state_dicts([s for _, s in members])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"members": [str(p) for p, _ in members], "score": round(best_score, 4), "tried": tried,
-               "dev": {h: {m: round(best_dev[h][m], 4) for m in ("accuracy", "macro_f1")} for h in best_dev}}
-    torch.save({"state_dict": averaged, "config": asdict(config), "epoch": "soup", "dev": best_dev,
-                "soup": summary}, out)
+    summary = {
+        "members": [str(p) for p, _ in members],
+        "score": round(best_score, 4),
+        "tried": tried,
+        "dev": {
+            h: {m: round(best_dev[h][m], 4) for m in ("accuracy", "macro_f1")} for h in best_dev
+        },
+    }
+    torch.save(
+        {
+            "state_dict": averaged,
+            "config": asdict(config),
+            "epoch": "soup",
+            "dev": best_dev,
+            "soup": summary,
+        },
+        out,
+    )
     return summary

@@ -35,14 +35,34 @@ def build_tiny_model_dir(dest: Path, *, seed: int = 0, version: str | None = Non
     from training.model_dir import write_model_dir
     from training.train import TrainConfig, load_tokenizer, train_classifier
 
-    config = TrainConfig(tiny=True, epochs=1, max_steps=2, batch_size=8, max_tokens=32, seed=seed,
-                         save_checkpoints=False, progress=False, lr=1e-3, head_lr=1e-3)
+    config = TrainConfig(
+        tiny=True,
+        epochs=1,
+        max_steps=2,
+        batch_size=8,
+        max_tokens=32,
+        seed=seed,
+        save_checkpoints=False,
+        progress=False,
+        lr=1e-3,
+        head_lr=1e-3,
+    )
     rows = tiny_rows()
     result = train_classifier(config, rows, rows)
     examples = build_examples(load_tokenizer(config.max_tokens), rows, config.max_tokens)
-    out, report = write_model_dir(result.model, Path(dest), examples, version=version or f"tiny-{seed}",
-                                  max_tokens=config.max_tokens, gpu_precision="fp32",
-                                  int8_min_agreement=0.0, seed=seed, extra_manifest={"tiny": True})
+    out, report = write_model_dir(
+        result.model,
+        Path(dest),
+        examples,
+        version=version or f"tiny-{seed}",
+        max_tokens=config.max_tokens,
+        gpu_precision="fp32",
+        int8_min_agreement=0.0,
+        seed=seed,
+        extra_manifest={"tiny": True},
+    )
     (out / "metrics.json").write_text(json.dumps({"dev": result.dev, "export": report}, indent=2))
-    (out / "MODEL_CARD.md").write_text("# tiny test model\n\nRandom-init encoder for tests; predictions are meaningless.\n")
+    (out / "MODEL_CARD.md").write_text(
+        "# tiny test model\n\nRandom-init encoder for tests; predictions are meaningless.\n"
+    )
     return out

@@ -37,27 +37,27 @@ class TrainConfig:
     """Every knob of a training run (saved with the run as ``config.json``)."""
 
     epochs: int = 4
-    lr: float = 8e-5                  # top encoder layer; layer l gets lr * layer_decay ** (top - l)
-    head_lr: float = 1e-3             # the two linear heads (fresh, so larger)
+    lr: float = 8e-5  # top encoder layer; layer l gets lr * layer_decay ** (top - l)
+    head_lr: float = 1e-3  # the two linear heads (fresh, so larger)
     layer_decay: float = 0.9
     batch_size: int = 32
-    max_tokens: int = 64              # tweets average ~28 tokens; 64 truncates < 0.5 %
+    max_tokens: int = 64  # tweets average ~28 tokens; 64 truncates < 0.5 %
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     dropout: float = 0.1
-    class_weighting: str = "none"     # "none" | "sqrt" (inverse sqrt of class frequency)
+    class_weighting: str = "none"  # "none" | "sqrt" (inverse sqrt of class frequency)
     sentiment_loss_weight: float = 1.0
     label_smoothing: float = 0.0
-    tasks: str = "both"               # "both" | "sentiment" | "topic" (ablations)
-    teacher: str = ""                 # model dir(s), comma-separated: soft labels for the unlabelled head
-    distill_weight: float = 1.0       # weight of the soft (teacher) loss of each head
+    tasks: str = "both"  # "both" | "sentiment" | "topic" (ablations)
+    teacher: str = ""  # model dir(s), comma-separated: soft labels for the unlabelled head
+    distill_weight: float = 1.0  # weight of the soft (teacher) loss of each head
     distill_temperature: float = 1.0
-    max_steps: int | None = None      # stop after this many steps (tests, throughput checks)
+    max_steps: int | None = None  # stop after this many steps (tests, throughput checks)
     time_budget_s: float | None = None  # stop the epoch loop when this is spent
     eval_batch_size: int = 64
     seed: int = 13
-    tiny: bool = False                # random-init tiny encoder (tests)
-    threads: int | None = None        # torch intra-op threads (None: leave torch's default)
+    tiny: bool = False  # random-init tiny encoder (tests)
+    threads: int | None = None  # torch intra-op threads (None: leave torch's default)
     save_checkpoints: bool = True
     progress: bool = True
 
@@ -89,7 +89,9 @@ def load_tokenizer(max_tokens: int) -> Any:
     return tok
 
 
-def collate(batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    batch: Sequence[Example],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(e.ids) for e in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -101,7 +103,9 @@ def collate(batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor, torch
     return ids, mask, topic, sentiment
 
 
-def collate_soft(batch: Sequence[Example], head: str, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def collate_soft(
+    batch: Sequence[Example], head: str, k: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(rows, targets)``: the rows of ``batch`` that carry a teacher distribution for
     ``head`` ("topic" or "sentiment") and those distributions; None when no row does."""
     rows, targets = [], []
@@ -109,7 +113,9 @@ def collate_soft(batch: Sequence[Example], head: str, k: int) -> tuple[torch.Ten
         soft = e.topic_soft if head == "topic" else e.sentiment_soft
         if soft is not None:
             if len(soft) != k:
-                raise ValueError(f"a {head} teacher distribution has {len(soft)} classes, the head {k}")
+                raise ValueError(
+                    f"a {head} teacher distribution has {len(soft)} classes, the head {k}"
+                )
             rows.append(i)
             targets.append(soft)
     if not rows:
@@ -117,11 +123,13 @@ def collate_soft(batch: Sequence[Example], head: str, k: int) -> tuple[torch.Ten
     return torch.tensor(rows, dtype=torch.long), torch.tensor(targets, dtype=torch.float32)
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Cross-entropy against a teacher distribution (already at ``temperature``), scaled
     by T² so its gradient keeps the size of a hard-label loss (Hinton et al.)."""
     log_p = torch.log_softmax(logits / temperature, dim=1)
-    return -(targets * log_p).sum(dim=1).mean() * temperature ** 2
+    return -(targets * log_p).sum(dim=1).mean() * temperature**2
 
 
 def _class_weights(labels: Sequence[int], k: int, mode: str) -> torch.Tensor | None:
@@ -154,8 +162,9 @@ def _optimizer(model: MultiTaskClassifier, config: TrainConfig) -> torch.optim.O
 
 
 @torch.no_grad()
-def predict(model: MultiTaskClassifier, examples: Sequence[Example], batch_size: int = 64
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: MultiTaskClassifier, examples: Sequence[Example], batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(topic logits, sentiment logits, doc vectors) for examples, in their order."""
     was_training = model.training
     model.eval()
@@ -164,7 +173,7 @@ def predict(model: MultiTaskClassifier, examples: Sequence[Example], batch_size:
     sent = np.zeros((len(examples), len(SENTIMENTS)), np.float32)
     vec = np.zeros((len(examples), model.doc_vector_dim), np.float32)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         ids, mask, _, _ = collate([examples[i] for i in chunk])
         t, s, v = model(ids, mask)
         topic[chunk], sent[chunk], vec[chunk] = t.numpy(), s.numpy(), v.numpy()
@@ -172,23 +181,29 @@ def predict(model: MultiTaskClassifier, examples: Sequence[Example], batch_size:
     return topic, sent, vec
 
 
-def evaluate_examples(model: MultiTaskClassifier, examples: Sequence[Example], batch_size: int = 64) -> dict[str, Any]:
+def evaluate_examples(
+    model: MultiTaskClassifier, examples: Sequence[Example], batch_size: int = 64
+) -> dict[str, Any]:
     """Dev reports per head (sentiment in model order: bearish, neutral, bullish)."""
     topic, sent, _ = predict(model, examples, batch_size)
     out: dict[str, Any] = {}
     s_idx = [i for i, e in enumerate(examples) if e.sentiment != IGNORE]
     t_idx = [i for i, e in enumerate(examples) if e.topic != IGNORE]
     if s_idx:
-        out["sentiment"] = classification_report([examples[i].sentiment for i in s_idx],
-                                                 sent[s_idx].argmax(1).tolist(), SENTIMENTS)
+        out["sentiment"] = classification_report(
+            [examples[i].sentiment for i in s_idx], sent[s_idx].argmax(1).tolist(), SENTIMENTS
+        )
     if t_idx:
-        out["topic"] = classification_report([examples[i].topic for i in t_idx],
-                                             topic[t_idx].argmax(1).tolist(), TOPICS)
+        out["topic"] = classification_report(
+            [examples[i].topic for i in t_idx], topic[t_idx].argmax(1).tolist(), TOPICS
+        )
     return out
 
 
 def selection_score(dev: dict[str, Any]) -> float:
-    parts = [dev[h][m] for h in ("sentiment", "topic") if h in dev for m in ("accuracy", "macro_f1")]
+    parts = [
+        dev[h][m] for h in ("sentiment", "topic") if h in dev for m in ("accuracy", "macro_f1")
+    ]
     return float(np.mean(parts)) if parts else 0.0
 
 
@@ -202,8 +217,9 @@ def _filter_tasks(rows: HeadRows, tasks: str) -> HeadRows:
     raise ValueError(f"tasks must be both, sentiment or topic, got {tasks!r}")
 
 
-def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRows,
-                     work_dir: Path | None = None) -> TrainResult:
+def train_classifier(
+    config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRows, work_dir: Path | None = None
+) -> TrainResult:
     """Fine-tune; evaluate on dev after every epoch; checkpoint to ``work_dir/checkpoints``;
     return the best epoch's model (weights restored)."""
     from tqdm import tqdm
@@ -223,8 +239,9 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
         from training.distill import attach_teacher
 
         teachers = [Path(p.strip()) for p in config.teacher.split(",") if p.strip()]
-        train_ex = attach_teacher(train_ex, train_rows, teachers, config.distill_temperature,
-                                  cache_dir=work_dir)
+        train_ex = attach_teacher(
+            train_ex, train_rows, teachers, config.distill_temperature, cache_dir=work_dir
+        )
     model = build_model(tiny=config.tiny, seed=config.seed, dropout=config.dropout)
     model.train()
     rng = random.Random(config.seed)
@@ -235,11 +252,20 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
     warmup = max(1, int(config.warmup_ratio * total))
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
-    topic_loss = nn.CrossEntropyLoss(weight=_class_weights([e.topic for e in train_ex], len(TOPICS), config.class_weighting),
-                                     ignore_index=IGNORE, label_smoothing=config.label_smoothing)
-    sent_loss = nn.CrossEntropyLoss(weight=_class_weights([e.sentiment for e in train_ex], len(SENTIMENTS), config.class_weighting),
-                                    ignore_index=IGNORE, label_smoothing=config.label_smoothing)
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    topic_loss = nn.CrossEntropyLoss(
+        weight=_class_weights([e.topic for e in train_ex], len(TOPICS), config.class_weighting),
+        ignore_index=IGNORE,
+        label_smoothing=config.label_smoothing,
+    )
+    sent_loss = nn.CrossEntropyLoss(
+        weight=_class_weights(
+            [e.sentiment for e in train_ex], len(SENTIMENTS), config.class_weighting
+        ),
+        ignore_index=IGNORE,
+        label_smoothing=config.label_smoothing,
+    )
     if work_dir is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
         (work_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -250,7 +276,12 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
     for epoch in range(1, config.epochs + 1):
         epoch_t0 = time.perf_counter()
         batches = list(bucketed_batches(train_ex, config.batch_size, rng))
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, mininterval=10)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+            mininterval=10,
+        )
         running = 0.0
         for batch in bar:
             if step >= total:
@@ -263,13 +294,16 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
             if (sent_y != IGNORE).any():
                 loss = loss + config.sentiment_loss_weight * sent_loss(s_logits, sent_y)
             if config.teacher:
-                for head, logits, k, weight in (("topic", t_logits, len(TOPICS), 1.0),
-                                                ("sentiment", s_logits, len(SENTIMENTS), config.sentiment_loss_weight)):
+                for head, logits, k, weight in (
+                    ("topic", t_logits, len(TOPICS), 1.0),
+                    ("sentiment", s_logits, len(SENTIMENTS), config.sentiment_loss_weight),
+                ):
                     soft = collate_soft(batch, head, k)
                     if soft is not None:
                         rows_i, targets = soft
                         loss = loss + weight * config.distill_weight * soft_cross_entropy(
-                            logits[rows_i], targets, config.distill_temperature)
+                            logits[rows_i], targets, config.distill_temperature
+                        )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -284,9 +318,14 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
         train_time += time.perf_counter() - epoch_t0
         dev = evaluate_examples(model, dev_ex, config.eval_batch_size) if dev_ex else {}
         score = selection_score(dev)
-        entry = {"epoch": epoch, "step": step, "loss": round(running, 4), "score": round(score, 4),
-                 "elapsed_s": round(time.perf_counter() - t0, 1),
-                 **{f"{h}_{m}": round(dev[h][m], 4) for h in dev for m in ("accuracy", "macro_f1")}}
+        entry = {
+            "epoch": epoch,
+            "step": step,
+            "loss": round(running, 4),
+            "score": round(score, 4),
+            "elapsed_s": round(time.perf_counter() - t0, 1),
+            **{f"{h}_{m}": round(dev[h][m], 4) for h in dev for m in ("accuracy", "macro_f1")},
+        }
         result.history.append(entry)
         log.info("epoch %d: %s", epoch, entry)
         print(json.dumps(entry), flush=True)
@@ -295,8 +334,15 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
             if config.save_checkpoints:
                 ckpt = work_dir / "checkpoints"
                 ckpt.mkdir(exist_ok=True)
-                torch.save({"state_dict": model.state_dict(), "config": asdict(config), "epoch": epoch, "dev": dev},
-                           ckpt / f"epoch{epoch}.pt")
+                torch.save(
+                    {
+                        "state_dict": model.state_dict(),
+                        "config": asdict(config),
+                        "epoch": epoch,
+                        "dev": dev,
+                    },
+                    ckpt / f"epoch{epoch}.pt",
+                )
         if score > best_score or best_state is None:
             best_score = score
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -306,7 +352,9 @@ def train_classifier(config: TrainConfig, train_rows: HeadRows, dev_rows: HeadRo
         if step >= total:
             break
         if config.time_budget_s is not None and time.perf_counter() - t0 > config.time_budget_s:
-            log.warning("time budget of %.0f s spent after epoch %d; stopping", config.time_budget_s, epoch)
+            log.warning(
+                "time budget of %.0f s spent after epoch %d; stopping", config.time_budget_s, epoch
+            )
             break
     if best_state is not None:
         model.load_state_dict(best_state)

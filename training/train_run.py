@@ -27,12 +27,20 @@ log = logging.getLogger(__name__)
 
 def training_info(result: TrainResult) -> dict[str, Any]:
     """What a run tells about itself (``result.json``, the "training" part of metrics.json)."""
-    return {"config": dataclasses.asdict(result.config), "history": result.history, "best_epoch": result.best_epoch,
-            "wall_s": round(result.wall_s, 1), "train_docs_per_s": round(result.train_docs_per_s, 2),
-            "steps": result.steps, "dev_pytorch": summary(result.dev)}
+    return {
+        "config": dataclasses.asdict(result.config),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "wall_s": round(result.wall_s, 1),
+        "train_docs_per_s": round(result.train_docs_per_s, 2),
+        "steps": result.steps,
+        "dev_pytorch": summary(result.dev),
+    }
 
 
-def checkpoint_training_info(checkpoint: Path, config: TrainConfig, note: str = "") -> dict[str, Any] | None:
+def checkpoint_training_info(
+    checkpoint: Path, config: TrainConfig, note: str = ""
+) -> dict[str, Any] | None:
     """The training info of the run that wrote ``checkpoint`` (``<run>/checkpoints/epochN.pt``):
     its ``result.json``, else its ``history.json``, with the checkpoint's name and ``note``;
     None when the run directory has neither (a copied or averaged checkpoint)."""
@@ -50,7 +58,9 @@ def checkpoint_training_info(checkpoint: Path, config: TrainConfig, note: str = 
     return info
 
 
-def train_memory_from_csv(model_dir: Path, sentiment_csv: Path | None, *, quick: bool = False) -> bool:
+def train_memory_from_csv(
+    model_dir: Path, sentiment_csv: Path | None, *, quick: bool = False
+) -> bool:
     """Train the memory cell on ``model_dir``'s classifier over ``sentiment_csv``'s rows and
     install it (:func:`training.memory_run.train_memory_into`). Without sentiment data the
     cell stays random-init (a warning, not an error: the topic-only model still serves)."""
@@ -61,20 +71,37 @@ def train_memory_from_csv(model_dir: Path, sentiment_csv: Path | None, *, quick:
     return True
 
 
-def build_model_dir(model: Any, config: TrainConfig, out_dir: Path, dev: HeadRows, *, version: str | None,
-                    memory_from: Path | None = None, gpu_precision: str | None = None,
-                    memory_csv: Path | None = None, train_memory: bool = False,
-                    training: dict[str, Any] | None = None, reproduce: str = "",
-                    data: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+def build_model_dir(
+    model: Any,
+    config: TrainConfig,
+    out_dir: Path,
+    dev: HeadRows,
+    *,
+    version: str | None,
+    memory_from: Path | None = None,
+    gpu_precision: str | None = None,
+    memory_csv: Path | None = None,
+    train_memory: bool = False,
+    training: dict[str, Any] | None = None,
+    reproduce: str = "",
+    data: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """Export ``model`` to a complete directory (parity checked on ``dev``), then give it a
     memory cell (``memory_from``'s when compatible, or trained on ``memory_csv`` with
     ``train_memory``; else a random-init one) and finish it (metrics, plots, card).
     A tiny config ships fp32 on the GPU side and skips the int8 agreement floor.
     Returns (the directory, its metrics.json content)."""
     examples = build_examples(load_tokenizer(config.max_tokens), dev, config.max_tokens)
-    model_dir, _ = write_model_dir(model, Path(out_dir), examples, version=version, max_tokens=config.max_tokens,
-                                   gpu_precision=gpu_precision or ("fp32" if config.tiny else "fp16"),
-                                   int8_min_agreement=0.0 if config.tiny else 0.98, seed=config.seed)
+    model_dir, _ = write_model_dir(
+        model,
+        Path(out_dir),
+        examples,
+        version=version,
+        max_tokens=config.max_tokens,
+        gpu_precision=gpu_precision or ("fp32" if config.tiny else "fp16"),
+        int8_min_agreement=0.0 if config.tiny else 0.98,
+        seed=config.seed,
+    )
     if memory_from is not None:
         adopt_memory(model_dir, Path(memory_from))
     if train_memory:
@@ -83,23 +110,43 @@ def build_model_dir(model: Any, config: TrainConfig, out_dir: Path, dev: HeadRow
     return model_dir, metrics
 
 
-def train_and_export(out_dir: Path, *, sentiment_csv: Path | None, topic_csv: Path | None,
-                     extra_sentiment: Sequence[tuple[str, int]] = (), extra_topic: Sequence[tuple[str, int]] = (),
-                     config: TrainConfig | None = None, version: str | None = None,
-                     work_dir: Path | None = None, memory_from: Path | None = None,
-                     reproduce: str = "") -> Path:
+def train_and_export(
+    out_dir: Path,
+    *,
+    sentiment_csv: Path | None,
+    topic_csv: Path | None,
+    extra_sentiment: Sequence[tuple[str, int]] = (),
+    extra_topic: Sequence[tuple[str, int]] = (),
+    config: TrainConfig | None = None,
+    version: str | None = None,
+    work_dir: Path | None = None,
+    memory_from: Path | None = None,
+    reproduce: str = "",
+) -> Path:
     """Train on the files' train part (+ extras, e.g. feedback labels), select on the fixed
     dev split, export a complete model directory to ``out_dir`` and return it.
     ``memory_from``: copy the memory cell of an existing model directory (e.g. the
     champion) instead of a fresh random one, when its feature size matches."""
     config = config or TrainConfig()
     train, dev = fixed_dev_split(sentiment_csv, topic_csv)
-    train = HeadRows(list(train.sentiment) + list(extra_sentiment), list(train.topic) + list(extra_topic))
+    train = HeadRows(
+        list(train.sentiment) + list(extra_sentiment), list(train.topic) + list(extra_topic)
+    )
     result = train_classifier(config, train, dev, work_dir=work_dir)
     model_dir, _ = build_model_dir(
-        result.model, config, out_dir, dev, version=version, memory_from=memory_from,
-        training=training_info(result), reproduce=reproduce,
-        data={"sentiment_csv": str(sentiment_csv), "topic_csv": str(topic_csv),
-              "train_rows": {"sentiment": len(train.sentiment), "topic": len(train.topic)},
-              "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}})
+        result.model,
+        config,
+        out_dir,
+        dev,
+        version=version,
+        memory_from=memory_from,
+        training=training_info(result),
+        reproduce=reproduce,
+        data={
+            "sentiment_csv": str(sentiment_csv),
+            "topic_csv": str(topic_csv),
+            "train_rows": {"sentiment": len(train.sentiment), "topic": len(train.topic)},
+            "dev_rows": {"sentiment": len(dev.sentiment), "topic": len(dev.topic)},
+        },
+    )
     return model_dir

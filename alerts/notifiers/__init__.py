@@ -29,8 +29,15 @@ class Notifier(Protocol):
         """Deliver once; return on acknowledgement, raise DeliveryError otherwise."""
 
 
-def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None, settings: Settings,
-                   *, http_client: WebhookClient | None = None) -> Notifier:
+def build_notifier(
+    channel: str,
+    target: str,
+    name: str,
+    ruleset: RuleSet | None,
+    settings: Settings,
+    *,
+    http_client: WebhookClient | None = None,
+) -> Notifier:
     """The notifier for an outbox row. The row's target wins (it is what was promised
     when the alert fired); the rules file supplies secrets and timeouts when it still
     defines the notifier, the settings otherwise.
@@ -48,11 +55,15 @@ def build_notifier(channel: str, target: str, name: str, ruleset: RuleSet | None
         recipients = tuple(a for a in target.split(",") if a)
         if isinstance(config, EmailNotifierConfig):
             recipients = recipients or config.to
-        return EmailNotifier(settings.smtp, recipients, timeout_s=min(settings.smtp.timeout_s, longest))
+        return EmailNotifier(
+            settings.smtp, recipients, timeout_s=min(settings.smtp.timeout_s, longest)
+        )
     secret = secret_value(settings.webhook.secret)
     timeout = settings.webhook.timeout_s
     if isinstance(config, WebhookNotifierConfig):
         secret = config.resolved_secret(settings)
         timeout = config.timeout_s or timeout
     timeout = min(timeout, longest)
-    return WebhookNotifier(target, secret=secret, timeout_s=timeout, receiver=name, client=http_client)
+    return WebhookNotifier(
+        target, secret=secret, timeout_s=timeout, receiver=name, client=http_client
+    )

@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 def _environment() -> Environment:
     return Environment(
         loader=FileSystemLoader(str(TEMPLATES)),
-        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "html.j2"), default_for_string=False
+        ),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -68,14 +70,26 @@ def render(payload: dict[str, Any]) -> tuple[str, str, str]:
     if payload["event"] == "renotify":
         status = "STILL FIRING"
     subject = f"[finsent {status} {alert['severity']}] {alert['rule']} on {alert['key']}"
-    context = {"subject": subject, "status": status, "event": payload["event"], "alert": alert,
-               "figures": alert.get("figures") or {}, "headlines": payload.get("headlines") or [],
-               "evaluated_at": payload.get("evaluated_at")}
+    context = {
+        "subject": subject,
+        "status": status,
+        "event": payload["event"],
+        "alert": alert,
+        "figures": alert.get("figures") or {},
+        "headlines": payload.get("headlines") or [],
+        "evaluated_at": payload.get("evaluated_at"),
+    }
     env = _environment()
-    return subject, env.get_template("email.txt.j2").render(context), env.get_template("email.html.j2").render(context)
+    return (
+        subject,
+        env.get_template("email.txt.j2").render(context),
+        env.get_template("email.html.j2").render(context),
+    )
 
 
-def build_message(payload: dict[str, Any], idempotency_key: str, sender: str, recipients: tuple[str, ...]) -> EmailMessage:
+def build_message(
+    payload: dict[str, Any], idempotency_key: str, sender: str, recipients: tuple[str, ...]
+) -> EmailMessage:
     subject, text, html = render(payload)
     msg = EmailMessage()
     msg["Subject"] = subject
@@ -140,7 +154,9 @@ class DeadlineSMTP(smtplib.SMTP):
     Connects on construction, like ``smtplib.SMTP(host, port)``.
     """
 
-    def __init__(self, host: str, port: int, *, expires_at: float, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, *, expires_at: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.expires_at = expires_at
         self.tls = tls
         super().__init__(host, port, timeout=max(expires_at - time.monotonic(), _SPENT_S))
@@ -171,7 +187,9 @@ class DeadlineSMTP(smtplib.SMTP):
     def _open_tcp(self, host: str, port: int) -> socket.socket:
         # socket.create_connection gives each address the whole timeout; here they share it
         error: OSError | None = None
-        for family, kind, proto, _name, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        for family, kind, proto, _name, address in socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM
+        ):
             sock = socket.socket(family, kind, proto)
             try:
                 sock.settimeout(self.time_left())
@@ -204,7 +222,7 @@ class DeadlineSMTP(smtplib.SMTP):
             # one chunk at a time: SSLSocket.sendall would give each chunk the whole timeout
             while view:
                 self.sock.settimeout(self.time_left())
-                view = view[self.sock.send(view):]
+                view = view[self.sock.send(view) :]
         except OSError as exc:
             self.close()
             raise smtplib.SMTPServerDisconnected(f"Server not connected: {exc}") from exc
@@ -222,15 +240,21 @@ class EmailNotifier:
 
     channel = "email"
 
-    def __init__(self, smtp: SmtpSettings, recipients: tuple[str, ...], *, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, smtp: SmtpSettings, recipients: tuple[str, ...], *, timeout_s: float | None = None
+    ) -> None:
         self.smtp = smtp
         self.recipients = recipients
         self.timeout_s = smtp.timeout_s if timeout_s is None else timeout_s
 
     def _connect(self, expires_at: float) -> DeadlineSMTP:
         s = self.smtp
-        context = ssl.create_default_context(cafile=str(s.tls_ca_file) if getattr(s, "tls_ca_file", None) else None)
-        conn = DeadlineSMTP(s.host, s.port, expires_at=expires_at, tls=context if s.security == "ssl" else None)
+        context = ssl.create_default_context(
+            cafile=str(s.tls_ca_file) if getattr(s, "tls_ca_file", None) else None
+        )
+        conn = DeadlineSMTP(
+            s.host, s.port, expires_at=expires_at, tls=context if s.security == "ssl" else None
+        )
         try:
             if s.security == "starttls":
                 conn.ehlo()
@@ -243,7 +267,9 @@ class EmailNotifier:
 
     def send(self, payload: dict[str, Any], idempotency_key: str) -> None:
         if not self.recipients:
-            raise PermanentDeliveryError("no recipients: set FINSENT_SMTP__RECIPIENTS or the notifier's 'to'")
+            raise PermanentDeliveryError(
+                "no recipients: set FINSENT_SMTP__RECIPIENTS or the notifier's 'to'"
+            )
         message = build_message(payload, idempotency_key, self.smtp.sender, self.recipients)
         where = f"SMTP {self.smtp.host}:{self.smtp.port} ({self.smtp.security})"
         started = time.monotonic()
@@ -258,12 +284,20 @@ class EmailNotifier:
                 conn.close()
                 raise
         except smtplib.SMTPRecipientsRefused as exc:
-            raise PermanentDeliveryError(f"{where} refused every recipient: {exc.recipients}") from exc
+            raise PermanentDeliveryError(
+                f"{where} refused every recipient: {exc.recipients}"
+            ) from exc
         except smtplib.SMTPResponseException as exc:
-            text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+            text = (
+                exc.smtp_error.decode("utf-8", "replace")
+                if isinstance(exc.smtp_error, bytes)
+                else str(exc.smtp_error)
+            )
             message_text = f"{where} answered {exc.smtp_code}: {text}"
             if exc.smtp_code >= 500:
-                raise PermanentDeliveryError(message_text + " (not retried: check the address or credentials)") from exc
+                raise PermanentDeliveryError(
+                    message_text + " (not retried: check the address or credentials)"
+                ) from exc
             raise DeliveryError(message_text) from exc
         except (smtplib.SMTPException, OSError) as exc:
             # every wait is bounded by the time left, so a transport failure past the
@@ -284,6 +318,11 @@ class EmailNotifier:
         try:
             conn.quit()
         except (smtplib.SMTPException, OSError) as exc:
-            log.info("%s accepted the message; QUIT did not complete (%s: %s)", where, type(exc).__name__, exc)
+            log.info(
+                "%s accepted the message; QUIT did not complete (%s: %s)",
+                where,
+                type(exc).__name__,
+                exc,
+            )
         finally:
             conn.close()

@@ -100,15 +100,25 @@ def sign(secret: str, timestamp: str, idempotency_key: str, body: bytes) -> str:
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
-def verify(secret: str, timestamp: str, idempotency_key: str, body: bytes, signature: str, *,
-           tolerance_s: float = 300.0, now: float | None = None) -> bool:
+def verify(
+    secret: str,
+    timestamp: str,
+    idempotency_key: str,
+    body: bytes,
+    signature: str,
+    *,
+    tolerance_s: float = 300.0,
+    now: float | None = None,
+) -> bool:
     """What a receiver does: the signature over timestamp, idempotency key and the raw body
     matches, and the timestamp is recent. Pass the headers exactly as received."""
     try:
         age = abs((time.time() if now is None else now) - int(timestamp))
     except ValueError:
         return False
-    return age <= tolerance_s and hmac.compare_digest(sign(secret, timestamp, idempotency_key, body), signature)
+    return age <= tolerance_s and hmac.compare_digest(
+        sign(secret, timestamp, idempotency_key, body), signature
+    )
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -150,7 +160,9 @@ class WebhookClient:
 
     def __init__(self, *, headers: dict[str, str] | None = None) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="finsent-webhook", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="finsent-webhook", daemon=True
+        )
         self._thread.start()
         self._closed = False
         self._client: httpx.AsyncClient = self._run(self._make_client(headers or {}))
@@ -167,7 +179,9 @@ class WebhookClient:
             future.cancel()
             raise
 
-    def post(self, url: str, *, content: bytes, headers: dict[str, str], deadline_s: float) -> WebhookAnswer:
+    def post(
+        self, url: str, *, content: bytes, headers: dict[str, str], deadline_s: float
+    ) -> WebhookAnswer:
         """POST and read the answer, all within ``deadline_s`` seconds of wall-clock time.
 
         Raises ``TimeoutError`` when the deadline passes (the connection is closed, so a
@@ -179,18 +193,23 @@ class WebhookClient:
         # wedged loop thread
         return self._run(self._post(url, content, headers, deadline_s), timeout_s=deadline_s + 5.0)
 
-    async def _post(self, url: str, content: bytes, headers: dict[str, str], deadline_s: float) -> WebhookAnswer:
+    async def _post(
+        self, url: str, content: bytes, headers: dict[str, str], deadline_s: float
+    ) -> WebhookAnswer:
         # httpx's own timeouts are per operation; they stay as a bound on each step, the
         # asyncio.timeout around the whole exchange is what enforces the total.
         async with asyncio.timeout(deadline_s):
-            async with self._client.stream("POST", url, content=content, headers=headers,
-                                           timeout=httpx.Timeout(deadline_s)) as response:
+            async with self._client.stream(
+                "POST", url, content=content, headers=headers, timeout=httpx.Timeout(deadline_s)
+            ) as response:
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) >= MAX_RESPONSE_BYTES:
                         break
-                return WebhookAnswer(response.status_code, response.headers, bytes(body[:MAX_RESPONSE_BYTES]))
+                return WebhookAnswer(
+                    response.status_code, response.headers, bytes(body[:MAX_RESPONSE_BYTES])
+                )
 
     def close(self) -> None:
         """Close the pool and stop the loop thread; idempotent."""
@@ -222,8 +241,15 @@ class WebhookNotifier:
 
     channel = "webhook"
 
-    def __init__(self, url: str, *, secret: str | None, timeout_s: float = 10.0, receiver: str = "",
-                 client: WebhookClient | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: str | None,
+        timeout_s: float = 10.0,
+        receiver: str = "",
+        client: WebhookClient | None = None,
+    ) -> None:
         self.url = url
         self.secret = secret
         self.timeout_s = timeout_s
@@ -245,10 +271,14 @@ class WebhookNotifier:
         started = time.monotonic()
         try:
             if self.client is not None:
-                answer = self.client.post(self.url, content=body, headers=headers, deadline_s=self.timeout_s)
+                answer = self.client.post(
+                    self.url, content=body, headers=headers, deadline_s=self.timeout_s
+                )
             else:
                 with WebhookClient() as client:
-                    answer = client.post(self.url, content=body, headers=headers, deadline_s=self.timeout_s)
+                    answer = client.post(
+                        self.url, content=body, headers=headers, deadline_s=self.timeout_s
+                    )
         except TimeoutError as exc:
             raise DeliveryError(
                 f"POST {where} did not complete within {self.timeout_s:g} s (total deadline; waited "

@@ -40,12 +40,20 @@ def register(sub: Any) -> None:
     check.add_argument("--rules", default=None, help="rules YAML (overrides FINSENT_RULES)")
     check.set_defaults(func=alerts_check)
 
-    bt = a_sub.add_parser("backtest", help="replay rules over stored data; print the alerts they raise")
+    bt = a_sub.add_parser(
+        "backtest", help="replay rules over stored data; print the alerts they raise"
+    )
     bt.add_argument("--rules", default=None, help="rules YAML (overrides FINSENT_RULES)")
-    bt.add_argument("--from", dest="start", required=True, help="first instant (ISO 8601, UTC if no offset)")
+    bt.add_argument(
+        "--from", dest="start", required=True, help="first instant (ISO 8601, UTC if no offset)"
+    )
     bt.add_argument("--to", dest="end", required=True, help="last instant (ISO 8601 or 'now')")
-    bt.add_argument("--interval", type=float, default=None,
-                    help="evaluation step in seconds (default FINSENT_ALERT_INTERVAL_S, as live)")
+    bt.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="evaluation step in seconds (default FINSENT_ALERT_INTERVAL_S, as live)",
+    )
     bt.add_argument("--store", action="store_true", help="also store the result in alert_backtests")
     bt.add_argument("--json", action="store_true", help="one JSON object per alert")
     bt.set_defaults(func=alerts_backtest)
@@ -53,8 +61,13 @@ def register(sub: Any) -> None:
     si = a_sub.add_parser("silence", help="silences: add | list | expire")
     s_sub = si.add_subparsers(dest="silence_command", metavar="ACTION", required=True)
     add = s_sub.add_parser("add", help="silence matching alerts' notifications for a while")
-    add.add_argument("--match", action="append", default=[], required=True,
-                     help="label=value (repeatable; all must match), e.g. rule=negative-share key=entity:AAPL")
+    add.add_argument(
+        "--match",
+        action="append",
+        default=[],
+        required=True,
+        help="label=value (repeatable; all must match), e.g. rule=negative-share key=entity:AAPL",
+    )
     add.add_argument("--for", dest="duration", required=True, help="how long, e.g. 30m, 2h, 1d")
     add.add_argument("--comment", default="", help="why (shown by 'silence list')")
     add.add_argument("--by", default=None, help="who (default: the current user)")
@@ -74,7 +87,9 @@ def parse_time(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise InputError(f"{value!r} is not a time; write ISO 8601 such as 2026-11-20T09:00 or 2026-11-20T09:00+01:00") from None
+        raise InputError(
+            f"{value!r} is not a time; write ISO 8601 such as 2026-11-20T09:00 or 2026-11-20T09:00+01:00"
+        ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
@@ -95,11 +110,15 @@ def alerts_check(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.service import rules_from_settings
 
     ruleset = rules_from_settings(_with_rules(args, settings))
-    print(f"{ruleset.source}: {len(ruleset.rules)} rules, notifiers: "
-          f"{', '.join(sorted(set(ruleset.notifiers) | {'email', 'webhook', 'log'}))}")
+    print(
+        f"{ruleset.source}: {len(ruleset.rules)} rules, notifiers: "
+        f"{', '.join(sorted(set(ruleset.notifiers) | {'email', 'webhook', 'log'}))}"
+    )
     for rule in ruleset.rules:
-        print(f"  {rule.name:32} {rule.kind:13} window {format_duration(rule.window):6} "
-              f"for {format_duration(rule.for_):5} -> {', '.join(rule.notifiers)}")
+        print(
+            f"  {rule.name:32} {rule.kind:13} window {format_duration(rule.window):6} "
+            f"for {format_duration(rule.for_):5} -> {', '.join(rule.notifiers)}"
+        )
     return 0
 
 
@@ -114,8 +133,10 @@ def alerts_run(args: argparse.Namespace, settings: Settings) -> int:
             evaluated = service.evaluate_now()
             sent = service.dispatch_now()
             service.dispatcher.close()
-            print(f"evaluated at {evaluated.at.isoformat()}: {evaluated.fired} fired, {evaluated.resolved} resolved; "
-                  f"deliveries: {sent.delivered} delivered, {sent.retried} to retry, {sent.dead} dead")
+            print(
+                f"evaluated at {evaluated.at.isoformat()}: {evaluated.fired} fired, {evaluated.resolved} resolved; "
+                f"deliveries: {sent.delivered} delivered, {sent.retried} to retry, {sent.dead} dead"
+            )
             return 0
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,20 +162,30 @@ def alerts_backtest(args: argparse.Namespace, settings: Settings) -> int:
         if args.store:
             store(services.engine, ruleset, result)
     for ep in result.episodes:
-        row = {"rule": ep.rule_name, "key": ep.key, "fingerprint": ep.fingerprint, "state": ep.state,
-               "pending_since": ep.pending_since.isoformat(),
-               "fired_at": ep.fired_at.isoformat() if ep.fired_at else None,
-               "resolved_at": ep.resolved_at.isoformat() if ep.resolved_at else None,
-               "value": ep.value, "figures": ep.figures}
+        row = {
+            "rule": ep.rule_name,
+            "key": ep.key,
+            "fingerprint": ep.fingerprint,
+            "state": ep.state,
+            "pending_since": ep.pending_since.isoformat(),
+            "fired_at": ep.fired_at.isoformat() if ep.fired_at else None,
+            "resolved_at": ep.resolved_at.isoformat() if ep.resolved_at else None,
+            "value": ep.value,
+            "figures": ep.figures,
+        }
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"{row['rule']:28} {ep.key:28} {ep.state:9} fired {row['fired_at'] or '-':32} "
-                  f"resolved {row['resolved_at'] or '-'}")
+            print(
+                f"{row['rule']:28} {ep.key:28} {ep.state:9} fired {row['fired_at'] or '-':32} "
+                f"resolved {row['resolved_at'] or '-'}"
+            )
     fired = len(result.fired)
-    summary = (f"backtest {result.run_id}: {result.instants} evaluations from {start.isoformat()} to "
-               f"{end.isoformat()} every {interval:g}s; {fired} alerts fired"
-               + (f"; stored in alert_backtests (run_id {result.run_id})" if args.store else ""))
+    summary = (
+        f"backtest {result.run_id}: {result.instants} evaluations from {start.isoformat()} to "
+        f"{end.isoformat()} every {interval:g}s; {fired} alerts fired"
+        + (f"; stored in alert_backtests (run_id {result.run_id})" if args.store else "")
+    )
     print(summary if not args.json else json.dumps({"summary": summary}))
     return 0
 
@@ -169,7 +200,9 @@ def silence_add(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise InputError(f"--for {args.duration!r}: {exc}") from None
     with _engine(settings) as services:
-        silence_id = silences.add(services.engine, matchers, duration, comment=args.comment, created_by=args.by)
+        silence_id = silences.add(
+            services.engine, matchers, duration, comment=args.comment, created_by=args.by
+        )
     print(f"silence {silence_id} added for {args.duration}: {json.dumps(matchers)}")
     return 0
 
@@ -182,9 +215,13 @@ def silence_list(args: argparse.Namespace, settings: Settings) -> int:
     if not found:
         print("no silences")
     for s in found:
-        state = "active" if s.active else ("expired" if s.ends_at <= datetime.now(UTC) else "pending")
-        print(f"{s.id:5} {state:8} until {s.ends_at.astimezone(UTC).isoformat()} {json.dumps(s.matchers)} "
-              f"by {s.created_by}: {s.comment}")
+        state = (
+            "active" if s.active else ("expired" if s.ends_at <= datetime.now(UTC) else "pending")
+        )
+        print(
+            f"{s.id:5} {state:8} until {s.ends_at.astimezone(UTC).isoformat()} {json.dumps(s.matchers)} "
+            f"by {s.created_by}: {s.comment}"
+        )
     return 0
 
 
@@ -194,6 +231,8 @@ def silence_expire(args: argparse.Namespace, settings: Settings) -> int:
     with _engine(settings) as services:
         done = silences.expire(services.engine, args.id)
     if not done:
-        raise InputError(f"silence {args.id} does not exist or has already ended; see 'finsent alerts silence list --all'")
+        raise InputError(
+            f"silence {args.id} does not exist or has already ended; see 'finsent alerts silence list --all'"
+        )
     print(f"silence {args.id} expired")
     return 0

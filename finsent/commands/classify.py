@@ -16,15 +16,35 @@ from typing import Any
 from pipeline.errors import InputError
 from pipeline.settings import Settings
 
-OUTPUT_COLUMNS = ("topic", "topic_confidence", "sentiment", "p_bearish", "p_neutral", "p_bullish", "model_version")
+OUTPUT_COLUMNS = (
+    "topic",
+    "topic_confidence",
+    "sentiment",
+    "p_bearish",
+    "p_neutral",
+    "p_bullish",
+    "model_version",
+)
 CHUNK = 256
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser("classify", help="batch-classify a CSV/JSONL file",
-                       description="Classify every row of a CSV or JSONL file. The output keeps the input "
-                       "columns and adds: " + ", ".join(OUTPUT_COLUMNS) + ".")
+    p = sub.add_parser(
+        "classify",
+        help="batch-classify a CSV/JSONL file",
+        description="Classify every row of a CSV or JSONL file. The output keeps the input "
+        "columns and adds: " + ", ".join(OUTPUT_COLUMNS) + ".",
+    )
     p.add_argument("input", type=Path, help="a .csv (with a header) or .jsonl/.ndjson file")
-    p.add_argument("--output", type=Path, required=True, help="where to write (.csv or .jsonl; format from the extension)")
-    p.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="where to write (.csv or .jsonl; format from the extension)",
+    )
+    p.add_argument(
+        "--text-column", default="text", help="the column holding the text (default: text)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=classify_command)
 
@@ -35,10 +55,14 @@ def _format(path: Path) -> str:
         return "csv"
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    raise InputError(f"{path}: unknown format {suffix or '(no extension)'}; use a .csv or .jsonl file")
+    raise InputError(
+        f"{path}: unknown format {suffix or '(no extension)'}; use a .csv or .jsonl file"
+    )
 
 
-def _read_rows(path: Path, fmt: str, text_column: str) -> tuple[list[str], Iterator[dict[str, Any]]]:
+def _read_rows(
+    path: Path, fmt: str, text_column: str
+) -> tuple[list[str], Iterator[dict[str, Any]]]:
     """(column names, row iterator); errors name the file, line and what to do."""
     try:
         handle = path.open(newline="", encoding="utf-8")
@@ -46,14 +70,18 @@ def _read_rows(path: Path, fmt: str, text_column: str) -> tuple[list[str], Itera
         handle.seek(0)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"cannot read {path}: {reason}; check the path and that it is a UTF-8 text file") from exc
+        raise InputError(
+            f"cannot read {path}: {reason}; check the path and that it is a UTF-8 text file"
+        ) from exc
     if fmt == "csv":
         reader = csv.DictReader(handle)
         columns = list(reader.fieldnames or [])
         if text_column not in columns:
             handle.close()
-            raise InputError(f"{path} has no column {text_column!r} (columns: {', '.join(columns) or 'none'}); "
-                             "choose one with --text-column")
+            raise InputError(
+                f"{path} has no column {text_column!r} (columns: {', '.join(columns) or 'none'}); "
+                "choose one with --text-column"
+            )
 
         def csv_rows() -> Iterator[dict[str, Any]]:
             with handle:
@@ -72,12 +100,16 @@ def _read_rows(path: Path, fmt: str, text_column: str) -> tuple[list[str], Itera
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InputError(f"{path} line {number} is not valid JSON ({exc.msg})") from None
+                    raise InputError(
+                        f"{path} line {number} is not valid JSON ({exc.msg})"
+                    ) from None
                 if not isinstance(record, dict):
                     raise InputError(f"{path} line {number} is not a JSON object")
                 if text_column not in record:
-                    raise InputError(f"{path} line {number} has no field {text_column!r} (fields: "
-                                     f"{', '.join(record) or 'none'}); choose one with --text-column")
+                    raise InputError(
+                        f"{path} line {number} has no field {text_column!r} (fields: "
+                        f"{', '.join(record) or 'none'}); choose one with --text-column"
+                    )
                 yield record
 
     return [], json_rows()
@@ -104,8 +136,14 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield chunk
 
 
-def classify_file(input_path: Path, output_path: Path, settings: Settings, *, text_column: str = "text",
-                  progress: bool = True) -> int:
+def classify_file(
+    input_path: Path,
+    output_path: Path,
+    settings: Settings,
+    *,
+    text_column: str = "text",
+    progress: bool = True,
+) -> int:
     """Classify every row of ``input_path`` into ``output_path``; return the row count."""
     from tqdm import tqdm
 
@@ -121,17 +159,26 @@ def classify_file(input_path: Path, output_path: Path, settings: Settings, *, te
         output_path.parent.mkdir(parents=True, exist_ok=True)
         out = output_path.open("w", newline="", encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"cannot write {output_path}: {exc.strerror}; choose a writable --output path") from exc
+        raise InputError(
+            f"cannot write {output_path}: {exc.strerror}; choose a writable --output path"
+        ) from exc
     count = 0
     writer: csv.DictWriter[str] | None = None
     with out, tqdm(total=total, unit="doc", disable=not progress, file=sys.stderr) as bar:
         for chunk in _chunks(rows, CHUNK):
             texts = [str(row.get(text_column) or "") for row in chunk]
             for row, pred in zip(chunk, classifier.classify(texts), strict=True):
-                row.update({"topic": pred.topic, "topic_confidence": round(pred.topic_confidence, 6),
-                            "sentiment": pred.sentiment, "p_bearish": round(pred.p_bearish, 6),
-                            "p_neutral": round(pred.p_neutral, 6), "p_bullish": round(pred.p_bullish, 6),
-                            "model_version": classifier.version})
+                row.update(
+                    {
+                        "topic": pred.topic,
+                        "topic_confidence": round(pred.topic_confidence, 6),
+                        "sentiment": pred.sentiment,
+                        "p_bearish": round(pred.p_bearish, 6),
+                        "p_neutral": round(pred.p_neutral, 6),
+                        "p_bullish": round(pred.p_bullish, 6),
+                        "model_version": classifier.version,
+                    }
+                )
                 if out_fmt == "jsonl":
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 else:
@@ -140,16 +187,28 @@ def classify_file(input_path: Path, output_path: Path, settings: Settings, *, te
                         names = [c for c in names if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS)
                         writer = csv.DictWriter(out, fieldnames=names, extrasaction="ignore")
                         writer.writeheader()
-                    writer.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()})
+                    writer.writerow(
+                        {
+                            k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
+                            for k, v in row.items()
+                        }
+                    )
             count += len(chunk)
             bar.update(len(chunk))
         if out_fmt == "csv" and writer is None:
-            csv.writer(out).writerow([c for c in columns if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS))
+            csv.writer(out).writerow(
+                [c for c in columns if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS)
+            )
     return count
 
 
 def classify_command(args: argparse.Namespace, settings: Settings) -> int:
-    count = classify_file(args.input, args.output, settings, text_column=args.text_column,
-                          progress=not args.no_progress)
+    count = classify_file(
+        args.input,
+        args.output,
+        settings,
+        text_column=args.text_column,
+        progress=not args.no_progress,
+    )
     print(f"classified {count} documents into {args.output}", file=sys.stderr)
     return 0

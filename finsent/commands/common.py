@@ -8,12 +8,18 @@ from typing import Any
 from pipeline.errors import NotImplementedYet
 from pipeline.settings import Settings, load_settings
 
-GLOBAL_OVERRIDES = {"database_url": "database_url", "kafka_bootstrap": "kafka_bootstrap", "model_dir": "model_dir"}
+GLOBAL_OVERRIDES = {
+    "database_url": "database_url",
+    "kafka_bootstrap": "kafka_bootstrap",
+    "model_dir": "model_dir",
+}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with the global flags given on the command line."""
-    overrides: dict[str, Any] = {field: getattr(args, attr, None) for attr, field in GLOBAL_OVERRIDES.items()}
+    overrides: dict[str, Any] = {
+        field: getattr(args, attr, None) for attr, field in GLOBAL_OVERRIDES.items()
+    }
     return load_settings(**overrides)
 
 

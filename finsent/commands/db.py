@@ -35,7 +35,9 @@ def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     engine = db.make_engine(url)
     try:
         with db.connection_errors(url, how):
-            print(f"database at revision {db.current_revision(engine)} ({db.database_description(settings)})")
+            print(
+                f"database at revision {db.current_revision(engine)} ({db.database_description(settings)})"
+            )
     finally:
         engine.dispose()
     return 0
@@ -93,11 +95,15 @@ def _check(settings: Settings) -> tuple[dict[str, Any], list[str]]:
     if settings.kafka_bootstrap:
         host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
         reachable = port_answers(host, int(port), timeout=2)
-        info["broker"] = f"{settings.kafka_bootstrap} ({'reachable' if reachable else 'NOT reachable'})"
+        info["broker"] = (
+            f"{settings.kafka_bootstrap} ({'reachable' if reachable else 'NOT reachable'})"
+        )
         if not reachable:
             unreachable.append("broker")
     else:
-        info["broker"] = "embedded tansu, started by 'finsent run' / 'finsent demo' (log kept in memory)"
+        info["broker"] = (
+            "embedded tansu, started by 'finsent run' / 'finsent demo' (log kept in memory)"
+        )
     url, how = db.resolve(settings)
     info["database"] = db.database_description(settings)
     engine = db.make_engine(url)
@@ -109,11 +115,15 @@ def _check(settings: Settings) -> tuple[dict[str, Any], list[str]]:
             if info["schema_revision"]:
                 with engine.connect() as conn:
                     row = conn.execute(
-                        sa.text("select version, path from model_versions where status = 'champion'")
+                        sa.text(
+                            "select version, path from model_versions where status = 'champion'"
+                        )
                     ).first()
                 if row is not None:
                     champion = f"{row.version} ({row.path})"
-            info["champion_model"] = champion or f"none registered; model directory {settings.model_dir}"
+            info["champion_model"] = (
+                champion or f"none registered; model directory {settings.model_dir}"
+            )
     finally:
         engine.dispose()
     info["execution_provider"] = inference.provider_in_use(settings)
@@ -130,7 +140,10 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         for name, value in info.items():
             print(f"{name:19} {value}")
     if unreachable:
-        print(f"finsent: error: {', '.join(unreachable)} not reachable: check FINSENT_KAFKA_BOOTSTRAP "
-              "(or --kafka-bootstrap) and that the broker is running", file=sys.stderr)
+        print(
+            f"finsent: error: {', '.join(unreachable)} not reachable: check FINSENT_KAFKA_BOOTSTRAP "
+            "(or --kafka-bootstrap) and that the broker is running",
+            file=sys.stderr,
+        )
         return 2
     return 0

@@ -28,34 +28,72 @@ def register(sub: Any) -> None:
     p = sub.add_parser("ingest", help="produce documents: rss URL… | replay FILE | http")
     isub = p.add_subparsers(dest="ingest_command", metavar="SOURCE", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--watchlist", type=Path, default=None,
-                        help="entity watchlist YAML (overrides FINSENT_WATCHLIST)")
+    common.add_argument(
+        "--watchlist",
+        type=Path,
+        default=None,
+        help="entity watchlist YAML (overrides FINSENT_WATCHLIST)",
+    )
 
-    r = isub.add_parser("replay", parents=[common], help="replay a CSV/TSV/JSONL file (optionally .gz) to Kafka")
+    r = isub.add_parser(
+        "replay", parents=[common], help="replay a CSV/TSV/JSONL file (optionally .gz) to Kafka"
+    )
     r.add_argument("file", type=Path)
-    r.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
-                   help="file format (default: from the file name)")
+    r.add_argument(
+        "--format",
+        choices=["csv", "tsv", "jsonl"],
+        default=None,
+        help="file format (default: from the file name)",
+    )
     r.add_argument("--text-column", default=None, help="column with the text (default: text)")
-    r.add_argument("--time-column", default=None, help="column with the published time (default: published_at)")
+    r.add_argument(
+        "--time-column", default=None, help="column with the published time (default: published_at)"
+    )
     r.add_argument("--id-column", default=None, help="column with the item's own id (default: id)")
     r.add_argument("--title-column", default=None, help="column with the title (default: title)")
     r.add_argument("--url-column", default=None, help="column with the URL (default: url)")
-    r.add_argument("--source", default=None, help="source name for every row (default: a 'source' column, "
-                   "else the file name without extensions); part of every document id")
-    r.add_argument("--kind", choices=["news", "social"], default=None, help="kind where there is no 'kind' column")
-    r.add_argument("--missing-time", choices=["reject", "now"], default=None,
-                   help="a row without a published time: dead-letter it (default) or stamp it now")
-    r.add_argument("--speed", type=float, default=None,
-                   help="replay at N times real time by event-time gaps (default: as fast as possible)")
+    r.add_argument(
+        "--source",
+        default=None,
+        help="source name for every row (default: a 'source' column, "
+        "else the file name without extensions); part of every document id",
+    )
+    r.add_argument(
+        "--kind",
+        choices=["news", "social"],
+        default=None,
+        help="kind where there is no 'kind' column",
+    )
+    r.add_argument(
+        "--missing-time",
+        choices=["reject", "now"],
+        default=None,
+        help="a row without a published time: dead-letter it (default) or stamp it now",
+    )
+    r.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="replay at N times real time by event-time gaps (default: as fast as possible)",
+    )
     r.set_defaults(func=replay)
 
-    f = isub.add_parser("rss", parents=[common], help="poll RSS/Atom feeds and produce their new entries")
+    f = isub.add_parser(
+        "rss", parents=[common], help="poll RSS/Atom feeds and produce their new entries"
+    )
     f.add_argument("urls", nargs="*", help="feed URLs (default: FINSENT_FEEDS__URLS)")
-    f.add_argument("--interval", type=float, default=None, help="seconds between polls (default: FINSENT_FEEDS__INTERVAL_S)")
+    f.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds between polls (default: FINSENT_FEEDS__INTERVAL_S)",
+    )
     f.add_argument("--once", action="store_true", help="poll every feed once and exit")
     f.set_defaults(func=rss)
 
-    h = isub.add_parser("http", parents=[common], help="serve POST /v1/documents and /v1/labels, /healthz, /metrics")
+    h = isub.add_parser(
+        "http", parents=[common], help="serve POST /v1/documents and /v1/labels, /healthz, /metrics"
+    )
     h.add_argument("--host", default=None, help="overrides FINSENT_HTTP_HOST")
     h.add_argument("--port", type=int, default=None, help="overrides FINSENT_HTTP_PORT")
     h.set_defaults(func=http)
@@ -109,14 +147,27 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     bootstrap = _bootstrap(settings)
     with _stop_on_signals() as stop:
         report = replay_file(
-            settings, bootstrap, args.file, speed=args.speed, fmt=args.format, stop=stop, watchlist=watchlist,
-            text_column=args.text_column, time_column=args.time_column, id_column=args.id_column,
-            title_column=args.title_column, url_column=args.url_column, source=args.source, kind=args.kind,
+            settings,
+            bootstrap,
+            args.file,
+            speed=args.speed,
+            fmt=args.format,
+            stop=stop,
+            watchlist=watchlist,
+            text_column=args.text_column,
+            time_column=args.time_column,
+            id_column=args.id_column,
+            title_column=args.title_column,
+            url_column=args.url_column,
+            source=args.source,
+            kind=args.kind,
             missing_time=args.missing_time,
         )
     print(f"sent {report.sent}, dead-lettered {report.dead_lettered} ({report})")
     if report.dead_lettered:
-        print(f"dead-lettered rows are in Kafka topic {settings.kafka_topic_dlq} with their reasons")
+        print(
+            f"dead-lettered rows are in Kafka topic {settings.kafka_topic_dlq} with their reasons"
+        )
     return 0
 
 
@@ -128,15 +179,19 @@ def rss(args: argparse.Namespace, settings: Settings) -> int:
     settings = _settings(args, settings)
     urls = list(args.urls) or list(settings.feeds.urls)
     bootstrap = _bootstrap(settings)
-    with start_services(settings) as services, \
-            DocumentProducer.from_settings(settings, bootstrap, stage="ingest:rss") as producer:
+    with (
+        start_services(settings) as services,
+        DocumentProducer.from_settings(settings, bootstrap, stage="ingest:rss") as producer,
+    ):
         poller = RssPoller(settings, producer, services.engine, urls, interval_s=args.interval)
         try:
             if args.once:
                 results = poller.poll_all()
                 for r in results:
-                    print(f"{r.feed_url}: {r.outcome}, {r.sent} sent, {r.dead_lettered} dead-lettered"
-                          + (f" ({r.error})" if r.error else ""))
+                    print(
+                        f"{r.feed_url}: {r.outcome}, {r.sent} sent, {r.dead_lettered} dead-lettered"
+                        + (f" ({r.error})" if r.error else "")
+                    )
                 return 1 if any(r.outcome == "error" for r in results) else 0
             with _stop_on_signals() as stop:
                 poller.run(stop)
@@ -149,15 +204,19 @@ def http(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.roles import http_role
     from finsent.services import start_services
 
-    overrides = {k: v for k, v in (("http_host", args.host), ("http_port", args.port)) if v is not None}
+    overrides = {
+        k: v for k, v in (("http_host", args.host), ("http_port", args.port)) if v is not None
+    }
     settings = _settings(args, settings).model_copy(update=overrides)
     _bootstrap(settings)
     with start_services(settings) as services:
         server = http_role(settings, services, ingest=True)  # checks: database, kafka
         with _stop_on_signals() as stop:
             server.start()
-            print(f"HTTP ingest on {server.url}: POST /v1/documents, POST /v1/labels, GET /healthz, GET /metrics",
-                  flush=True)
+            print(
+                f"HTTP ingest on {server.url}: POST /v1/documents, POST /v1/labels, GET /healthz, GET /metrics",
+                flush=True,
+            )
             try:
                 stop.wait()
             finally:

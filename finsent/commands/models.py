@@ -25,7 +25,9 @@ def models(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "list":
             versions = registry.list_versions(engine)
             if not versions:
-                print(f"no model versions registered; workers serve the shipped model in {settings.model_dir}")
+                print(
+                    f"no model versions registered; workers serve the shipped model in {settings.model_dir}"
+                )
                 return 0
             print(f"{'VERSION':<34} {'STATUS':<10} {'SENT_F1':>8} {'TOPIC_F1':>8}  PATH")
             for v in versions:
@@ -36,17 +38,25 @@ def models(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.action == "promote":
             if not args.version:
-                raise InputError("'finsent models promote' needs the version to promote; see 'finsent models list'")
+                raise InputError(
+                    "'finsent models promote' needs the version to promote; see 'finsent models list'"
+                )
             with engine.begin() as conn:
                 registry.promote(conn, args.version)
-            print(f"{args.version} is now the champion; running workers switch to it between batches")
+            print(
+                f"{args.version} is now the champion; running workers switch to it between batches"
+            )
             return 0
         if args.version:
-            raise InputError("'finsent models rollback' takes no version: it restores the previous champion "
-                             "(use 'finsent models promote V' for a specific one)")
+            raise InputError(
+                "'finsent models rollback' takes no version: it restores the previous champion "
+                "(use 'finsent models promote V' for a specific one)"
+            )
         with engine.begin() as conn:
             demoted, restored = registry.rollback(conn)
-        print(f"rolled back: {demoted.version} -> rejected; {restored.version} is the champion again")
+        print(
+            f"rolled back: {demoted.version} -> rejected; {restored.version} is the champion again"
+        )
         return 0
     finally:
         engine.dispose()

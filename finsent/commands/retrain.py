@@ -21,19 +21,32 @@ def register(sub: Any) -> None:
     p = sub.add_parser("retrain", help="retrain now or on a schedule, champion/challenger gated")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--now", action="store_true", help="run one retraining now and exit")
-    g.add_argument("--schedule", metavar="CRON",
-                   help="run forever, retraining on this crontab schedule (5 fields, UTC; "
-                        "a 6-field form with leading seconds is accepted too)")
+    g.add_argument(
+        "--schedule",
+        metavar="CRON",
+        help="run forever, retraining on this crontab schedule (5 fields, UTC; "
+        "a 6-field form with leading seconds is accepted too)",
+    )
     p.add_argument("--sentiment-csv", default=None, help="overrides FINSENT_TRAIN_SENTIMENT_CSV")
     p.add_argument("--topic-csv", default=None, help="overrides FINSENT_TRAIN_TOPIC_CSV")
-    p.add_argument("--train-config", default=None, metavar="JSON",
-                   help="TrainConfig overrides as a JSON object, e.g. '{\"epochs\": 1}' for a shorter run")
+    p.add_argument(
+        "--train-config",
+        default=None,
+        metavar="JSON",
+        help="TrainConfig overrides as a JSON object, e.g. '{\"epochs\": 1}' for a shorter run",
+    )
     p.set_defaults(func=retrain)
 
 
 def retrain(args: argparse.Namespace, settings: Settings) -> int:
-    overrides = {k: Path(v) for k, v in (("train_sentiment_csv", args.sentiment_csv),
-                                         ("train_topic_csv", args.topic_csv)) if v is not None}
+    overrides = {
+        k: Path(v)
+        for k, v in (
+            ("train_sentiment_csv", args.sentiment_csv),
+            ("train_topic_csv", args.topic_csv),
+        )
+        if v is not None
+    }
     if overrides:
         settings = settings.model_copy(update=overrides)
     config = api.train_config_from_json(args.train_config)

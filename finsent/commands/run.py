@@ -39,8 +39,11 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
             "(or --kafka-bootstrap); to run every role in one process with an embedded broker use 'finsent run'"
         )
     with start_services(settings) as services:
-        daemon = Daemon([stream_role(args.role, settings, services)], shutdown_grace_s=settings.shutdown_grace_s,
-                        durable_log=services.broker is None)
+        daemon = Daemon(
+            [stream_role(args.role, settings, services)],
+            shutdown_grace_s=settings.shutdown_grace_s,
+            durable_log=services.broker is None,
+        )
         daemon.roles.append(http_role(settings, services, daemon=daemon, ingest=False))
         return daemon.run()
 
@@ -51,8 +54,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         roles: list[Any] = list(producer_roles(settings, services))
         roles += [stream_role(name, settings, services) for name in WORKER_ROLES]
         roles += alert_roles(settings, services)
-        daemon = Daemon(roles, shutdown_grace_s=settings.shutdown_grace_s, durable_log=services.broker is None)
+        daemon = Daemon(
+            roles, shutdown_grace_s=settings.shutdown_grace_s, durable_log=services.broker is None
+        )
         daemon.roles.append(http_role(settings, services, daemon=daemon, ingest=True))
-        log.info("finsent run: broker %s; database %s", services.descriptions["broker"],
-                 services.descriptions["database"])
+        log.info(
+            "finsent run: broker %s; database %s",
+            services.descriptions["broker"],
+            services.descriptions["database"],
+        )
         return daemon.run()

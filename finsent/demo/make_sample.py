@@ -113,12 +113,16 @@ def build(seed: int = 7) -> list[dict[str, object]]:
     def add(when: datetime, title: str, source: str) -> None:
         nonlocal count
         count += 1
-        rows.append({
-            "id": f"sample-{count:04d}", "source": f"sample-{source}",
-            "kind": "social" if source == "social" else "news",
-            "published_at": when.isoformat().replace("+00:00", "Z"), "text": title,
-            "url": f"https://news.example.com/finsent-sample/{count:04d}",
-        })
+        rows.append(
+            {
+                "id": f"sample-{count:04d}",
+                "source": f"sample-{source}",
+                "kind": "social" if source == "social" else "news",
+                "published_at": when.isoformat().replace("+00:00", "Z"),
+                "text": title,
+                "url": f"https://news.example.com/finsent-sample/{count:04d}",
+            }
+        )
 
     # Ordinary news: about one document every 9 minutes for two days.
     when = start

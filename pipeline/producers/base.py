@@ -50,6 +50,7 @@ MIN_YEAR = 1900
 
 # --- cleaning and parsing ------------------------------------------------------------------
 
+
 def clean_string(value: str, *, collapse: bool = True) -> str:
     """Replace lone surrogates, drop NUL/control characters; collapse whitespace unless told not to."""
     value = value.encode("utf-8", "replace").decode("utf-8")
@@ -68,7 +69,9 @@ def parse_event_time(value: Any) -> datetime:
     message for the user otherwise.
     """
     if isinstance(value, bool) or value is None:
-        raise ValueError(f"expected a time, got {type(value).__name__ if value is not None else 'null'}")
+        raise ValueError(
+            f"expected a time, got {type(value).__name__ if value is not None else 'null'}"
+        )
     if isinstance(value, datetime):
         parsed = value if value.tzinfo else value.replace(tzinfo=UTC)
     elif isinstance(value, int | float):
@@ -82,7 +85,9 @@ def parse_event_time(value: Any) -> datetime:
         else:
             parsed = _from_text(text)
     else:
-        raise ValueError(f"expected a time (ISO 8601 string or epoch number), got {type(value).__name__}")
+        raise ValueError(
+            f"expected a time (ISO 8601 string or epoch number), got {type(value).__name__}"
+        )
     parsed = parsed.astimezone(UTC)
     if parsed.year < MIN_YEAR:
         raise ValueError(f"time {parsed.isoformat()} is before {MIN_YEAR}")
@@ -120,6 +125,7 @@ def _from_text(text: str) -> datetime:
 
 
 # --- the accepted input shape --------------------------------------------------------------
+
 
 class IncomingDocument(BaseModel):
     """A document as users send it (HTTP body item, or a replay row after column mapping).
@@ -181,24 +187,40 @@ class IncomingDocument(BaseModel):
             cleaned.append(item)
         return tuple(sorted(set(cleaned)))
 
-    def to_document(self, *, source: str, kind: Literal["news", "social"] = "news", default_time: datetime | None = None,
-                    now: datetime | None = None) -> Document:
+    def to_document(
+        self,
+        *,
+        source: str,
+        kind: Literal["news", "social"] = "news",
+        default_time: datetime | None = None,
+        now: datetime | None = None,
+    ) -> Document:
         """The normalised ``Document``; InputError with field-level reasons when it cannot be."""
         now = now or datetime.now(UTC)
         published = self.published_at or default_time
         if published is None:
             raise InputError("published_at: missing (give the item's own publication time)")
         if published > now + FUTURE_TOLERANCE:
-            raise InputError(f"published_at: {published.isoformat()} is more than 2 days in the future")
+            raise InputError(
+                f"published_at: {published.isoformat()} is more than 2 days in the future"
+            )
         src = clean_string(self.source or source)[:200]
         if not src:
             raise InputError("source: empty (name where the document comes from)")
         try:
-            doc_id = make_document_id(src, guid=self.id or self.guid, url=self.url, text=self.text,
-                                      published_at=published)
+            doc_id = make_document_id(
+                src, guid=self.id or self.guid, url=self.url, text=self.text, published_at=published
+            )
             return Document(
-                id=doc_id, source=src, kind=self.kind or kind, published_at=published, title=self.title,
-                text=self.text, url=self.url, author=self.author, language=self.language,
+                id=doc_id,
+                source=src,
+                kind=self.kind or kind,
+                published_at=published,
+                title=self.title,
+                text=self.text,
+                url=self.url,
+                author=self.author,
+                language=self.language,
                 entities=self.entities,
             )
         except ValidationError as exc:
@@ -220,7 +242,12 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]
     out = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"])
-        out.append({"field": f"{prefix}{path}" if path else (prefix.rstrip(".") or "(body)"), "message": err["msg"]})
+        out.append(
+            {
+                "field": f"{prefix}{path}" if path else (prefix.rstrip(".") or "(body)"),
+                "message": err["msg"],
+            }
+        )
     return out
 
 
@@ -233,6 +260,7 @@ def _json_type(value: Any) -> str:
 
 
 # --- sources ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -269,6 +297,7 @@ class IterableSource(Source):
 
 # --- the producer ----------------------------------------------------------------------------
 
+
 @dataclass
 class ProduceCounts:
     sent: int = 0
@@ -285,19 +314,32 @@ class DocumentProducer:
     failed since the last flush, so a caller knows whether what it sent is durable.
     """
 
-    def __init__(self, settings: Settings, bootstrap: str, *, stage: str = "ingest:api",
-                 watchlist: Watchlist | None = None, kafka_producer: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        stage: str = "ingest:api",
+        watchlist: Watchlist | None = None,
+        kafka_producer: Any = None,
+    ) -> None:
         self.settings = settings
         self.stage = stage
         self.watchlist = watchlist
         self._owns_producer = kafka_producer is None
         if kafka_producer is None:
             try:
-                kafka_producer = make_producer(settings, bootstrap, max_block_ms=10_000,
-                                               bootstrap_timeout_ms=settings.kafka.request_timeout_ms)
+                kafka_producer = make_producer(
+                    settings,
+                    bootstrap,
+                    max_block_ms=10_000,
+                    bootstrap_timeout_ms=settings.kafka.request_timeout_ms,
+                )
             except Exception as exc:
-                raise BrokerError(f"cannot connect to Kafka at {bootstrap}: {exc}; is the broker up and "
-                                  "FINSENT_KAFKA_BOOTSTRAP right?") from exc
+                raise BrokerError(
+                    f"cannot connect to Kafka at {bootstrap}: {exc}; is the broker up and "
+                    "FINSENT_KAFKA_BOOTSTRAP right?"
+                ) from exc
         self._producer = kafka_producer
         self._lock = threading.Lock()
         self._counts = ProduceCounts()
@@ -305,16 +347,26 @@ class DocumentProducer:
         self._source_label = stage.split(":", 1)[-1]
 
     @classmethod
-    def from_settings(cls, settings: Settings, bootstrap: str, *, stage: str,
-                      watchlist: Watchlist | None = None) -> DocumentProducer:
+    def from_settings(
+        cls, settings: Settings, bootstrap: str, *, stage: str, watchlist: Watchlist | None = None
+    ) -> DocumentProducer:
         """A producer with the watchlist of ``FINSENT_WATCHLIST`` unless one is given."""
-        return cls(settings, bootstrap, stage=stage, watchlist=watchlist or load_watchlist(settings.watchlist))
+        return cls(
+            settings,
+            bootstrap,
+            stage=stage,
+            watchlist=watchlist or load_watchlist(settings.watchlist),
+        )
 
     @property
     def counts(self) -> ProduceCounts:
         with self._lock:
-            return ProduceCounts(self._counts.sent, self._counts.dead_lettered, self._counts.failed,
-                                 list(self._counts.errors))
+            return ProduceCounts(
+                self._counts.sent,
+                self._counts.dead_lettered,
+                self._counts.failed,
+                list(self._counts.errors),
+            )
 
     def tag(self, doc: Document) -> Document:
         """The document with its watchlist tickers added to ``entities``."""
@@ -330,26 +382,34 @@ class DocumentProducer:
         doc = self.tag(doc)
         try:
             future = self._producer.send(
-                self.settings.kafka_topic_documents, key=doc.id.encode("utf-8"), value=doc.to_json_bytes()
+                self.settings.kafka_topic_documents,
+                key=doc.id.encode("utf-8"),
+                value=doc.to_json_bytes(),
             )
         except Exception as exc:
             self._record_failure(f"send {doc.id}: {exc}")
-            raise BrokerError(f"cannot send to Kafka topic {self.settings.kafka_topic_documents}: {exc}; "
-                              "is the broker (FINSENT_KAFKA_BOOTSTRAP) up?") from exc
+            raise BrokerError(
+                f"cannot send to Kafka topic {self.settings.kafka_topic_documents}: {exc}; "
+                "is the broker (FINSENT_KAFKA_BOOTSTRAP) up?"
+            ) from exc
         future.add_errback(lambda exc, doc_id=doc.id: self._record_failure(f"send {doc_id}: {exc}"))
         with self._lock:
             self._counts.sent += 1
         DOCUMENTS_INGESTED.labels(source=self._source_label).inc()
         return doc
 
-    def dead_letter(self, reason: str, *, payload: bytes | str | None = None, origin: str | None = None) -> None:
+    def dead_letter(
+        self, reason: str, *, payload: bytes | str | None = None, origin: str | None = None
+    ) -> None:
         """Send an item that could not be made into a document to the DLQ with ``reason``."""
         letter = DeadLetter.build(reason, self.stage, payload, origin=origin)
         try:
             future = send_dead_letter(self._producer, self.settings.kafka_topic_dlq, letter)
         except Exception as exc:
             self._record_failure(f"dead letter: {exc}")
-            raise BrokerError(f"cannot send to Kafka topic {self.settings.kafka_topic_dlq}: {exc}") from exc
+            raise BrokerError(
+                f"cannot send to Kafka topic {self.settings.kafka_topic_dlq}: {exc}"
+            ) from exc
         future.add_errback(lambda exc: self._record_failure(f"dead letter: {exc}"))
         with self._lock:
             self._counts.dead_lettered += 1
@@ -375,8 +435,10 @@ class DocumentProducer:
         try:
             self._producer.flush(timeout=timeout_s)
         except Exception as exc:
-            raise BrokerError(f"Kafka did not acknowledge sends within {timeout_s:.0f}s: {exc}; "
-                              "is the broker (FINSENT_KAFKA_BOOTSTRAP) up?") from exc
+            raise BrokerError(
+                f"Kafka did not acknowledge sends within {timeout_s:.0f}s: {exc}; "
+                "is the broker (FINSENT_KAFKA_BOOTSTRAP) up?"
+            ) from exc
         with self._lock:
             failures, self._failures_since_flush = self._failures_since_flush, []
         if failures:
@@ -396,7 +458,9 @@ class DocumentProducer:
         self.close()
 
 
-def run_source(source: Source, producer: DocumentProducer, *, stop: threading.Event | None = None) -> ProduceCounts:
+def run_source(
+    source: Source, producer: DocumentProducer, *, stop: threading.Event | None = None
+) -> ProduceCounts:
     """Send everything ``source`` yields (documents and dead letters), then flush."""
     for item in source:
         if stop is not None and stop.is_set():
@@ -406,11 +470,19 @@ def run_source(source: Source, producer: DocumentProducer, *, stop: threading.Ev
     return producer.counts
 
 
-def produce_documents(settings: Settings, bootstrap: str, docs: Iterable[Document], *,
-                      watchlist: Watchlist | None = None, stage: str = "ingest:api") -> int:
+def produce_documents(
+    settings: Settings,
+    bootstrap: str,
+    docs: Iterable[Document],
+    *,
+    watchlist: Watchlist | None = None,
+    stage: str = "ingest:api",
+) -> int:
     """Send ``docs`` to the documents Kafka topic (tagging watchlist entities: the given
     watchlist, else ``FINSENT_WATCHLIST``), flush, and return how many were sent.
     Raises BrokerError when any send failed."""
-    with DocumentProducer.from_settings(settings, bootstrap, stage=stage, watchlist=watchlist) as producer:
+    with DocumentProducer.from_settings(
+        settings, bootstrap, stage=stage, watchlist=watchlist
+    ) as producer:
         counts = run_source(IterableSource(docs), producer)
     return counts.sent

@@ -46,11 +46,15 @@ def _parse_json(body: bytes) -> tuple[Any, Response | None]:
     except UnicodeDecodeError as exc:
         return None, error(400, f"body is not valid UTF-8 (byte {exc.start}): send UTF-8 JSON")
     if not text.strip():
-        return None, error(400, "body is empty: send a JSON document, a list, or {\"documents\": [...]}")
+        return None, error(
+            400, 'body is empty: send a JSON document, a list, or {"documents": [...]}'
+        )
     try:
         return json.loads(text), None
     except json.JSONDecodeError as exc:
-        return None, error(400, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        return None, error(
+            400, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        )
     except RecursionError:
         return None, error(400, "body is not acceptable JSON: nested too deeply")
 
@@ -70,7 +74,9 @@ class LabelRequest(BaseModel):
 class HttpIngest:
     """The ingest routes, bound to one ``DocumentProducer`` (and an engine for labels)."""
 
-    def __init__(self, settings: Settings, producer: DocumentProducer, engine: Engine | None = None) -> None:
+    def __init__(
+        self, settings: Settings, producer: DocumentProducer, engine: Engine | None = None
+    ) -> None:
         self.settings = settings
         self.producer = producer
         self.engine = engine
@@ -88,14 +94,21 @@ class HttpIngest:
         if isinstance(data, dict) and "documents" in data and len(data) == 1:
             items, prefix = data["documents"], "documents"
             if not isinstance(items, list):
-                return error(400, "invalid body", errors=[{"field": "documents", "message": "must be a list"}])
+                return error(
+                    400,
+                    "invalid body",
+                    errors=[{"field": "documents", "message": "must be a list"}],
+                )
         elif isinstance(data, dict):
             items, prefix = [data], None
         elif isinstance(data, list):
             items, prefix = data, ""
         else:
-            return error(400, "body must be a JSON object (one document), a list of them, "
-                              "or {\"documents\": [...]}")
+            return error(
+                400,
+                "body must be a JSON object (one document), a list of them, "
+                'or {"documents": [...]}',
+            )
         if not items:
             return error(400, "no documents in the body")
         if len(items) > MAX_BATCH:
@@ -106,8 +119,12 @@ class HttpIngest:
         for i, item in enumerate(items):
             where = "" if prefix is None else (f"documents[{i}]." if prefix else f"[{i}].")
             if not isinstance(item, dict):
-                errors.append({"field": where.rstrip(".") or "(body)",
-                               "message": f"must be a JSON object, got {type(item).__name__}"})
+                errors.append(
+                    {
+                        "field": where.rstrip(".") or "(body)",
+                        "message": f"must be a JSON object, got {type(item).__name__}",
+                    }
+                )
                 continue
             try:
                 incoming = IncomingDocument.model_validate(item)
@@ -117,17 +134,32 @@ class HttpIngest:
             except InputError as exc:
                 errors.append({"field": where.rstrip(".") or "(body)", "message": str(exc)})
         if errors:
-            return error(400, f"{len(errors)} invalid field(s); nothing was accepted",
-                         errors=errors[:MAX_REPORTED_ERRORS])
+            return error(
+                400,
+                f"{len(errors)} invalid field(s); nothing was accepted",
+                errors=errors[:MAX_REPORTED_ERRORS],
+            )
         try:
             sent = [self.producer.send(doc) for doc in docs]
             self.producer.flush(timeout_s=min(30.0, self.settings.kafka.request_timeout_ms / 1000))
         except BrokerError as exc:
             log.warning("HTTP ingest: %s", exc)
-            return Response(503, {"error": f"Kafka is unavailable: {exc}; retry later (ids are stable, "
-                                           "so retrying creates no duplicates)"}, headers={"Retry-After": "5"})
-        return Response(202, {"accepted": len(sent), "ids": [d.id for d in sent],
-                              "entities": {d.id: list(d.entities) for d in sent if d.entities}})
+            return Response(
+                503,
+                {
+                    "error": f"Kafka is unavailable: {exc}; retry later (ids are stable, "
+                    "so retrying creates no duplicates)"
+                },
+                headers={"Retry-After": "5"},
+            )
+        return Response(
+            202,
+            {
+                "accepted": len(sent),
+                "ids": [d.id for d in sent],
+                "entities": {d.id: list(d.entities) for d in sent if d.entities},
+            },
+        )
 
     # -- labels -----------------------------------------------------------------------------------
 
@@ -138,28 +170,45 @@ class HttpIngest:
         if problem is not None:
             return problem
         if not isinstance(data, dict):
-            return error(400, "body must be a JSON object {document_id, sentiment?, topic?, labelled_by?}")
+            return error(
+                400, "body must be a JSON object {document_id, sentiment?, topic?, labelled_by?}"
+            )
         try:
             label = LabelRequest.model_validate(data)
         except ValidationError as exc:
             return error(400, "invalid label", errors=field_errors(exc))
         if label.topic is not None and label.topic_id is not None and label.topic != label.topic_id:
-            return error(400, "invalid label", errors=[{"field": "topic", "message": "topic and topic_id disagree"}])
+            return error(
+                400,
+                "invalid label",
+                errors=[{"field": "topic", "message": "topic and topic_id disagree"}],
+            )
         topic_id = label.topic_id if label.topic_id is not None else label.topic
         try:
             with self.engine.begin() as conn:
-                label_id = store_label(conn, label.document_id, sentiment=label.sentiment, topic_id=topic_id,
-                                       labelled_by=label.labelled_by)
+                label_id = store_label(
+                    conn,
+                    label.document_id,
+                    sentiment=label.sentiment,
+                    topic_id=topic_id,
+                    labelled_by=label.labelled_by,
+                )
         except InputError as exc:
             status = 404 if "not in the database" in str(exc) else 400
             return error(status, str(exc))
         except Exception as exc:  # noqa: BLE001 - database down: tell the client to retry
             log.warning("HTTP labels: %s", exc)
-            return Response(503, {"error": "the database is unavailable; retry later"}, headers={"Retry-After": "5"})
+            return Response(
+                503,
+                {"error": "the database is unavailable; retry later"},
+                headers={"Retry-After": "5"},
+            )
         return Response(201, {"label_id": label_id, "document_id": label.document_id})
 
 
-def build_http_server(settings: Settings, producer: DocumentProducer, engine: Engine | None = None) -> HttpServer:
+def build_http_server(
+    settings: Settings, producer: DocumentProducer, engine: Engine | None = None
+) -> HttpServer:
     """An ``HttpServer`` from settings with the ingest routes installed (not started)."""
     server = HttpServer.from_settings(settings)
     HttpIngest(settings, producer, engine).install(server)

@@ -84,15 +84,23 @@ class ColumnMapping:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise InputError(f"unknown replay option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InputError(
+                f"unknown replay option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**{k: v for k, v in options.items() if v is not None})
 
     def field_columns(self) -> dict[str, str]:
         """Document field -> column name."""
         return {
-            "text": self.text_column, "published_at": self.time_column, "id": self.id_column,
-            "title": self.title_column, "url": self.url_column, "author": self.author_column,
-            "language": self.language_column, "kind": self.kind_column, "entities": self.entities_column,
+            "text": self.text_column,
+            "published_at": self.time_column,
+            "id": self.id_column,
+            "title": self.title_column,
+            "url": self.url_column,
+            "author": self.author_column,
+            "language": self.language_column,
+            "kind": self.kind_column,
+            "entities": self.entities_column,
         }
 
 
@@ -115,8 +123,10 @@ class ReplayReport:
             span = f", event time {self.first_event_at.isoformat()} .. {self.last_event_at.isoformat()}"
         rate = self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
         stopped = " (stopped early)" if self.stopped_early else ""
-        return (f"{self.path}: {self.rows} rows, {self.sent} sent, {self.dead_lettered} dead-lettered "
-                f"in {self.elapsed_s:.2f}s ({rate:.0f} docs/s){span}{stopped}")
+        return (
+            f"{self.path}: {self.rows} rows, {self.sent} sent, {self.dead_lettered} dead-lettered "
+            f"in {self.elapsed_s:.2f}s ({rate:.0f} docs/s){span}{stopped}"
+        )
 
 
 def detect_format(path: Path) -> Format:
@@ -126,8 +136,10 @@ def detect_format(path: Path) -> Format:
         suffixes = suffixes[:-1]
     if suffixes and suffixes[-1] in _SUFFIXES:
         return _SUFFIXES[suffixes[-1]]  # type: ignore[return-value]
-    raise InputError(f"cannot tell the format of {path.name}: name it .csv, .tsv or .jsonl "
-                     "(optionally .gz) or pass --format csv|tsv|jsonl")
+    raise InputError(
+        f"cannot tell the format of {path.name}: name it .csv, .tsv or .jsonl "
+        "(optionally .gz) or pass --format csv|tsv|jsonl"
+    )
 
 
 def default_source(path: Path) -> str:
@@ -162,8 +174,14 @@ class ReplaySource(Source):
 
     name = "replay"
 
-    def __init__(self, path: Path | str, mapping: ColumnMapping | None = None, *, fmt: Format | None = None,
-                 now: datetime | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        mapping: ColumnMapping | None = None,
+        *,
+        fmt: Format | None = None,
+        now: datetime | None = None,
+    ) -> None:
         self.path = Path(path)
         self.mapping = mapping or ColumnMapping()
         self.format: Format = fmt or detect_format(self.path)
@@ -182,8 +200,10 @@ class ReplaySource(Source):
                     yield from self._csv(fh, delimiter="," if self.format == "csv" else "\t")
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 # A truncated .gz ends the file; what was read so far has been sent.
-                yield Rejected(f"{self.path.name} after row {self.rows}: file ends unreadably ({exc})",
-                               origin=str(self.path))
+                yield Rejected(
+                    f"{self.path.name} after row {self.rows}: file ends unreadably ({exc})",
+                    origin=str(self.path),
+                )
 
     # -- JSON Lines ----------------------------------------------------------------------------
 
@@ -216,7 +236,9 @@ class ReplaySource(Source):
                 yield self._reject(line_no, "not JSON: nested too deeply", line)
                 continue
             if not isinstance(data, dict):
-                yield self._reject(line_no, f"expected a JSON object, got {type(data).__name__}", line)
+                yield self._reject(
+                    line_no, f"expected a JSON object, got {type(data).__name__}", line
+                )
                 continue
             yield self._row_to_item(data, line_no, line)
 
@@ -253,7 +275,9 @@ class ReplaySource(Source):
             self.rows += 1
             payload = _csv_line(row, delimiter)
             if len(row) > len(header):
-                yield self._reject(start, f"{len(row)} fields but the header has {len(header)}", payload)
+                yield self._reject(
+                    start, f"{len(row)} fields but the header has {len(header)}", payload
+                )
                 continue
             yield self._row_to_item(dict(zip(header, row, strict=False)), start, payload)
 
@@ -276,10 +300,15 @@ class ReplaySource(Source):
     # -- rows -> documents ---------------------------------------------------------------------
 
     def _reject(self, line_no: int, reason: str, payload: bytes | str | None) -> Rejected:
-        return Rejected(f"{self.path.name} line {line_no}: {reason}", origin=f"{self.path} line {line_no}",
-                        payload=payload)
+        return Rejected(
+            f"{self.path.name} line {line_no}: {reason}",
+            origin=f"{self.path} line {line_no}",
+            payload=payload,
+        )
 
-    def _row_to_item(self, row: Mapping[str, Any], line_no: int, payload: bytes | str) -> Document | Rejected:
+    def _row_to_item(
+        self, row: Mapping[str, Any], line_no: int, payload: bytes | str
+    ) -> Document | Rejected:
         m = self.mapping
         columns = m.field_columns()
         values: dict[str, Any] = {}
@@ -291,7 +320,9 @@ class ReplaySource(Source):
         if "text" not in values:
             return self._reject(line_no, f"no text in column {m.text_column!r}", payload)
         if isinstance(values.get("entities"), str):
-            values["entities"] = [e for e in values["entities"].replace(";", ",").replace(" ", ",").split(",") if e]
+            values["entities"] = [
+                e for e in values["entities"].replace(";", ",").replace(" ", ",").split(",") if e
+            ]
         if isinstance(values.get("kind"), str):
             values["kind"] = values["kind"].strip().lower()
         source = m.source or _string_or_none(row.get(m.source_column)) or self.source_name
@@ -302,10 +333,16 @@ class ReplaySource(Source):
         now = self._now or datetime.now(UTC)
         default_time = now if m.missing_time == "now" else None
         if incoming.published_at is None and default_time is None:
-            return self._reject(line_no, f"no published time in column {m.time_column!r} "
-                                "(pass --time-column, or --missing-time now)", payload)
+            return self._reject(
+                line_no,
+                f"no published time in column {m.time_column!r} "
+                "(pass --time-column, or --missing-time now)",
+                payload,
+            )
         try:
-            return incoming.to_document(source=source, kind=m.kind, default_time=default_time, now=now)
+            return incoming.to_document(
+                source=source, kind=m.kind, default_time=default_time, now=now
+            )
         except InputError as exc:
             return self._reject(line_no, str(exc), payload)
 
@@ -336,12 +373,19 @@ def _csv_line(row: list[str], delimiter: str) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def replay_into(producer: DocumentProducer, source: ReplaySource, *, speed: float | None = None,
-                stop: threading.Event | None = None) -> ReplayReport:
+def replay_into(
+    producer: DocumentProducer,
+    source: ReplaySource,
+    *,
+    speed: float | None = None,
+    stop: threading.Event | None = None,
+) -> ReplayReport:
     """Send every row of ``source`` through ``producer`` (paced when ``speed`` is given), flush,
     and report. Raises BrokerError when Kafka does not take the records."""
     if speed is not None and speed <= 0:
-        raise InputError("--speed must be a positive number (e.g. 60 for a minute of event time per second)")
+        raise InputError(
+            "--speed must be a positive number (e.g. 60 for a minute of event time per second)"
+        )
     report = ReplayReport(path=str(source.path))
     start = time.monotonic()
     anchor: tuple[float, datetime] | None = None
@@ -378,10 +422,18 @@ def replay_into(producer: DocumentProducer, source: ReplaySource, *, speed: floa
     return report
 
 
-def replay_file(settings: Settings, bootstrap: str, path: Path | str, *, speed: float | None = None,
-                fmt: Format | None = None, stop: threading.Event | None = None,
-                watchlist: Watchlist | None = None, producer: DocumentProducer | None = None,
-                **mapping: Any) -> ReplayReport:
+def replay_file(
+    settings: Settings,
+    bootstrap: str,
+    path: Path | str,
+    *,
+    speed: float | None = None,
+    fmt: Format | None = None,
+    stop: threading.Event | None = None,
+    watchlist: Watchlist | None = None,
+    producer: DocumentProducer | None = None,
+    **mapping: Any,
+) -> ReplayReport:
     """Replay one file to the documents Kafka topic and return the report.
 
     ``mapping`` takes ``ColumnMapping`` fields (``text_column="body"``, ``source="wire"``,
@@ -392,5 +444,7 @@ def replay_file(settings: Settings, bootstrap: str, path: Path | str, *, speed: 
     source = ReplaySource(path, ColumnMapping.from_options(**mapping), fmt=fmt)
     if producer is not None:
         return replay_into(producer, source, speed=speed, stop=stop)
-    with DocumentProducer.from_settings(settings, bootstrap, stage="ingest:replay", watchlist=watchlist) as owned:
+    with DocumentProducer.from_settings(
+        settings, bootstrap, stage="ingest:replay", watchlist=watchlist
+    ) as owned:
         return replay_into(owned, source, speed=speed, stop=stop)

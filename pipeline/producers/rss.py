@@ -61,6 +61,7 @@ USER_AGENT = "finsent/0.1 (RSS/Atom ingest)"
 
 # --- cursors -----------------------------------------------------------------------------------
 
+
 @dataclass
 class FeedCursor:
     """Where one feed's producer stopped."""
@@ -81,38 +82,59 @@ class FeedCursorStore:
 
     def load(self, feed_url: str) -> FeedCursor:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.text(
-                "select etag, last_modified, seen_ids, last_fetched_at, last_error "
-                "from feed_cursors where feed_url = :url"
-            ), {"url": feed_url}).first()
+            row = conn.execute(
+                sa.text(
+                    "select etag, last_modified, seen_ids, last_fetched_at, last_error "
+                    "from feed_cursors where feed_url = :url"
+                ),
+                {"url": feed_url},
+            ).first()
         if row is None:
             return FeedCursor(feed_url)
-        return FeedCursor(feed_url, row.etag, row.last_modified, list(row.seen_ids or []), row.last_fetched_at,
-                          row.last_error)
+        return FeedCursor(
+            feed_url,
+            row.etag,
+            row.last_modified,
+            list(row.seen_ids or []),
+            row.last_fetched_at,
+            row.last_error,
+        )
 
     def save(self, cursor: FeedCursor) -> None:
         """Commit the cursor after a successful poll (clears ``last_error``)."""
         with self.engine.begin() as conn:
-            conn.execute(sa.text(
-                "insert into feed_cursors (feed_url, etag, last_modified, seen_ids, last_fetched_at, last_error, "
-                "updated_at) values (:url, :etag, :lm, :seen, :fetched, null, now()) "
-                "on conflict (feed_url) do update set etag = excluded.etag, last_modified = excluded.last_modified, "
-                "seen_ids = excluded.seen_ids, last_fetched_at = excluded.last_fetched_at, last_error = null, "
-                "updated_at = now()"
-            ), {"url": cursor.feed_url, "etag": cursor.etag, "lm": cursor.last_modified,
-                "seen": cursor.seen_ids, "fetched": cursor.last_fetched_at})
+            conn.execute(
+                sa.text(
+                    "insert into feed_cursors (feed_url, etag, last_modified, seen_ids, last_fetched_at, last_error, "
+                    "updated_at) values (:url, :etag, :lm, :seen, :fetched, null, now()) "
+                    "on conflict (feed_url) do update set etag = excluded.etag, last_modified = excluded.last_modified, "
+                    "seen_ids = excluded.seen_ids, last_fetched_at = excluded.last_fetched_at, last_error = null, "
+                    "updated_at = now()"
+                ),
+                {
+                    "url": cursor.feed_url,
+                    "etag": cursor.etag,
+                    "lm": cursor.last_modified,
+                    "seen": cursor.seen_ids,
+                    "fetched": cursor.last_fetched_at,
+                },
+            )
 
     def record_error(self, feed_url: str, message: str, fetched_at: datetime) -> None:
         """Note a failed poll without touching what was committed before."""
         with self.engine.begin() as conn:
-            conn.execute(sa.text(
-                "insert into feed_cursors (feed_url, last_fetched_at, last_error, updated_at) "
-                "values (:url, :fetched, :err, now()) on conflict (feed_url) do update set "
-                "last_fetched_at = excluded.last_fetched_at, last_error = excluded.last_error, updated_at = now()"
-            ), {"url": feed_url, "fetched": fetched_at, "err": message[:2000]})
+            conn.execute(
+                sa.text(
+                    "insert into feed_cursors (feed_url, last_fetched_at, last_error, updated_at) "
+                    "values (:url, :fetched, :err, now()) on conflict (feed_url) do update set "
+                    "last_fetched_at = excluded.last_fetched_at, last_error = excluded.last_error, updated_at = now()"
+                ),
+                {"url": feed_url, "fetched": fetched_at, "err": message[:2000]},
+            )
 
 
 # --- entries -> documents ----------------------------------------------------------------------
+
 
 def feed_source_name(feed_url: str) -> str:
     """``https://example.com/markets.xml`` -> ``rss:example.com/markets.xml`` (part of every id)."""
@@ -147,9 +169,15 @@ def entry_key(source: str, entry: Any) -> str:
     """The key an entry is remembered by: its document id when it has a guid or link."""
     guid = entry.get("id") if isinstance(entry.get("id"), str) else None
     link = entry.get("link") if isinstance(entry.get("link"), str) else None
-    text = " ".join(str(entry.get(k) or "") for k in ("title", "summary")) or repr(sorted(entry.keys()))
-    return make_document_id(source, guid=clean_string(guid or "") or None, url=clean_string(link or "") or None,
-                            text=text)
+    text = " ".join(str(entry.get(k) or "") for k in ("title", "summary")) or repr(
+        sorted(entry.keys())
+    )
+    return make_document_id(
+        source,
+        guid=clean_string(guid or "") or None,
+        url=clean_string(link or "") or None,
+        text=text,
+    )
 
 
 class FeedSource(Source):
@@ -157,8 +185,15 @@ class FeedSource(Source):
 
     name = "rss"
 
-    def __init__(self, feed_url: str, content: bytes, *, content_type: str | None = None,
-                 seen: set[str] | None = None, fetched_at: datetime | None = None) -> None:
+    def __init__(
+        self,
+        feed_url: str,
+        content: bytes,
+        *,
+        content_type: str | None = None,
+        seen: set[str] | None = None,
+        fetched_at: datetime | None = None,
+    ) -> None:
         self.feed_url = feed_url
         self.source_name = feed_source_name(feed_url)
         self.fetched_at = fetched_at or datetime.now(UTC)
@@ -168,7 +203,11 @@ class FeedSource(Source):
         self.parsed = feedparser.parse(content, response_headers=headers)
         self.seen = seen or set()
         self.keys_in_feed: list[str] = []
-        self.language = self.parsed.feed.get("language") if isinstance(self.parsed.feed.get("language"), str) else None
+        self.language = (
+            self.parsed.feed.get("language")
+            if isinstance(self.parsed.feed.get("language"), str)
+            else None
+        )
 
     def check(self) -> None:
         """InputError when the bytes are not a feed at all."""
@@ -176,7 +215,9 @@ class FeedSource(Source):
             exc = self.parsed.get("bozo_exception")
             raise InputError(f"{self.feed_url} is not a readable RSS/Atom feed: {exc}")
         if not self.parsed.entries and not self.parsed.get("version") and not self.parsed.feed:
-            raise InputError(f"{self.feed_url} is not an RSS/Atom feed (no channel or feed element)")
+            raise InputError(
+                f"{self.feed_url} is not an RSS/Atom feed (no channel or feed element)"
+            )
 
     def __iter__(self) -> Iterator[Document | Rejected]:
         entries = list(self.parsed.entries)
@@ -194,12 +235,23 @@ class FeedSource(Source):
         title = entry.get("title") if isinstance(entry.get("title"), str) else None
         text = _entry_text(entry) or title
         if not text:
-            return Rejected(f"{origin}: entry has no title or text", origin=origin, payload=_entry_payload(entry))
+            return Rejected(
+                f"{origin}: entry has no title or text",
+                origin=origin,
+                payload=_entry_payload(entry),
+            )
         guid = entry.get("id") if isinstance(entry.get("id"), str) else None
         link = entry.get("link") if isinstance(entry.get("link"), str) else None
         author = entry.get("author") if isinstance(entry.get("author"), str) else None
-        values = {"text": text, "title": title, "guid": guid, "url": link, "author": author,
-                  "language": self.language, "published_at": _entry_time(entry)}
+        values = {
+            "text": text,
+            "title": title,
+            "guid": guid,
+            "url": link,
+            "author": author,
+            "language": self.language,
+            "published_at": _entry_time(entry),
+        }
         try:
             incoming = IncomingDocument.model_validate({k: v for k, v in values.items() if v})
             return incoming.to_document(source=self.source_name, default_time=self.fetched_at)
@@ -213,6 +265,7 @@ def _entry_payload(entry: Any) -> str:
 
 
 # --- polling -------------------------------------------------------------------------------------
+
 
 @dataclass
 class FeedPollResult:
@@ -238,10 +291,20 @@ class RssPoller:
 
     name = "rss"
 
-    def __init__(self, settings: Settings, producer: DocumentProducer, engine: Engine,
-                 urls: Sequence[str], *, interval_s: float | None = None, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: DocumentProducer,
+        engine: Engine,
+        urls: Sequence[str],
+        *,
+        interval_s: float | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
         if not urls:
-            raise InputError("no feed URLs: give at least one (finsent ingest rss URL..., or FINSENT_FEEDS__URLS)")
+            raise InputError(
+                "no feed URLs: give at least one (finsent ingest rss URL..., or FINSENT_FEEDS__URLS)"
+            )
         for url in urls:
             if urlsplit(url).scheme not in ("http", "https"):
                 raise InputError(f"feed URL {url!r} must start with http:// or https://")
@@ -254,9 +317,13 @@ class RssPoller:
         self._state = {url: _FeedState() for url in self.urls}
         self._own_client = client is None
         self._client = client or httpx.Client(
-            timeout=httpx.Timeout(self.policy.timeout_s), follow_redirects=True,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/rss+xml, application/atom+xml, "
-                     "application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5"},
+            timeout=httpx.Timeout(self.policy.timeout_s),
+            follow_redirects=True,
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/rss+xml, application/atom+xml, "
+                "application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5",
+            },
         )
         self._ready = threading.Event()
 
@@ -280,14 +347,20 @@ class RssPoller:
                 for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > MAX_FEED_BYTES:
-                        raise FeedFetchError(f"{cursor.feed_url} is larger than {MAX_FEED_BYTES} bytes")
+                        raise FeedFetchError(
+                            f"{cursor.feed_url} is larger than {MAX_FEED_BYTES} bytes"
+                        )
                     if time.monotonic() > deadline:
-                        raise FeedFetchError(f"{cursor.feed_url} took longer than {3 * self.policy.timeout_s:.0f}s "
-                                             "to download")
+                        raise FeedFetchError(
+                            f"{cursor.feed_url} took longer than {3 * self.policy.timeout_s:.0f}s "
+                            "to download"
+                        )
                     chunks.append(chunk)
                 return 200, b"".join(chunks), response.headers
         except httpx.HTTPError as exc:
-            raise FeedFetchError(f"cannot fetch {cursor.feed_url}: {type(exc).__name__}: {exc}") from exc
+            raise FeedFetchError(
+                f"cannot fetch {cursor.feed_url}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def poll_feed(self, url: str) -> FeedPollResult:
         """Fetch one feed, send its new entries, flush, commit the cursor. Never raises for
@@ -302,8 +375,13 @@ class RssPoller:
                 self.store.save(cursor)
                 FEED_POLLS.labels(outcome="not_modified").inc()
                 return FeedPollResult(url, "not_modified")
-            source = FeedSource(url, content, content_type=headers.get("content-type"),
-                                seen=set(cursor.seen_ids), fetched_at=fetched_at)
+            source = FeedSource(
+                url,
+                content,
+                content_type=headers.get("content-type"),
+                seen=set(cursor.seen_ids),
+                fetched_at=fetched_at,
+            )
             source.check()
             for item in source:
                 self.producer.handle(item)
@@ -324,8 +402,12 @@ class RssPoller:
             return FeedPollResult(url, "error", error=message)
         after = self.producer.counts
         FEED_POLLS.labels(outcome="new").inc()
-        result = FeedPollResult(url, "new", sent=after.sent - before.sent,
-                                dead_lettered=after.dead_lettered - before.dead_lettered)
+        result = FeedPollResult(
+            url,
+            "new",
+            sent=after.sent - before.sent,
+            dead_lettered=after.dead_lettered - before.dead_lettered,
+        )
         log.info("feed %s: %d new, %d dead-lettered", url, result.sent, result.dead_lettered)
         return result
 
@@ -338,7 +420,10 @@ class RssPoller:
     # -- scheduling -------------------------------------------------------------------------------
 
     def _backoff(self, failures: int) -> float:
-        delay = min(self.interval_s * (2 ** min(failures - 1, 20)), max(self.policy.max_backoff_s, self.interval_s))
+        delay = min(
+            self.interval_s * (2 ** min(failures - 1, 20)),
+            max(self.policy.max_backoff_s, self.interval_s),
+        )
         return delay * random.uniform(0.9, 1.1)
 
     def poll_due(self, now: float | None = None) -> list[FeedPollResult]:
@@ -392,8 +477,15 @@ class RssRole:
     name = "rss"
     stage = Stage.INGEST
 
-    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, urls: Sequence[str] | None = None,
-                 *, interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        engine: Engine,
+        urls: Sequence[str] | None = None,
+        *,
+        interval_s: float | None = None,
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.engine = engine
@@ -404,8 +496,12 @@ class RssRole:
             raise InputError("no feed URLs: set FINSENT_FEEDS__URLS (a JSON list) or give URLs")
 
     def run(self, stop: threading.Event) -> None:
-        with DocumentProducer.from_settings(self.settings, self.bootstrap, stage="ingest:rss") as producer:
-            self.poller = RssPoller(self.settings, producer, self.engine, self.urls, interval_s=self.interval_s)
+        with DocumentProducer.from_settings(
+            self.settings, self.bootstrap, stage="ingest:rss"
+        ) as producer:
+            self.poller = RssPoller(
+                self.settings, producer, self.engine, self.urls, interval_s=self.interval_s
+            )
             try:
                 self.poller.run(stop)
             finally:

@@ -24,14 +24,39 @@ from pipeline import db
 from tests.alerts.conftest import T0, Point, alert_settings, insert_points
 from tests.conftest import ADMIN_URL, create_database, drop_database
 
-RULES = {"rules": [
-    {"name": "share", "kind": "threshold", "metric": "negative_share", "select": {"min_volume": 5},
-     "window": "1h", "value": 0.6, "resolve": {"value": 0.3}, "for": "10m", "notifiers": ["webhook"]},
-    {"name": "spike", "kind": "spike", "select": {"min_volume": 3}, "window": "30m", "reference_window": "3h",
-     "ratio": 4, "min_reference_count": 2, "notifiers": ["webhook"]},
-    {"name": "memory", "kind": "memory_surge", "window": "30m", "value": 3.0, "resolve": {"value": 1.0},
-     "notifiers": ["webhook"]},
-]}
+RULES = {
+    "rules": [
+        {
+            "name": "share",
+            "kind": "threshold",
+            "metric": "negative_share",
+            "select": {"min_volume": 5},
+            "window": "1h",
+            "value": 0.6,
+            "resolve": {"value": 0.3},
+            "for": "10m",
+            "notifiers": ["webhook"],
+        },
+        {
+            "name": "spike",
+            "kind": "spike",
+            "select": {"min_volume": 3},
+            "window": "30m",
+            "reference_window": "3h",
+            "ratio": 4,
+            "min_reference_count": 2,
+            "notifiers": ["webhook"],
+        },
+        {
+            "name": "memory",
+            "kind": "memory_surge",
+            "window": "30m",
+            "value": 3.0,
+            "resolve": {"value": 1.0},
+            "notifiers": ["webhook"],
+        },
+    ]
+}
 
 
 class _Ok(BaseHTTPRequestHandler):
@@ -67,10 +92,14 @@ def main() -> None:
                 hour = i // args.per_hour
                 surging = hour == surge_at
                 bearish = (i % 10) < (8 if surging else 1)
-                points.append(Point(at, "bearish" if bearish else "neutral", surge=4.0 if surging else 0.3))
+                points.append(
+                    Point(at, "bearish" if bearish else "neutral", surge=4.0 if surging else 0.3)
+                )
             total += insert_points(engine, f"{'entity' if k % 2 else 'topic'}:K{k}", points)
-        print(f"inserted {total} documents+predictions+trend points on {args.keys} keys "
-              f"in {time.perf_counter() - started:.1f}s")
+        print(
+            f"inserted {total} documents+predictions+trend points on {args.keys} keys "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
 
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -81,8 +110,10 @@ def main() -> None:
         t = time.perf_counter()
         result = run_backtest(engine, ruleset, T0, end, args.interval)
         bt = time.perf_counter() - t
-        print(f"backtest: {result.instants} instants x {len(ruleset.rules)} rules over {args.keys} keys in {bt:.2f}s "
-              f"({result.instants / bt:.1f} instants/s); {len(result.fired)} alerts fired")
+        print(
+            f"backtest: {result.instants} instants x {len(ruleset.rules)} rules over {args.keys} keys in {bt:.2f}s "
+            f"({result.instants / bt:.1f} instants/s); {len(result.fired)} alerts fired"
+        )
 
         live = LiveEvaluator(engine, ruleset, settings)
         passes = []
@@ -94,16 +125,22 @@ def main() -> None:
         live_s = time.perf_counter() - t_all
         passes.sort()
         with engine.connect() as conn:
-            fired = conn.execute(sa.text("SELECT count(*) FROM alerts WHERE fired_at IS NOT NULL")).scalar_one()
+            fired = conn.execute(
+                sa.text("SELECT count(*) FROM alerts WHERE fired_at IS NOT NULL")
+            ).scalar_one()
             queued = conn.execute(sa.text("SELECT count(*) FROM alert_deliveries")).scalar_one()
-        print(f"live: {len(passes)} evaluation passes in {live_s:.2f}s; per pass median {passes[len(passes) // 2] * 1000:.0f} ms, "
-              f"p95 {passes[int(len(passes) * 0.95)] * 1000:.0f} ms; {fired} alerts fired (backtest: {len(result.fired)}), "
-              f"{queued} deliveries queued")
+        print(
+            f"live: {len(passes)} evaluation passes in {live_s:.2f}s; per pass median {passes[len(passes) // 2] * 1000:.0f} ms, "
+            f"p95 {passes[int(len(passes) * 0.95)] * 1000:.0f} ms; {fired} alerts fired (backtest: {len(result.fired)}), "
+            f"{queued} deliveries queued"
+        )
 
         t = time.perf_counter()
         sent = Dispatcher(engine, settings, ruleset).dispatch_once(max_deliveries=100_000)
         d = time.perf_counter() - t
-        print(f"dispatch: {sent.delivered} webhooks delivered in {d:.2f}s ({sent.delivered / d:.0f}/s, one at a time)")
+        print(
+            f"dispatch: {sent.delivered} webhooks delivered in {d:.2f}s ({sent.delivered / d:.0f}/s, one at a time)"
+        )
         httpd.shutdown()
         engine.dispose()
     finally:

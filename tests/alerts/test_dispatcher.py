@@ -58,10 +58,14 @@ def _drain(dispatcher: Dispatcher, engine, *, timeout_s: float = 20.0) -> None:
         if all(d.status not in ("pending", "sending") for d in _deliveries(engine)):
             return
         time.sleep(0.02)
-    raise AssertionError(f"deliveries still open: {[(d.channel, d.status) for d in _deliveries(engine)]}")
+    raise AssertionError(
+        f"deliveries still open: {[(d.channel, d.status) for d in _deliveries(engine)]}"
+    )
 
 
-def test_receiver_500_three_times_then_200_is_delivered_once(engine, database_url, http_receiver) -> None:
+def test_receiver_500_three_times_then_200_is_delivered_once(
+    engine, database_url, http_receiver
+) -> None:
     settings = alert_settings(database_url, webhook_url=http_receiver.url)
     ruleset = _fire(engine, settings)
     http_receiver.respond_with(500, 500, 500)
@@ -79,7 +83,9 @@ def test_receiver_500_three_times_then_200_is_delivered_once(engine, database_ur
 
 
 def test_429_retry_after_is_honoured(engine, database_url, http_receiver) -> None:
-    settings = alert_settings(database_url, webhook_url=http_receiver.url, base_delay_s=0.01, max_delay_s=0.02)
+    settings = alert_settings(
+        database_url, webhook_url=http_receiver.url, base_delay_s=0.01, max_delay_s=0.02
+    )
     ruleset = _fire(engine, settings)
     http_receiver.respond_with((429, {"Retry-After": "2"}))
     dispatcher = Dispatcher(engine, settings, ruleset)
@@ -99,8 +105,12 @@ def test_429_retry_after_is_honoured(engine, database_url, http_receiver) -> Non
 def test_receiver_down_for_the_whole_test_is_bounded_and_dead_while_email_is_sent_once(
     engine, database_url, smtp_server
 ) -> None:
-    settings = alert_settings(database_url, smtp_port=smtp_server.port,
-                              webhook_url=f"http://127.0.0.1:{free_port()}/hook", max_attempts=4)
+    settings = alert_settings(
+        database_url,
+        smtp_port=smtp_server.port,
+        webhook_url=f"http://127.0.0.1:{free_port()}/hook",
+        max_attempts=4,
+    )
     ruleset = _fire(engine, settings, notifiers=("email", "webhook"))
     _drain(Dispatcher(engine, settings, ruleset), engine)
     by_channel = {d.channel: d for d in _deliveries(engine)}
@@ -193,14 +203,25 @@ class HoldingReceiver:
 
 def _start_alerts_run(database_url: str, rules: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-    env.update({
-        "FINSENT_DATABASE_URL": database_url, "FINSENT_RULES": str(rules), "FINSENT_ALERT_INTERVAL_S": "1",
-        "FINSENT_DELIVERY__LEASE_S": "2", "FINSENT_DELIVERY__POLL_INTERVAL_S": "0.1",
-        "FINSENT_DELIVERY__BASE_DELAY_S": "0.05", "FINSENT_DELIVERY__MAX_DELAY_S": "0.2",
-    })
+    env.update(
+        {
+            "FINSENT_DATABASE_URL": database_url,
+            "FINSENT_RULES": str(rules),
+            "FINSENT_ALERT_INTERVAL_S": "1",
+            "FINSENT_DELIVERY__LEASE_S": "2",
+            "FINSENT_DELIVERY__POLL_INTERVAL_S": "0.1",
+            "FINSENT_DELIVERY__BASE_DELAY_S": "0.05",
+            "FINSENT_DELIVERY__MAX_DELAY_S": "0.2",
+        }
+    )
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "finsent.cli", "alerts", "run"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "finsent.cli", "alerts", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_status(engine, status: str, timeout_s: float) -> sa.Row:
@@ -210,7 +231,9 @@ def _wait_status(engine, status: str, timeout_s: float) -> sa.Row:
         if rows and rows[0].status == status:
             return rows[0]
         time.sleep(0.1)
-    raise AssertionError(f"delivery never became {status}: {[(r.status, r.attempts) for r in _deliveries(engine)]}")
+    raise AssertionError(
+        f"delivery never became {status}: {[(r.status, r.attempts) for r in _deliveries(engine)]}"
+    )
 
 
 def test_dispatcher_killed_mid_send_delivers_after_restart_and_never_twice(
@@ -218,7 +241,11 @@ def test_dispatcher_killed_mid_send_delivers_after_restart_and_never_twice(
 ) -> None:
     receiver = HoldingReceiver()
     now = datetime.now(UTC)
-    insert_points(engine, "topic:Earnings", [Point(now - timedelta(minutes=m), "bearish") for m in range(1, 11)])
+    insert_points(
+        engine,
+        "topic:Earnings",
+        [Point(now - timedelta(minutes=m), "bearish") for m in range(1, 11)],
+    )
     rules = tmp_path / "rules.yaml"
     rules.write_text(
         "notifiers:\n"
@@ -251,16 +278,22 @@ def test_dispatcher_killed_mid_send_delivers_after_restart_and_never_twice(
     assert delivered.attempts == 2
     assert len(receiver.requests) == 2
     assert {key for key, _, _ in receiver.requests} == {delivered.idempotency_key}
-    assert receiver.processed == [delivered.idempotency_key]  # processed once: the retry was a duplicate
+    assert receiver.processed == [
+        delivered.idempotency_key
+    ]  # processed once: the retry was a duplicate
     for key, body, headers in receiver.requests:
-        assert verify(SECRET, headers["X-Finsent-Timestamp"], key, body, headers["X-Finsent-Signature"])
+        assert verify(
+            SECRET, headers["X-Finsent-Timestamp"], key, body, headers["X-Finsent-Signature"]
+        )
         assert json.loads(body)["alerts"][0]["labels"]["key"] == "topic:Earnings"
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alerts")).scalar_one() == 1
 
 
 @pytest.mark.parametrize("status", [503])
-def test_503_without_retry_after_uses_backoff(engine, database_url, http_receiver, status: int) -> None:
+def test_503_without_retry_after_uses_backoff(
+    engine, database_url, http_receiver, status: int
+) -> None:
     settings = alert_settings(database_url, webhook_url=http_receiver.url)
     ruleset = _fire(engine, settings)
     http_receiver.respond_with(status)
@@ -269,7 +302,9 @@ def test_503_without_retry_after_uses_backoff(engine, database_url, http_receive
     assert (delivery.status, delivery.attempts) == ("delivered", 2)
 
 
-def test_the_readme_verification_snippet_accepts_our_requests(engine, database_url, http_receiver) -> None:
+def test_the_readme_verification_snippet_accepts_our_requests(
+    engine, database_url, http_receiver
+) -> None:
     import re
 
     readme = (ROOT / "README.md").read_text()
@@ -284,14 +319,20 @@ def test_the_readme_verification_snippet_accepts_our_requests(engine, database_u
     assert not namespace["verify_finsent"](SECRET, request.headers, request.body + b" ")
 
 
-def test_several_dispatchers_at_once_send_each_delivery_once(engine, database_url, http_receiver) -> None:
+def test_several_dispatchers_at_once_send_each_delivery_once(
+    engine, database_url, http_receiver
+) -> None:
     keys = [f"topic:K{i}" for i in range(12)]
     for key in keys:
         insert_points(engine, key, surge_stream(T0))
     settings = alert_settings(database_url, webhook_url=http_receiver.url)
     ruleset = surge_rules(notifiers=("webhook",), extra={"for": "0s"})
-    assert LiveEvaluator(engine, ruleset, settings).evaluate(T0 + timedelta(minutes=80)).fired == len(keys)
-    http_receiver.respond_with(*([500] * 6))  # some first attempts fail and are retried by whoever is free
+    assert LiveEvaluator(engine, ruleset, settings).evaluate(
+        T0 + timedelta(minutes=80)
+    ).fired == len(keys)
+    http_receiver.respond_with(
+        *([500] * 6)
+    )  # some first attempts fail and are retried by whoever is free
     errors: list[BaseException] = []
 
     def dispatch() -> None:

@@ -43,17 +43,39 @@ DRIPPED_GREETING = b"220 " + b"d" * 54 + b"\r\n"
 DRIPPED_TLS = b"\x16\x03\x03\x40\x00" + b"\x00" * 55
 
 PAYLOAD = {
-    "event": "firing", "notifier": "email", "evaluated_at": "2026-11-20T10:00:00+00:00",
+    "event": "firing",
+    "notifier": "email",
+    "evaluated_at": "2026-11-20T10:00:00+00:00",
     "alert": {
-        "id": 1, "fingerprint": "abc123", "rule": "negative-share", "kind": "threshold", "key": "topic:Earnings",
-        "status": "firing", "severity": "critical", "labels": {"rule": "negative-share", "team": "risk"},
-        "annotations": {"summary": "Earnings <b>turned</b> bearish", "description": "0.8 of 10 documents"},
-        "group_key": '{rule="negative-share"}', "group_labels": {"rule": "negative-share"}, "value": 0.8,
+        "id": 1,
+        "fingerprint": "abc123",
+        "rule": "negative-share",
+        "kind": "threshold",
+        "key": "topic:Earnings",
+        "status": "firing",
+        "severity": "critical",
+        "labels": {"rule": "negative-share", "team": "risk"},
+        "annotations": {
+            "summary": "Earnings <b>turned</b> bearish",
+            "description": "0.8 of 10 documents",
+        },
+        "group_key": '{rule="negative-share"}',
+        "group_labels": {"rule": "negative-share"},
+        "value": 0.8,
         "figures": {"documents": 10, "negative_share": 0.8, "window": "20m"},
-        "starts_at": "2026-11-20T09:50:00+00:00", "ends_at": None,
+        "starts_at": "2026-11-20T09:50:00+00:00",
+        "ends_at": None,
     },
-    "headlines": [{"document_id": "d1", "title": "Profit warning <script>", "url": "https://news.example/1",
-                   "source": "wire", "published_at": "2026-11-20T09:55:00+00:00", "p_bearish": 0.97}],
+    "headlines": [
+        {
+            "document_id": "d1",
+            "title": "Profit warning <script>",
+            "url": "https://news.example/1",
+            "source": "wire",
+            "published_at": "2026-11-20T09:55:00+00:00",
+            "p_bearish": 0.97,
+        }
+    ],
 }
 
 
@@ -71,14 +93,35 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         pytest.skip("openssl is needed to make a throwaway certificate")
     where = tmp_path_factory.mktemp("tls")
     cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
 @contextlib.contextmanager
-def _server(certificate: tuple[Path, Path], *, implicit: bool, answer_delay_s: float = 0.0) -> Iterator[TlsSmtp]:
+def _server(
+    certificate: tuple[Path, Path], *, implicit: bool, answer_delay_s: float = 0.0
+) -> Iterator[TlsSmtp]:
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -113,10 +156,19 @@ def _server(certificate: tuple[Path, Path], *, implicit: bool, answer_delay_s: f
         return AuthResult(success=False, handled=False)
 
     if implicit:
-        controller = Controller(Recorder(), hostname="127.0.0.1", port=server.port, ssl_context=context)
+        controller = Controller(
+            Recorder(), hostname="127.0.0.1", port=server.port, ssl_context=context
+        )
     else:
-        controller = Controller(Recorder(), hostname="127.0.0.1", port=server.port, tls_context=context,
-                                require_starttls=True, authenticator=authenticator, auth_required=True)
+        controller = Controller(
+            Recorder(),
+            hostname="127.0.0.1",
+            port=server.port,
+            tls_context=context,
+            require_starttls=True,
+            authenticator=authenticator,
+            auth_required=True,
+        )
     controller.start()
     try:
         yield server
@@ -224,13 +276,22 @@ def drip_server(*script: Reply) -> Iterator[DripServer]:
 
 
 def _smtp(server: TlsSmtp, security: str, **extra: object) -> SmtpSettings:
-    return SmtpSettings(host="127.0.0.1", port=server.port, security=security, tls_ca_file=server.ca_file,
-                        sender="alerts@example.com", timeout_s=5, **extra)
+    return SmtpSettings(
+        host="127.0.0.1",
+        port=server.port,
+        security=security,
+        tls_ca_file=server.ca_file,
+        sender="alerts@example.com",
+        timeout_s=5,
+        **extra,
+    )
 
 
 def test_starttls_with_login_delivers(starttls_server: TlsSmtp) -> None:
-    notifier = EmailNotifier(_smtp(starttls_server, "starttls", username="finsent", password="right"),
-                             ("risk@example.com",))
+    notifier = EmailNotifier(
+        _smtp(starttls_server, "starttls", username="finsent", password="right"),
+        ("risk@example.com",),
+    )
     notifier.send(PAYLOAD, "finsent-key-1")
     assert starttls_server.logins == [("finsent", "right")]
     (raw,) = starttls_server.messages
@@ -238,14 +299,18 @@ def test_starttls_with_login_delivers(starttls_server: TlsSmtp) -> None:
 
 
 def test_wrong_password_is_a_permanent_failure(starttls_server: TlsSmtp) -> None:
-    notifier = EmailNotifier(_smtp(starttls_server, "starttls", username="finsent", password="wrong"),
-                             ("risk@example.com",))
+    notifier = EmailNotifier(
+        _smtp(starttls_server, "starttls", username="finsent", password="wrong"),
+        ("risk@example.com",),
+    )
     with pytest.raises(PermanentDeliveryError, match="535"):
         notifier.send(PAYLOAD, "k")
     assert starttls_server.messages == []
 
 
-def test_plain_smtp_to_a_server_requiring_starttls_is_refused_not_sent_in_clear(starttls_server: TlsSmtp) -> None:
+def test_plain_smtp_to_a_server_requiring_starttls_is_refused_not_sent_in_clear(
+    starttls_server: TlsSmtp,
+) -> None:
     notifier = EmailNotifier(_smtp(starttls_server, "none"), ("risk@example.com",))
     with pytest.raises(DeliveryError):
         notifier.send(PAYLOAD, "k")
@@ -253,7 +318,9 @@ def test_plain_smtp_to_a_server_requiring_starttls_is_refused_not_sent_in_clear(
 
 
 def test_implicit_tls_delivers(ssl_server: TlsSmtp) -> None:
-    EmailNotifier(_smtp(ssl_server, "ssl"), ("a@example.com", "b@example.com")).send(PAYLOAD, "finsent-key-2")
+    EmailNotifier(_smtp(ssl_server, "ssl"), ("a@example.com", "b@example.com")).send(
+        PAYLOAD, "finsent-key-2"
+    )
     assert len(ssl_server.messages) == 1
 
 
@@ -269,7 +336,11 @@ def test_html_part_escapes_what_it_shows() -> None:
     text = next(p for p in message.walk() if p.get_content_type() == "text/plain").get_content()
     assert "&lt;script&gt;" in html and "<script>" not in html
     assert '<a href="https://news.example/1">' in html
-    assert "Profit warning <script>" in text and "https://news.example/1" in text and "negative_share" in text
+    assert (
+        "Profit warning <script>" in text
+        and "https://news.example/1" in text
+        and "negative_share" in text
+    )
 
 
 def _cut_off(notifier: EmailNotifier) -> tuple[DeliveryError, float]:
@@ -282,38 +353,62 @@ def _cut_off(notifier: EmailNotifier) -> tuple[DeliveryError, float]:
 
 def _assert_cut_off_at_the_deadline(error: DeliveryError, elapsed: float, port: int) -> None:
     assert not isinstance(error, PermanentDeliveryError), error  # retried by the dispatcher
-    assert f"127.0.0.1:{port}" in str(error) and f"within {DEADLINE_S:g} s (total deadline" in str(error), error
+    assert f"127.0.0.1:{port}" in str(error) and f"within {DEADLINE_S:g} s (total deadline" in str(
+        error
+    ), error
     assert DEADLINE_S <= elapsed < DEADLINE_S + MARGIN_S, elapsed
 
 
 def _drip_smtp(port: int, security: str, ca_file: Path | None = None) -> SmtpSettings:
-    return SmtpSettings(host="127.0.0.1", port=port, security=security, tls_ca_file=ca_file,
-                        sender="alerts@example.com", timeout_s=60)
+    return SmtpSettings(
+        host="127.0.0.1",
+        port=port,
+        security=security,
+        tls_ca_file=ca_file,
+        sender="alerts@example.com",
+        timeout_s=60,
+    )
 
 
 def test_a_greeting_dripped_a_byte_at_a_time_is_cut_off_at_the_total_deadline() -> None:
     with drip_server(Reply(DRIPPED_GREETING, after=b"", drip=True)) as server:
-        notifier = EmailNotifier(_drip_smtp(server.port, "none"), ("risk@example.com",), timeout_s=DEADLINE_S)
+        notifier = EmailNotifier(
+            _drip_smtp(server.port, "none"), ("risk@example.com",), timeout_s=DEADLINE_S
+        )
         error, elapsed = _cut_off(notifier)
         assert server.hung_up.wait(timeout=5), "the connection was left open"
     _assert_cut_off_at_the_deadline(error, elapsed, server.port)
 
 
-def test_a_dripped_implicit_tls_handshake_is_cut_off_at_the_total_deadline(certificate: tuple[Path, Path]) -> None:
+def test_a_dripped_implicit_tls_handshake_is_cut_off_at_the_total_deadline(
+    certificate: tuple[Path, Path],
+) -> None:
     with drip_server(Reply(DRIPPED_TLS, after=b"", drip=True)) as server:
-        notifier = EmailNotifier(_drip_smtp(server.port, "ssl", certificate[0]), ("risk@example.com",),
-                                 timeout_s=DEADLINE_S)
+        notifier = EmailNotifier(
+            _drip_smtp(server.port, "ssl", certificate[0]),
+            ("risk@example.com",),
+            timeout_s=DEADLINE_S,
+        )
         error, elapsed = _cut_off(notifier)
         assert server.hung_up.wait(timeout=5), "the connection was left open"
     _assert_cut_off_at_the_deadline(error, elapsed, server.port)
 
 
-def test_a_dripped_starttls_handshake_is_cut_off_at_the_total_deadline(certificate: tuple[Path, Path]) -> None:
-    script = (Reply(b"220 drip ESMTP\r\n", after=b""), Reply(b"250-drip\r\n250 STARTTLS\r\n"),
-              Reply(b"220 go ahead\r\n"), Reply(DRIPPED_TLS, after=b"", drip=True))
+def test_a_dripped_starttls_handshake_is_cut_off_at_the_total_deadline(
+    certificate: tuple[Path, Path],
+) -> None:
+    script = (
+        Reply(b"220 drip ESMTP\r\n", after=b""),
+        Reply(b"250-drip\r\n250 STARTTLS\r\n"),
+        Reply(b"220 go ahead\r\n"),
+        Reply(DRIPPED_TLS, after=b"", drip=True),
+    )
     with drip_server(*script) as server:
-        notifier = EmailNotifier(_drip_smtp(server.port, "starttls", certificate[0]), ("risk@example.com",),
-                                 timeout_s=DEADLINE_S)
+        notifier = EmailNotifier(
+            _drip_smtp(server.port, "starttls", certificate[0]),
+            ("risk@example.com",),
+            timeout_s=DEADLINE_S,
+        )
         error, elapsed = _cut_off(notifier)
         assert server.hung_up.wait(timeout=5), "the connection was left open"
     assert b"STARTTLS" in bytes(server.received).upper()
@@ -322,31 +417,50 @@ def test_a_dripped_starttls_handshake_is_cut_off_at_the_total_deadline(certifica
 
 @pytest.mark.parametrize("security", ["starttls", "ssl"])
 def test_answers_each_inside_a_per_read_timeout_are_still_cut_off_at_the_total_deadline(
-        certificate: tuple[Path, Path], security: str) -> None:
+    certificate: tuple[Path, Path], security: str
+) -> None:
     # MAIL, RCPT and DATA answer ANSWER_DELAY_S late each: a per-read timeout of DEADLINE_S
     # would let this send succeed after 2.1 s; the total deadline ends it at 1.5 s
     with _server(certificate, implicit=security == "ssl", answer_delay_s=ANSWER_DELAY_S) as server:
         extra = {"username": "finsent", "password": "right"} if security == "starttls" else {}
-        notifier = EmailNotifier(_smtp(server, security, **extra), ("risk@example.com",), timeout_s=DEADLINE_S)
+        notifier = EmailNotifier(
+            _smtp(server, security, **extra), ("risk@example.com",), timeout_s=DEADLINE_S
+        )
         error, elapsed = _cut_off(notifier)
     _assert_cut_off_at_the_deadline(error, elapsed, server.port)
 
 
-def test_a_prompt_server_delivers_within_the_same_deadline(smtp_server: SmtpServer, ssl_server: TlsSmtp) -> None:
-    plain = SmtpSettings(host=smtp_server.host, port=smtp_server.port, sender="alerts@example.com", timeout_s=60)
+def test_a_prompt_server_delivers_within_the_same_deadline(
+    smtp_server: SmtpServer, ssl_server: TlsSmtp
+) -> None:
+    plain = SmtpSettings(
+        host=smtp_server.host, port=smtp_server.port, sender="alerts@example.com", timeout_s=60
+    )
     EmailNotifier(plain, ("risk@example.com",), timeout_s=DEADLINE_S).send(PAYLOAD, "finsent-key-3")
-    EmailNotifier(_smtp(ssl_server, "ssl"), ("risk@example.com",), timeout_s=DEADLINE_S).send(PAYLOAD, "finsent-key-4")
+    EmailNotifier(_smtp(ssl_server, "ssl"), ("risk@example.com",), timeout_s=DEADLINE_S).send(
+        PAYLOAD, "finsent-key-4"
+    )
     assert len(smtp_server.wait_for(1)) == 1 and len(ssl_server.messages) == 1
 
 
 def test_a_slow_quit_after_the_message_was_accepted_is_not_a_failed_send() -> None:
-    script = (Reply(b"220 drip ESMTP\r\n", after=b""), Reply(b"250 drip\r\n"), Reply(b"250 sender ok\r\n"),
-              Reply(b"250 recipient ok\r\n"), Reply(b"354 go ahead\r\n"),
-              Reply(b"250 queued\r\n", after=b"\r\n.\r\n"), Reply(b"221 " + b"b" * 20 + b"\r\n", drip=True))
+    script = (
+        Reply(b"220 drip ESMTP\r\n", after=b""),
+        Reply(b"250 drip\r\n"),
+        Reply(b"250 sender ok\r\n"),
+        Reply(b"250 recipient ok\r\n"),
+        Reply(b"354 go ahead\r\n"),
+        Reply(b"250 queued\r\n", after=b"\r\n.\r\n"),
+        Reply(b"221 " + b"b" * 20 + b"\r\n", drip=True),
+    )
     with drip_server(*script) as server:
-        notifier = EmailNotifier(_drip_smtp(server.port, "none"), ("risk@example.com",), timeout_s=DEADLINE_S)
+        notifier = EmailNotifier(
+            _drip_smtp(server.port, "none"), ("risk@example.com",), timeout_s=DEADLINE_S
+        )
         started = time.monotonic()
-        notifier.send(PAYLOAD, "finsent-key-5")  # a retry would only send the accepted message twice
+        notifier.send(
+            PAYLOAD, "finsent-key-5"
+        )  # a retry would only send the accepted message twice
         elapsed = time.monotonic() - started
         assert server.hung_up.wait(timeout=5), "the connection was left open"
     assert b"Message-ID: <finsent-key-5@finsent>" in server.received
@@ -359,5 +473,9 @@ def test_the_send_deadline_is_capped_below_the_delivery_lease() -> None:
     assert settings.smtp.timeout_s == 5  # longer than the lease: capped
     notifier = build_notifier("email", "risk@example.com", "email", None, settings)
     assert isinstance(notifier, EmailNotifier) and notifier.timeout_s == 2.0
-    assert build_notifier("email", "risk@example.com", "email", None,
-                          alert_settings(database_url, lease_s=60.0)).timeout_s == 5
+    assert (
+        build_notifier(
+            "email", "risk@example.com", "email", None, alert_settings(database_url, lease_s=60.0)
+        ).timeout_s
+        == 5
+    )

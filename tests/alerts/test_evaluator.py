@@ -25,20 +25,44 @@ def stream(engine):
     # topic:Earnings: 6 documents in the 30 minutes before T0+60m, 4 bearish; one older
     # bearish document outside the window and one *after* the instant (future in event time)
     at = T0 + timedelta(minutes=60)
-    insert_points(engine, "topic:Earnings", [
-        Point(at - timedelta(minutes=45), "bearish"),
-        *[Point(at - timedelta(minutes=m), s, surge=float(m)) for m, s in
-          [(25, "bearish"), (20, "bearish"), (15, "neutral"), (10, "bearish"), (5, "bullish"), (1, "bearish")]],
-        Point(at + timedelta(minutes=1), "bearish", surge=99.0),
-    ])
-    insert_points(engine, "topic:Energy / Oil", [Point(at - timedelta(minutes=m), "bearish") for m in (3, 2)])
-    insert_points(engine, "entity:ACME", [Point(at - timedelta(minutes=m), "neutral", surge=0.1) for m in (3, 2, 1)])
+    insert_points(
+        engine,
+        "topic:Earnings",
+        [
+            Point(at - timedelta(minutes=45), "bearish"),
+            *[
+                Point(at - timedelta(minutes=m), s, surge=float(m))
+                for m, s in [
+                    (25, "bearish"),
+                    (20, "bearish"),
+                    (15, "neutral"),
+                    (10, "bearish"),
+                    (5, "bullish"),
+                    (1, "bearish"),
+                ]
+            ],
+            Point(at + timedelta(minutes=1), "bearish", surge=99.0),
+        ],
+    )
+    insert_points(
+        engine, "topic:Energy / Oil", [Point(at - timedelta(minutes=m), "bearish") for m in (3, 2)]
+    )
+    insert_points(
+        engine,
+        "entity:ACME",
+        [Point(at - timedelta(minutes=m), "neutral", surge=0.1) for m in (3, 2, 1)],
+    )
     return engine, at
 
 
 def test_threshold_figures_use_event_time_and_ignore_the_future(stream) -> None:
     engine, at = stream
-    rule = _rule(kind="threshold", metric="negative_share", value=0.5, select={"key_kind": "topic", "min_volume": 3})
+    rule = _rule(
+        kind="threshold",
+        metric="negative_share",
+        value=0.5,
+        select={"key_kind": "topic", "min_volume": 3},
+    )
     with engine.connect() as conn:
         obs = {o.key: o for o in observe(conn, rule, at)}
     earnings = obs["topic:Earnings"]
@@ -52,8 +76,16 @@ def test_threshold_figures_use_event_time_and_ignore_the_future(stream) -> None:
 
 def test_negative_count_and_mean_sentiment(stream) -> None:
     engine, at = stream
-    count = _rule(kind="threshold", metric="negative_count", op=">=", value=4, select={"names": ["earnings"]})
-    mean = _rule(kind="threshold", metric="mean_sentiment", op="<", value=-0.3, select={"names": ["EARNINGS"]})
+    count = _rule(
+        kind="threshold", metric="negative_count", op=">=", value=4, select={"names": ["earnings"]}
+    )
+    mean = _rule(
+        kind="threshold",
+        metric="mean_sentiment",
+        op="<",
+        value=-0.3,
+        select={"names": ["EARNINGS"]},
+    )
     with engine.connect() as conn:
         (c,) = observe(conn, count, at)
         (m,) = observe(conn, mean, at)
@@ -70,13 +102,24 @@ def test_spike_compares_with_the_reference_window_before(engine) -> None:
     points += [Point(at - timedelta(minutes=m), "bearish") for m in (25, 20, 10, 5)]
     points += [Point(at - timedelta(minutes=m), "neutral") for m in (70, 40, 15)]
     insert_points(engine, "entity:ACME", points)
-    rule = _rule(kind="spike", metric="negative_count", reference_window="1h", ratio=3, min_reference_count=2)
+    rule = _rule(
+        kind="spike", metric="negative_count", reference_window="1h", ratio=3, min_reference_count=2
+    )
     with engine.connect() as conn:
         (obs,) = observe(conn, rule, at)
     f = obs.figures
-    assert (f["reference_negative"], f["negative"], f["reference_documents"], f["documents"]) == (2, 4, 4, 5)
-    assert f["current_rate"] == 8.0 and f["reference_rate"] == 2.0 and obs.value == 4.0 and obs.breach
-    strict = _rule(kind="spike", metric="negative_count", reference_window="1h", ratio=3, min_reference_count=3)
+    assert (f["reference_negative"], f["negative"], f["reference_documents"], f["documents"]) == (
+        2,
+        4,
+        4,
+        5,
+    )
+    assert (
+        f["current_rate"] == 8.0 and f["reference_rate"] == 2.0 and obs.value == 4.0 and obs.breach
+    )
+    strict = _rule(
+        kind="spike", metric="negative_count", reference_window="1h", ratio=3, min_reference_count=3
+    )
     with engine.connect() as conn:
         (obs,) = observe(conn, strict, at)
     assert not obs.breach  # too few reference events to judge
@@ -88,7 +131,9 @@ def test_memory_surge_reads_the_newest_point_in_the_window(stream) -> None:
     with engine.connect() as conn:
         obs = {o.key: o for o in observe(conn, rule, at)}
     assert set(obs) == {"topic:Earnings", "entity:ACME"}
-    assert obs["topic:Earnings"].value == 1.0 and obs["topic:Earnings"].breach  # the point 1 min before, not 99
+    assert (
+        obs["topic:Earnings"].value == 1.0 and obs["topic:Earnings"].breach
+    )  # the point 1 min before, not 99
     assert obs["entity:ACME"].value == pytest.approx(0.1) and not obs["entity:ACME"].breach
 
 
@@ -105,16 +150,25 @@ def test_headlines_are_the_most_negative_in_the_window_with_links(stream) -> Non
     with engine.connect() as conn:
         found = headlines(conn, "topic:Earnings", at - timedelta(minutes=30), at, limit=3)
     assert len(found) == 3
-    assert all(h["p_bearish"] == pytest.approx(0.9) and h["url"].startswith("https://news.example/") for h in found)
+    assert all(
+        h["p_bearish"] == pytest.approx(0.9) and h["url"].startswith("https://news.example/")
+        for h in found
+    )
     assert found[0]["published_at"] == (at - timedelta(minutes=1)).isoformat()
 
 
 _SENTIMENTS = st.sampled_from(["bearish", "neutral", "bullish"])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(points=st.lists(st.tuples(st.integers(0, 180), _SENTIMENTS), max_size=40),
-       window_min=st.integers(1, 90), ref_min=st.integers(1, 90), at_min=st.integers(0, 200))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    points=st.lists(st.tuples(st.integers(0, 180), _SENTIMENTS), max_size=40),
+    window_min=st.integers(1, 90),
+    ref_min=st.integers(1, 90),
+    at_min=st.integers(0, 200),
+)
 def test_sql_windows_match_a_python_reference(engine, points, window_min, ref_min, at_min) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM trend_points"))
@@ -139,5 +193,9 @@ def test_sql_windows_match_a_python_reference(engine, points, window_min, ref_mi
     ref_docs, ref_neg = count(lo_ref, at_min - window_min), count(lo_ref, at_min - window_min, True)
     if docs + ref_docs:
         f = s_obs["topic:P"]
-        assert (f["documents"], f["negative"], f["reference_documents"], f["reference_negative"]) == \
-            (docs, neg, ref_docs, ref_neg)
+        assert (
+            f["documents"],
+            f["negative"],
+            f["reference_documents"],
+            f["reference_negative"],
+        ) == (docs, neg, ref_docs, ref_neg)

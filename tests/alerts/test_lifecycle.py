@@ -54,8 +54,12 @@ def test_negative_surge_fires_one_alert_one_email_one_signed_webhook_then_resolv
     engine, database_url, smtp_server, http_receiver
 ) -> None:
     insert_points(engine, "topic:Earnings", surge_stream(T0))
-    insert_points(engine, "topic:Dividend", [Point(T0 + timedelta(minutes=m)) for m in range(0, 150, 3)])
-    settings = alert_settings(database_url, smtp_port=smtp_server.port, webhook_url=http_receiver.url + "/hook")
+    insert_points(
+        engine, "topic:Dividend", [Point(T0 + timedelta(minutes=m)) for m in range(0, 150, 3)]
+    )
+    settings = alert_settings(
+        database_url, smtp_port=smtp_server.port, webhook_url=http_receiver.url + "/hook"
+    )
     ruleset = surge_rules()
 
     _run_live(engine, ruleset, settings, instants(T0, T0 + timedelta(minutes=150)))
@@ -64,14 +68,18 @@ def test_negative_surge_fires_one_alert_one_email_one_signed_webhook_then_resolv
     assert len(alerts) == 1
     alert = alerts[0]
     assert (alert.key, alert.state, alert.severity) == ("topic:Earnings", "resolved", "critical")
-    assert T0 + timedelta(minutes=60) < alert.fired_at < T0 + timedelta(minutes=90) < alert.resolved_at
+    assert (
+        T0 + timedelta(minutes=60) < alert.fired_at < T0 + timedelta(minutes=90) < alert.resolved_at
+    )
     assert alert.fired_at - alert.pending_since >= timedelta(minutes=4)
     assert alert.labels["team"] == "risk"
 
     deliveries = _deliveries(engine)
     assert sorted((d.event, d.channel, d.status) for d in deliveries) == [
-        ("firing", "email", "delivered"), ("firing", "webhook", "delivered"),
-        ("resolved", "email", "delivered"), ("resolved", "webhook", "delivered"),
+        ("firing", "email", "delivered"),
+        ("firing", "webhook", "delivered"),
+        ("resolved", "email", "delivered"),
+        ("resolved", "webhook", "delivered"),
     ]
 
     messages = smtp_server.wait_for(2)
@@ -79,10 +87,17 @@ def test_negative_surge_fires_one_alert_one_email_one_signed_webhook_then_resolv
     firing_mail = email.message_from_string(str(messages[0]["data"]))
     assert "FIRING" in firing_mail["Subject"] and "topic:Earnings" in firing_mail["Subject"]
     assert messages[0]["to"] == ["risk@example.com"]
-    parts = {p.get_content_type(): p.get_payload(decode=True).decode() for p in firing_mail.walk()
-             if p.get_content_type().startswith("text/")}
-    assert "negative_share" in parts["text/plain"] and "https://news.example/" in parts["text/plain"]
-    assert '<a href="https://news.example/' in parts["text/html"] and "(bearish)" in parts["text/html"]
+    parts = {
+        p.get_content_type(): p.get_payload(decode=True).decode()
+        for p in firing_mail.walk()
+        if p.get_content_type().startswith("text/")
+    }
+    assert (
+        "negative_share" in parts["text/plain"] and "https://news.example/" in parts["text/plain"]
+    )
+    assert (
+        '<a href="https://news.example/' in parts["text/html"] and "(bearish)" in parts["text/html"]
+    )
     assert "RESOLVED" in email.message_from_string(str(messages[1]["data"]))["Subject"]
 
     requests = http_receiver.wait_for(2)
@@ -91,10 +106,20 @@ def test_negative_surge_fires_one_alert_one_email_one_signed_webhook_then_resolv
     for req in requests:
         assert req.path == "/hook"
         headers = {k.lower(): v for k, v in req.headers.items()}
-        assert verify(SECRET, headers["x-finsent-timestamp"], headers["idempotency-key"], req.body,
-                      headers["x-finsent-signature"])
-        assert not verify("wrong-secret", headers["x-finsent-timestamp"], headers["idempotency-key"], req.body,
-                          headers["x-finsent-signature"])
+        assert verify(
+            SECRET,
+            headers["x-finsent-timestamp"],
+            headers["idempotency-key"],
+            req.body,
+            headers["x-finsent-signature"],
+        )
+        assert not verify(
+            "wrong-secret",
+            headers["x-finsent-timestamp"],
+            headers["idempotency-key"],
+            req.body,
+            headers["x-finsent-signature"],
+        )
         assert headers["idempotency-key"].startswith("finsent-")
         bodies.append(json.loads(req.body))
     assert [b["status"] for b in bodies] == ["firing", "resolved"]
@@ -102,9 +127,14 @@ def test_negative_surge_fires_one_alert_one_email_one_signed_webhook_then_resolv
     assert first["groupKey"] == '{rule="negative-share"}'
     item = first["alerts"][0]
     assert item["fingerprint"] == alert.fingerprint and item["labels"]["key"] == "topic:Earnings"
-    assert item["endsAt"] == "0001-01-01T00:00:00Z" and bodies[1]["alerts"][0]["endsAt"] != item["endsAt"]
+    assert (
+        item["endsAt"] == "0001-01-01T00:00:00Z"
+        and bodies[1]["alerts"][0]["endsAt"] != item["endsAt"]
+    )
     assert item["figures"]["negative_share"] > 0.6 and item["figures"]["documents"] >= 5
-    assert item["headlines"] and all(h["url"].startswith("https://news.example/") for h in item["headlines"])
+    assert item["headlines"] and all(
+        h["url"].startswith("https://news.example/") for h in item["headlines"]
+    )
     assert item["headlines"][0]["p_bearish"] >= item["headlines"][-1]["p_bearish"]
 
 
@@ -121,7 +151,13 @@ def test_re_evaluating_the_same_instants_changes_nothing(engine, database_url) -
 
 
 def _memory_rules(**extra: object) -> object:
-    rule = {"name": "memory", "kind": "memory_surge", "window": "10m", "value": 3.0, "notifiers": ["webhook"]}
+    rule = {
+        "name": "memory",
+        "kind": "memory_surge",
+        "window": "10m",
+        "value": 3.0,
+        "notifiers": ["webhook"],
+    }
     rule.update(extra)
     return parse_rules({"rules": [rule]}, source="test")
 
@@ -130,11 +166,16 @@ def test_flapping_inside_the_hysteresis_band_does_not_refire(engine, database_ur
     # surge score per minute: calm, above 3 (fire), then 2.0 / 3.5 alternating (inside the
     # band between resolve 1.0 and fire 3.0), then calm (resolve)
     scores = [0.2] * 5 + [3.5] * 3 + [2.0, 3.5] * 10 + [0.5] * 5
-    insert_points(engine, "entity:ACME", [Point(T0 + timedelta(minutes=i, seconds=10), surge=s)
-                                          for i, s in enumerate(scores)])
+    insert_points(
+        engine,
+        "entity:ACME",
+        [Point(T0 + timedelta(minutes=i, seconds=10), surge=s) for i, s in enumerate(scores)],
+    )
     ruleset = _memory_rules(resolve={"value": 1.0})
     settings = alert_settings(database_url, webhook_url="http://127.0.0.1:9/unused")
-    _run_live(engine, ruleset, settings, instants(T0, T0 + timedelta(minutes=len(scores))), dispatch=False)
+    _run_live(
+        engine, ruleset, settings, instants(T0, T0 + timedelta(minutes=len(scores))), dispatch=False
+    )
     alerts = _alerts(engine)
     assert len(alerts) == 1
     assert alerts[0].fired_at == T0 + timedelta(minutes=6)
@@ -145,8 +186,11 @@ def test_flapping_inside_the_hysteresis_band_does_not_refire(engine, database_ur
 def test_flapping_inside_the_cooldown_does_not_refire(engine, database_url) -> None:
     # no band: 3.5 / 0.5 alternating every minute; cooldown 15m allows one re-fire in 30m
     scores = [3.5, 0.5] * 15
-    insert_points(engine, "entity:ACME", [Point(T0 + timedelta(minutes=i, seconds=10), surge=s)
-                                          for i, s in enumerate(scores)])
+    insert_points(
+        engine,
+        "entity:ACME",
+        [Point(T0 + timedelta(minutes=i, seconds=10), surge=s) for i, s in enumerate(scores)],
+    )
     ruleset = _memory_rules(cooldown="15m", notify_resolved=False)
     settings = alert_settings(database_url, webhook_url="http://127.0.0.1:9/unused")
     _run_live(engine, ruleset, settings, instants(T0, T0 + timedelta(minutes=30)), dispatch=False)
@@ -156,7 +200,11 @@ def test_flapping_inside_the_cooldown_does_not_refire(engine, database_url) -> N
 
 
 def test_renotify_repeats_while_firing(engine, database_url) -> None:
-    insert_points(engine, "entity:ACME", [Point(T0 + timedelta(minutes=i, seconds=10), surge=5.0) for i in range(30)])
+    insert_points(
+        engine,
+        "entity:ACME",
+        [Point(T0 + timedelta(minutes=i, seconds=10), surge=5.0) for i in range(30)],
+    )
     ruleset = _memory_rules(renotify="10m")
     settings = alert_settings(database_url, webhook_url="http://127.0.0.1:9/unused")
     _run_live(engine, ruleset, settings, instants(T0, T0 + timedelta(minutes=25)), dispatch=False)
@@ -193,7 +241,11 @@ def test_two_evaluators_at_once_make_one_alert(engine, database_url) -> None:
     alerts = _alerts(engine)
     assert len(alerts) == 1 and alerts[0].state == "resolved"
     assert sorted((d.event, d.channel) for d in _deliveries(engine)) == [
-        ("firing", "email"), ("firing", "webhook"), ("resolved", "email"), ("resolved", "webhook")]
+        ("firing", "email"),
+        ("firing", "webhook"),
+        ("resolved", "email"),
+        ("resolved", "webhook"),
+    ]
 
 
 def test_silence_stops_notifications_not_evaluation(engine, database_url, http_receiver) -> None:
@@ -201,16 +253,22 @@ def test_silence_stops_notifications_not_evaluation(engine, database_url, http_r
     insert_points(engine, "topic:Markets", surge_stream(T0))
     settings = alert_settings(database_url, webhook_url=http_receiver.url)
     ruleset = surge_rules(notifiers=("webhook",))
-    silence_id = silences.add(engine, {"key": "topic:Earnings", "team": "risk"}, timedelta(hours=2),
-                              comment="known story")
+    silence_id = silences.add(
+        engine, {"key": "topic:Earnings", "team": "risk"}, timedelta(hours=2), comment="known story"
+    )
     _run_live(engine, ruleset, settings, instants(T0, T0 + timedelta(minutes=150)))
     alerts = {a.key: a for a in _alerts(engine)}
     assert set(alerts) == {"topic:Earnings", "topic:Markets"}
     assert all(a.state == "resolved" and a.fired_at is not None for a in alerts.values())
     by_key = {}
     for d in _deliveries(engine):
-        by_key.setdefault(next(k for k, a in alerts.items() if a.id == d.alert_id), []).append(d.status)
-    assert by_key == {"topic:Earnings": ["silenced", "silenced"], "topic:Markets": ["delivered", "delivered"]}
+        by_key.setdefault(next(k for k, a in alerts.items() if a.id == d.alert_id), []).append(
+            d.status
+        )
+    assert by_key == {
+        "topic:Earnings": ["silenced", "silenced"],
+        "topic:Markets": ["delivered", "delivered"],
+    }
     keys = {json.loads(r.body)["alerts"][0]["labels"]["key"] for r in http_receiver.requests}
     assert keys == {"topic:Markets"}
     assert [s.id for s in silences.list_silences(engine)] == [silence_id]
@@ -218,7 +276,9 @@ def test_silence_stops_notifications_not_evaluation(engine, database_url, http_r
     assert not silences.expire(engine, silence_id)
 
 
-def test_silence_added_after_queueing_stops_the_pending_delivery(engine, database_url, http_receiver) -> None:
+def test_silence_added_after_queueing_stops_the_pending_delivery(
+    engine, database_url, http_receiver
+) -> None:
     insert_points(engine, "topic:Earnings", surge_stream(T0))
     settings = alert_settings(database_url, webhook_url=http_receiver.url)
     ruleset = surge_rules(notifiers=("webhook",))
@@ -231,10 +291,17 @@ def test_silence_added_after_queueing_stops_the_pending_delivery(engine, databas
 
 def test_alert_service_runs_as_a_role_on_its_scheduler(engine, database_url, http_receiver) -> None:
     now = datetime.now(UTC)
-    insert_points(engine, "topic:Earnings", [Point(now - timedelta(minutes=m), "bearish") for m in range(1, 11)])
+    insert_points(
+        engine,
+        "topic:Earnings",
+        [Point(now - timedelta(minutes=m), "bearish") for m in range(1, 11)],
+    )
     settings = alert_settings(database_url, webhook_url=http_receiver.url).model_copy(
-        update={"alert_interval_s": 0.2})
-    service = AlertService(settings, ruleset=surge_rules(notifiers=("webhook",), extra={"for": "0s"}))
+        update={"alert_interval_s": 0.2}
+    )
+    service = AlertService(
+        settings, ruleset=surge_rules(notifiers=("webhook",), extra={"for": "0s"})
+    )
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,))
     thread.start()
@@ -254,9 +321,13 @@ def test_log_notifier_writes_a_line_and_queues_nothing(engine, database_url, cap
     insert_points(engine, "topic:Earnings", surge_stream(T0))
     ruleset = surge_rules(notifiers=("log",))
     with caplog.at_level(logging.WARNING, logger="alerts.outbox"):
-        _run_live(engine, ruleset, alert_settings(database_url), instants(T0, T0 + timedelta(minutes=150)))
+        _run_live(
+            engine, ruleset, alert_settings(database_url), instants(T0, T0 + timedelta(minutes=150))
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "alerts.outbox"]
-    assert len(lines) == 2 and lines[0].startswith("ALERT FIRING [critical] negative-share on topic:Earnings")
+    assert len(lines) == 2 and lines[0].startswith(
+        "ALERT FIRING [critical] negative-share on topic:Earnings"
+    )
     assert lines[1].startswith("ALERT RESOLVED")
     assert _deliveries(engine) == [] and len(_alerts(engine)) == 1
 
@@ -267,5 +338,7 @@ def test_demo_rules_load_without_any_notification_settings() -> None:
     from alerts.rules import load_rules
     from pipeline.settings import load_settings
 
-    ruleset = load_rules(Path(__file__).resolve().parents[2] / "finsent" / "demo" / "rules.yaml", load_settings())
+    ruleset = load_rules(
+        Path(__file__).resolve().parents[2] / "finsent" / "demo" / "rules.yaml", load_settings()
+    )
     assert {r.name for r in ruleset.rules} == {"ticker-negative-share", "ticker-negative-spike"}

@@ -46,13 +46,18 @@ def test_example_rules_file_loads() -> None:
 
 
 def test_unknown_kind_names_rule_field_and_the_kinds(tmp_path: Path) -> None:
-    msg = _load(tmp_path, "rules:\n  - name: surge\n    kind: surgey\n    window: 1h\n    notifiers: [email]\n")
+    msg = _load(
+        tmp_path,
+        "rules:\n  - name: surge\n    kind: surgey\n    window: 1h\n    notifiers: [email]\n",
+    )
     assert "rule 'surge' (rules[0])" in msg and "field 'kind'" in msg and "'surgey'" in msg
     assert "threshold, spike, memory_surge" in msg
 
 
 def test_negative_window_names_rule_and_field(tmp_path: Path) -> None:
-    msg = _load(tmp_path, yaml.safe_dump({"rules": [GOOD, {**GOOD, "name": "second", "window": "-30m"}]}))
+    msg = _load(
+        tmp_path, yaml.safe_dump({"rules": [GOOD, {**GOOD, "name": "second", "window": "-30m"}]})
+    )
     assert "rule 'second' (rules[1])" in msg and "field 'window'" in msg and "negative" in msg
     assert "rule 'neg'" not in msg
 
@@ -63,9 +68,20 @@ def test_zero_window_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_notifier_names_the_notifier_and_what_exists(tmp_path: Path) -> None:
-    msg = _load(tmp_path, yaml.safe_dump({"notifiers": {"desk": {"type": "email", "to": ["a@example.com"]}},
-                                          "rules": [{**GOOD, "notifiers": ["desk", "pager"]}]}))
-    assert "rule 'neg' (rules[0])" in msg and "field 'notifiers'" in msg and "'pager' is not defined" in msg
+    msg = _load(
+        tmp_path,
+        yaml.safe_dump(
+            {
+                "notifiers": {"desk": {"type": "email", "to": ["a@example.com"]}},
+                "rules": [{**GOOD, "notifiers": ["desk", "pager"]}],
+            }
+        ),
+    )
+    assert (
+        "rule 'neg' (rules[0])" in msg
+        and "field 'notifiers'" in msg
+        and "'pager' is not defined" in msg
+    )
     assert "desk" in msg
 
 
@@ -87,12 +103,19 @@ def test_bad_yaml_names_line_and_column(tmp_path: Path) -> None:
 
 
 def test_several_problems_are_all_reported(tmp_path: Path) -> None:
-    msg = _load(tmp_path, yaml.safe_dump({"rules": [
-        {**GOOD, "windw": "1h"},
-        {**GOOD, "name": "b", "value": 0.5, "resolve": {"value": 0.7}},
-        {**GOOD, "name": "c", "labels": {"rule": "x"}},
-        {**GOOD, "name": "c"},
-    ]}))
+    msg = _load(
+        tmp_path,
+        yaml.safe_dump(
+            {
+                "rules": [
+                    {**GOOD, "windw": "1h"},
+                    {**GOOD, "name": "b", "value": 0.5, "resolve": {"value": 0.7}},
+                    {**GOOD, "name": "c", "labels": {"rule": "x"}},
+                    {**GOOD, "name": "c"},
+                ]
+            }
+        ),
+    )
     assert "field 'windw': unknown field" in msg
     assert "rule 'b' (rules[1])" in msg and "resolve.value (0.7) must be <= value (0.5)" in msg
     assert "rule 'c' (rules[2])" in msg and "reserved" in msg
@@ -106,13 +129,22 @@ def test_missing_file_and_empty_file(tmp_path: Path) -> None:
 
 
 def test_selector_matches_kind_names_and_globs() -> None:
-    rule = parse_rules({"rules": [{**GOOD, "select": {"key_kind": "topic", "names": ["earnings"],
-                                                      "globs": ["energy*"]}}]}).rules[0]
+    rule = parse_rules(
+        {
+            "rules": [
+                {
+                    **GOOD,
+                    "select": {"key_kind": "topic", "names": ["earnings"], "globs": ["energy*"]},
+                }
+            ]
+        }
+    ).rules[0]
     assert rule.select.matches("topic:Earnings") and rule.select.matches("topic:Energy / Oil")
     assert not rule.select.matches("entity:EARNINGS") and not rule.select.matches("topic:Markets")
 
 
 # --- properties ---------------------------------------------------------------------------
+
 
 @given(st.integers(min_value=1, max_value=10**8))
 def test_durations_round_trip(seconds: int) -> None:
@@ -130,15 +162,41 @@ def test_duration_parser_accepts_or_explains(text: str) -> None:
         assert value >= timedelta(0)
 
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=6))
-_fields = st.sampled_from(["name", "kind", "window", "for", "value", "notifiers", "op", "select", "resolve",
-                           "metric", "cooldown", "labels", "ratio", "bogus"])
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=6)
+)
+_fields = st.sampled_from(
+    [
+        "name",
+        "kind",
+        "window",
+        "for",
+        "value",
+        "notifiers",
+        "op",
+        "select",
+        "resolve",
+        "metric",
+        "cooldown",
+        "labels",
+        "ratio",
+        "bogus",
+    ]
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(_fields, st.one_of(_scalars, st.lists(_scalars, max_size=3),
-                                          st.dictionaries(st.text(max_size=5), _scalars, max_size=3)),
-                       max_size=8))
+@given(
+    st.dictionaries(
+        _fields,
+        st.one_of(
+            _scalars,
+            st.lists(_scalars, max_size=3),
+            st.dictionaries(st.text(max_size=5), _scalars, max_size=3),
+        ),
+        max_size=8,
+    )
+)
 def test_arbitrary_rule_documents_load_or_fail_with_rule_error(raw: dict) -> None:
     try:
         ruleset = parse_rules({"rules": [raw]}, source="fuzz.yaml")
@@ -158,14 +216,21 @@ def test_hysteresis_band_is_validated(value: float, gap: float) -> None:
             parse_rules({"rules": [bad]})
 
 
-def _simulate(rule: MemorySurgeRule, values: list[float]) -> list[tuple[datetime, datetime | None, datetime | None]]:
+def _simulate(
+    rule: MemorySurgeRule, values: list[float]
+) -> list[tuple[datetime, datetime | None, datetime | None]]:
     """Run the pure state machine over one value per minute; return (pending, fired, resolved)."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     current = None
     last_resolved = None
     episodes = []
     for i, v in enumerate(values):
-        obs = judge(rule, "entity:X", start + timedelta(minutes=i), {"documents": 1, "negative": 0, "surge_score": v})
+        obs = judge(
+            rule,
+            "entity:X",
+            start + timedelta(minutes=i),
+            {"documents": 1, "negative": 0, "surge_score": v},
+        )
         if current is None and not obs.breach:
             continue
         d = decide(rule, obs, current, last_resolved)
@@ -183,11 +248,25 @@ def _simulate(rule: MemorySurgeRule, values: list[float]) -> list[tuple[datetime
 
 
 @settings(max_examples=300, deadline=None)
-@given(values=st.lists(st.floats(0, 6, allow_nan=False), max_size=60),
-       fire=st.floats(2, 4), gap=st.floats(0, 2), for_min=st.integers(0, 4), cooldown_min=st.integers(0, 10))
-def test_state_machine_guarantees(values: list[float], fire: float, gap: float, for_min: int, cooldown_min: int) -> None:
-    rule = MemorySurgeRule(name="p", kind="memory_surge", window="5m", value=fire, resolve={"value": fire - gap},
-                           notifiers=["webhook"], **{"for": f"{for_min}m", "cooldown": f"{cooldown_min}m"})
+@given(
+    values=st.lists(st.floats(0, 6, allow_nan=False), max_size=60),
+    fire=st.floats(2, 4),
+    gap=st.floats(0, 2),
+    for_min=st.integers(0, 4),
+    cooldown_min=st.integers(0, 10),
+)
+def test_state_machine_guarantees(
+    values: list[float], fire: float, gap: float, for_min: int, cooldown_min: int
+) -> None:
+    rule = MemorySurgeRule(
+        name="p",
+        kind="memory_surge",
+        window="5m",
+        value=fire,
+        resolve={"value": fire - gap},
+        notifiers=["webhook"],
+        **{"for": f"{for_min}m", "cooldown": f"{cooldown_min}m"},
+    )
     start = datetime(2026, 1, 1, tzinfo=UTC)
     at = {start + timedelta(minutes=i): v for i, v in enumerate(values)}
     episodes = _simulate(rule, values)
@@ -197,7 +276,11 @@ def test_state_machine_guarantees(values: list[float], fire: float, gap: float, 
         # the firing condition held at every instant of the pending period and at firing
         assert all(at[t] > fire for t in at if pending <= t <= fired)
         # while firing, values inside the band never resolved it
-        assert all(at[t] > fire - gap for t in at if fired <= t < (resolved or datetime.max.replace(tzinfo=UTC)))
+        assert all(
+            at[t] > fire - gap
+            for t in at
+            if fired <= t < (resolved or datetime.max.replace(tzinfo=UTC))
+        )
         if resolved is not None:
             assert at[resolved] <= fire - gap
         if previous_resolved is not None:
@@ -205,8 +288,12 @@ def test_state_machine_guarantees(values: list[float], fire: float, gap: float, 
         previous_resolved = resolved
 
 
-@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
-       st.sampled_from([1.0, 15.0, 30.0, 60.0, 0.25]))
+@given(
+    st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    ),
+    st.sampled_from([1.0, 15.0, 30.0, 60.0, 0.25]),
+)
 def test_grid_instants_are_shared_by_live_and_backtest(now: datetime, interval: float) -> None:
     t = grid_instant(now, interval)
     assert t <= now < t + timedelta(seconds=interval)
@@ -215,8 +302,14 @@ def test_grid_instants_are_shared_by_live_and_backtest(now: datetime, interval: 
 
 
 def test_threshold_metric_needs_volume() -> None:
-    rule = ThresholdRule(name="t", kind="threshold", window="1h", value=0.5, notifiers=["email"],
-                         select={"min_volume": 10})
+    rule = ThresholdRule(
+        name="t",
+        kind="threshold",
+        window="1h",
+        value=0.5,
+        notifiers=["email"],
+        select={"min_volume": 10},
+    )
     at = datetime(2026, 1, 1, tzinfo=UTC)
     few = judge(rule, "topic:X", at, {"documents": 3, "negative": 3, "negative_share": 1.0})
     many = judge(rule, "topic:X", at, {"documents": 10, "negative": 9, "negative_share": 0.9})

@@ -28,9 +28,16 @@ KEY = "finsent-0123456789abcdef0123456789abcdef"
 
 
 def payload() -> dict[str, Any]:
-    alert = {"labels": {"alertname": "negative-share", "key": "topic:Earnings"}, "annotations": {},
-             "starts_at": "2026-11-20T09:00:00Z", "ends_at": None, "fingerprint": "abc", "value": 0.8,
-             "figures": {}, "group_key": '{rule="negative-share"}'}
+    alert = {
+        "labels": {"alertname": "negative-share", "key": "topic:Earnings"},
+        "annotations": {},
+        "starts_at": "2026-11-20T09:00:00Z",
+        "ends_at": None,
+        "fingerprint": "abc",
+        "value": 0.8,
+        "figures": {},
+        "group_key": '{rule="negative-share"}',
+    }
     return {"event": "firing", "notifier": "hook", "alert": alert, "headlines": []}
 
 
@@ -86,7 +93,9 @@ class DrippingReceiver:
             while len(body) < length:
                 body += conn.recv(65536)
             answer_body = b"x" * 200
-            headers = b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\nX-Padding: " + b"p" * 100 + b"\r\n\r\n"
+            headers = (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\nX-Padding: " + b"p" * 100 + b"\r\n\r\n"
+            )
             try:
                 if self.where == "body":
                     conn.sendall(headers)
@@ -94,7 +103,7 @@ class DrippingReceiver:
                 else:
                     drip = headers + answer_body
                 for i in range(len(drip)):
-                    conn.sendall(drip[i:i + 1])
+                    conn.sendall(drip[i : i + 1])
                     time.sleep(self.interval_s)
             except OSError:
                 self.hung_up.set()
@@ -126,8 +135,12 @@ def test_a_pooled_client_stays_usable_after_a_timed_out_send(http_receiver) -> N
     try:
         with WebhookClient() as client:
             with pytest.raises(DeliveryError):
-                WebhookNotifier(drip.url, secret=SECRET, timeout_s=0.5, client=client).send(payload(), KEY)
-            WebhookNotifier(http_receiver.url, secret=SECRET, timeout_s=5, client=client).send(payload(), KEY)
+                WebhookNotifier(drip.url, secret=SECRET, timeout_s=0.5, client=client).send(
+                    payload(), KEY
+                )
+            WebhookNotifier(http_receiver.url, secret=SECRET, timeout_s=5, client=client).send(
+                payload(), KEY
+            )
     finally:
         drip.close()
     assert len(http_receiver.requests) == 1
@@ -141,7 +154,8 @@ def test_the_send_deadline_is_capped_below_the_delivery_lease(database_url: str)
 
 
 def test_a_dripping_receiver_releases_the_delivery_for_retry_before_its_lease_ends(
-        engine: sa.Engine, database_url: str) -> None:
+    engine: sa.Engine, database_url: str
+) -> None:
     drip = DrippingReceiver("headers")
     settings = alert_settings(database_url, webhook_url=drip.url, lease_s=3.0)
     ruleset = _fire(engine, settings)

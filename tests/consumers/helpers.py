@@ -22,8 +22,26 @@ from pipeline.records import keys_of
 from pipeline.settings import Settings
 
 TICKERS = ("NVLX", "BRWL", "CSTR", "HLXB", "QNTR", "MRVA")
-WORDS = ("shares", "jump", "slide", "after", "earnings", "guidance", "downgrade", "upgrade", "probe",
-         "record", "revenue", "weak", "strong", "demand", "cuts", "raises", "dividend", "deal")
+WORDS = (
+    "shares",
+    "jump",
+    "slide",
+    "after",
+    "earnings",
+    "guidance",
+    "downgrade",
+    "upgrade",
+    "probe",
+    "record",
+    "revenue",
+    "weak",
+    "strong",
+    "demand",
+    "cuts",
+    "raises",
+    "dividend",
+    "deal",
+)
 START = datetime(2026, 3, 2, tzinfo=UTC)
 
 
@@ -38,18 +56,29 @@ def make_documents(n: int, *, seed: int = 0, prefix: str = "t") -> list[Document
             when += timedelta(seconds=rng.randint(1, 90))
         entities = tuple(sorted(set(rng.sample(TICKERS, rng.choice((0, 1, 1, 2))))))
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14)))
-        docs.append(Document(id=f"{prefix}-{seed}-{i:05d}", source="test", published_at=when,
-                             text=f"{' '.join('$' + t for t in entities)} {words}".strip(), entities=entities))
+        docs.append(
+            Document(
+                id=f"{prefix}-{seed}-{i:05d}",
+                source="test",
+                published_at=when,
+                text=f"{' '.join('$' + t for t in entities)} {words}".strip(),
+                entities=entities,
+            )
+        )
     return docs
 
 
-def produce(settings: Settings, docs: Iterable[Document], *, pace_s: float = 0.0, chunk: int = 50) -> int:
+def produce(
+    settings: Settings, docs: Iterable[Document], *, pace_s: float = 0.0, chunk: int = 50
+) -> int:
     """Send documents to the documents topic keyed by id (as the producers do)."""
     producer = make_producer(settings, settings.kafka_bootstrap or "")
     sent = 0
     try:
         for doc in docs:
-            producer.send(settings.kafka_topic_documents, key=doc.id.encode(), value=doc.to_json_bytes())
+            producer.send(
+                settings.kafka_topic_documents, key=doc.id.encode(), value=doc.to_json_bytes()
+            )
             sent += 1
             if pace_s and sent % chunk == 0:
                 producer.flush()
@@ -60,15 +89,21 @@ def produce(settings: Settings, docs: Iterable[Document], *, pace_s: float = 0.0
     return sent
 
 
-def send_raw(settings: Settings, values: Sequence[bytes | None], kafka_topic: str | None = None) -> None:
+def send_raw(
+    settings: Settings, values: Sequence[bytes | None], kafka_topic: str | None = None
+) -> None:
     producer = make_producer(settings, settings.kafka_bootstrap or "")
     for i, value in enumerate(values):
-        producer.send(kafka_topic or settings.kafka_topic_documents, key=f"raw-{i}".encode(), value=value)
+        producer.send(
+            kafka_topic or settings.kafka_topic_documents, key=f"raw-{i}".encode(), value=value
+        )
     producer.flush()
     producer.close()
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.2) -> None:
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
@@ -112,23 +147,31 @@ class RoleThread:
 def expected_ledger(engine: Engine) -> set[tuple[str, str]]:
     """Every (key, document) the stored predictions and entities call for."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT d.id, p.topic, d.entities FROM documents d JOIN latest_predictions p ON p.document_id = d.id"
-        )).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT d.id, p.topic, d.entities FROM documents d JOIN latest_predictions p ON p.document_id = d.id"
+            )
+        ).all()
     return {(key, row.id) for row in rows for key in keys_of(row.topic, row.entities)}
 
 
-def reference_states(engine: Engine, model_dir: Path, settings: Settings,
-                     trace: dict[str, list[tuple[str, np.ndarray]]] | None = None) -> dict[str, np.ndarray]:
+def reference_states(
+    engine: Engine,
+    model_dir: Path,
+    settings: Settings,
+    trace: dict[str, list[tuple[str, np.ndarray]]] | None = None,
+) -> dict[str, np.ndarray]:
     """Each key's state after a clean single run: the memory cell applied to the key's
     documents one at a time in canonical order (event time, document id), from the stored
     predictions. Independent of the trends worker's code."""
     cell = MemoryCell.load(model_dir, settings)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT d.id, d.published_at, d.entities, p.topic, p.topic_confidence, p.p_bearish, p.p_neutral, "
-            "p.p_bullish, p.doc_vector FROM documents d JOIN latest_predictions p ON p.document_id = d.id"
-        )).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT d.id, d.published_at, d.entities, p.topic, p.topic_confidence, p.p_bearish, p.p_neutral, "
+                "p.p_bullish, p.doc_vector FROM documents d JOIN latest_predictions p ON p.document_id = d.id"
+            )
+        ).all()
     per_key: dict[str, list[Any]] = {}
     for row in rows:
         for key in keys_of(row.topic, row.entities):
@@ -140,7 +183,9 @@ def reference_states(engine: Engine, model_dir: Path, settings: Settings,
         prev = None
         for r in docs:
             dt = None if prev is None else (r.published_at - prev).total_seconds()
-            feats = cell.features(r.p_bearish, r.p_neutral, r.p_bullish, r.topic_confidence, r.doc_vector, dt)
+            feats = cell.features(
+                r.p_bearish, r.p_neutral, r.p_bullish, r.topic_confidence, r.doc_vector, dt
+            )
             new_state, _ = cell.update(state[None, :], feats[None, :])
             state = new_state[0]
             prev = r.published_at
@@ -165,16 +210,31 @@ def assert_states_equal_reference(engine: Engine, model_dir: Path, settings: Set
     worst_key = max(diffs, key=lambda k: diffs[k])
     if diffs[worst_key] >= 1e-5:
         with engine.connect() as conn:
-            points = {r.document_id: np.asarray(r.state, dtype=np.float32) for r in conn.execute(
-                sa.text("SELECT document_id, state FROM trend_points WHERE key = :k"), {"k": worst_key})}
+            points = {
+                r.document_id: np.asarray(r.state, dtype=np.float32)
+                for r in conn.execute(
+                    sa.text("SELECT document_id, state FROM trend_points WHERE key = :k"),
+                    {"k": worst_key},
+                )
+            }
         steps = trace[worst_key]
-        first = next((i for i, (doc_id, st) in enumerate(steps)
-                      if float(np.max(np.abs(points[doc_id] - st))) >= 1e-6), None)
-        detail = [(i, steps[i][0], float(np.max(np.abs(points[steps[i][0]] - steps[i][1]))))
-                  for i in range(max(0, (first or 0) - 2), min(len(steps), (first or 0) + 5))]
-        raise AssertionError(f"key states differ from a clean single run by up to {diffs[worst_key]} on "
-                             f"{worst_key} ({len(steps)} documents); first step differing by 1e-6: {first}; "
-                             f"{detail}; keys over 1e-5: {sum(d >= 1e-5 for d in diffs.values())}/{len(diffs)}")
+        first = next(
+            (
+                i
+                for i, (doc_id, st) in enumerate(steps)
+                if float(np.max(np.abs(points[doc_id] - st))) >= 1e-6
+            ),
+            None,
+        )
+        detail = [
+            (i, steps[i][0], float(np.max(np.abs(points[steps[i][0]] - steps[i][1]))))
+            for i in range(max(0, (first or 0) - 2), min(len(steps), (first or 0) + 5))
+        ]
+        raise AssertionError(
+            f"key states differ from a clean single run by up to {diffs[worst_key]} on "
+            f"{worst_key} ({len(steps)} documents); first step differing by 1e-6: {first}; "
+            f"{detail}; keys over 1e-5: {sum(d >= 1e-5 for d in diffs.values())}/{len(diffs)}"
+        )
 
 
 def assert_exactly_once(engine: Engine, n_docs: int) -> None:
@@ -182,9 +242,14 @@ def assert_exactly_once(engine: Engine, n_docs: int) -> None:
     assert count(engine, "SELECT count(*) FROM predictions") == n_docs
     expected = expected_ledger(engine)
     with engine.connect() as conn:
-        ledger = [(r.key, r.document_id) for r in conn.execute(sa.text("SELECT key, document_id FROM applied_documents"))]
+        ledger = [
+            (r.key, r.document_id)
+            for r in conn.execute(sa.text("SELECT key, document_id FROM applied_documents"))
+        ]
         points = count(engine, "SELECT count(*) FROM trend_points")
-        doc_counts = int(conn.execute(sa.text("SELECT coalesce(sum(doc_count), 0) FROM key_state")).scalar() or 0)
+        doc_counts = int(
+            conn.execute(sa.text("SELECT coalesce(sum(doc_count), 0) FROM key_state")).scalar() or 0
+        )
     assert len(ledger) == len(set(ledger))
     assert set(ledger) == expected
     assert points == len(expected)

@@ -22,18 +22,25 @@ def _refresh_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _clock(engine: sa.engine.Engine, group: str, *, missing_wait_s: float = 60.0) -> GroupClock:
-    return GroupClock(engine, group, "docs", max_drift_s=DAY, missing_wait_s=missing_wait_s, role="scorer")
+    return GroupClock(
+        engine, group, "docs", max_drift_s=DAY, missing_wait_s=missing_wait_s, role="scorer"
+    )
 
 
 def test_a_member_may_run_ahead_of_the_slowest_partition_by_the_drift_and_no_more(engine) -> None:
     group = f"g-{uuid.uuid4().hex[:8]}"
     slow, fast = _clock(engine, group), _clock(engine, group)
-    assert slow.limit({0: T0, 1: T0 + timedelta(days=3)}, {0, 1, 2}) is UNKNOWN  # partition 2 unpublished
+    assert (
+        slow.limit({0: T0, 1: T0 + timedelta(days=3)}, {0, 1, 2}) is UNKNOWN
+    )  # partition 2 unpublished
     assert fast.limit({2: T0 + timedelta(days=30)}, {0, 1, 2}) == T0 + timedelta(days=1)
     # the slow member's own limit comes from its fresh heads and the fast member's row
-    assert slow.limit({0: T0 + timedelta(hours=5), 1: T0 + timedelta(days=3)}, {0, 1, 2}) == \
-        T0 + timedelta(hours=5) + timedelta(days=1)
-    assert fast.limit({2: T0 + timedelta(days=30)}, {0, 1, 2}) == T0 + timedelta(hours=5) + timedelta(days=1)
+    assert slow.limit(
+        {0: T0 + timedelta(hours=5), 1: T0 + timedelta(days=3)}, {0, 1, 2}
+    ) == T0 + timedelta(hours=5) + timedelta(days=1)
+    assert fast.limit({2: T0 + timedelta(days=30)}, {0, 1, 2}) == T0 + timedelta(
+        hours=5
+    ) + timedelta(days=1)
 
 
 def test_caught_up_partitions_do_not_hold_anyone(engine) -> None:
@@ -62,6 +69,14 @@ def test_a_revoked_partition_keeps_its_row_for_the_new_owner(engine) -> None:
     # the dead member's row is a lower bound: the new owner of 0 is held by partition 1's row
     assert new.limit({0: T0 + timedelta(days=5)}, {0, 1}) == T0 + timedelta(days=3)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT partition, next_event_at FROM partition_watermarks "
-                                    "WHERE group_id = :g ORDER BY 1"), {"g": group}).all()
-    assert [(r.partition, r.next_event_at) for r in rows] == [(0, T0 + timedelta(days=5)), (1, T0 + timedelta(days=2))]
+        rows = conn.execute(
+            sa.text(
+                "SELECT partition, next_event_at FROM partition_watermarks "
+                "WHERE group_id = :g ORDER BY 1"
+            ),
+            {"g": group},
+        ).all()
+    assert [(r.partition, r.next_event_at) for r in rows] == [
+        (0, T0 + timedelta(days=5)),
+        (1, T0 + timedelta(days=2)),
+    ]

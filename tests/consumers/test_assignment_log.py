@@ -11,10 +11,14 @@ from kafka.structs import TopicPartition
 from consumers.batching import AssignmentLog, PartitionReader
 
 
-def test_assignments_and_revocations_are_logged_with_the_partitions(caplog: pytest.LogCaptureFixture) -> None:
+def test_assignments_and_revocations_are_logged_with_the_partitions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, logger="consumers.batching")
     listener = AssignmentLog("trends")
-    listener.on_partitions_assigned({TopicPartition("finsent.scored", 1), TopicPartition("finsent.scored", 0)})
+    listener.on_partitions_assigned(
+        {TopicPartition("finsent.scored", 1), TopicPartition("finsent.scored", 0)}
+    )
     listener.on_partitions_revoked({TopicPartition("finsent.scored", 0)})
     listener.on_partitions_assigned(set())
     messages = [r.getMessage() for r in caplog.records]
@@ -24,7 +28,9 @@ def test_assignments_and_revocations_are_logged_with_the_partitions(caplog: pyte
     assert messages[2].endswith("(assignment 2): none")
 
 
-def test_reader_drops_revoked_buffers_remembers_where_to_resume_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+def test_reader_drops_revoked_buffers_remembers_where_to_resume_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, logger="consumers.batching")
     merge = PartitionReader(None, lambda record: "", role="scorer")
     tp = TopicPartition("finsent.documents", 0)

@@ -31,8 +31,11 @@ def test_documents_produced_then_an_immediate_stop_are_all_scored_and_trended(
     s = stream_settings
     produce(s, make_documents(300, seed=21))
     bootstrap = s.kafka_bootstrap or ""
-    daemon = Daemon([Trends(s, bootstrap, engine, drain=True), Scorer(s, bootstrap, engine, drain=True)],
-                    shutdown_grace_s=60.0, durable_log=False)
+    daemon = Daemon(
+        [Trends(s, bootstrap, engine, drain=True), Scorer(s, bootstrap, engine, drain=True)],
+        shutdown_grace_s=60.0,
+        durable_log=False,
+    )
     # Stopped before any role has even joined its consumer group: whatever ends up stored
     # is what the drain consumed after the stop.
     daemon.stop.set()
@@ -43,7 +46,9 @@ def test_documents_produced_then_an_immediate_stop_are_all_scored_and_trended(
     assert messages[-1] == "every role stopped cleanly"
     drained = [m for m in messages if m.startswith(("scorer: drained", "trends: drained"))]
     assert [m.split(":")[0] for m in drained] == ["scorer", "trends"]  # data-flow order
-    assert not [r for r in caplog.records if r.name == "consumers.drain" and r.levelno >= logging.WARNING]
+    assert not [
+        r for r in caplog.records if r.name == "consumers.drain" and r.levelno >= logging.WARNING
+    ]
 
 
 class HeldScorer(Scorer):
@@ -77,9 +82,16 @@ def test_grace_too_short_logs_one_warning_naming_the_kafka_topic_and_the_records
     assert len(scorer.batches) == 1  # nothing after the drain gave up
     stored = count(engine, "SELECT count(*) FROM predictions")
     assert stored == scorer.batches[0] < 200
-    warnings = [r.getMessage() for r in caplog.records if r.name == "consumers.drain" and r.levelno >= logging.WARNING]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "consumers.drain" and r.levelno >= logging.WARNING
+    ]
     assert len(warnings) == 1, warnings
-    assert f"{200 - stored} records of Kafka topic {s.kafka_topic_documents} were not consumed" in warnings[0]
+    assert (
+        f"{200 - stored} records of Kafka topic {s.kafka_topic_documents} were not consumed"
+        in warnings[0]
+    )
     assert "embedded broker keeps its log in memory" in warnings[0]
     assert scorer.left_behind == warnings[0]
     messages = [r.getMessage() for r in caplog.records]
@@ -102,7 +114,9 @@ def test_a_drain_gives_up_at_its_deadline_less_a_margin_for_closing() -> None:
     stop.stop_by(time.monotonic() + 0.4)
     assert not view.is_set()  # nothing attached yet: never drained, only the deadline ends it
     assert stop.deadline is not None and view.deadline is not None
-    assert stop.deadline - view.deadline == pytest.approx(0.1, abs=0.02)  # a quarter of what was left
+    assert stop.deadline - view.deadline == pytest.approx(
+        0.1, abs=0.02
+    )  # a quarter of what was left
     while not view.is_set():
         time.sleep(0.01)
     assert time.monotonic() < (stop.deadline or 0)

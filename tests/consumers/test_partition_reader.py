@@ -22,19 +22,36 @@ def _send(settings: Settings, rows: list[tuple[int, str]]) -> None:
     """(partition, event-time text) rows, sent in order to the documents topic."""
     producer = make_producer(settings, settings.kafka_bootstrap or "")
     for i, (partition, when) in enumerate(rows):
-        producer.send(settings.kafka_topic_documents, key=f"k{i}".encode(), value=when.encode(), partition=partition)
+        producer.send(
+            settings.kafka_topic_documents,
+            key=f"k{i}".encode(),
+            value=when.encode(),
+            partition=partition,
+        )
     producer.flush()
     producer.close()
 
 
-def _reader(settings: Settings, *, merge: bool = True, group: str = "reader", **kw: Any) -> PartitionReader:
-    reader = PartitionReader(None, (lambda r: r.value.decode()) if merge else None, role="test", **kw)
-    reader.consumer = make_consumer(settings, settings.kafka_bootstrap or "", settings.group_id(group),
-                                    [settings.kafka_topic_documents], listener=reader, fetch_max_wait_ms=50)
+def _reader(
+    settings: Settings, *, merge: bool = True, group: str = "reader", **kw: Any
+) -> PartitionReader:
+    reader = PartitionReader(
+        None, (lambda r: r.value.decode()) if merge else None, role="test", **kw
+    )
+    reader.consumer = make_consumer(
+        settings,
+        settings.kafka_bootstrap or "",
+        settings.group_id(group),
+        [settings.kafka_topic_documents],
+        listener=reader,
+        fetch_max_wait_ms=50,
+    )
     return reader
 
 
-def _drain(reader: PartitionReader, stop: threading.Event, expected: int, timeout_s: float = 30.0) -> list[Any]:
+def _drain(
+    reader: PartitionReader, stop: threading.Event, expected: int, timeout_s: float = 30.0
+) -> list[Any]:
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(out) < expected and time.monotonic() < deadline:
@@ -45,7 +62,9 @@ def _drain(reader: PartitionReader, stop: threading.Event, expected: int, timeou
     return out
 
 
-def test_records_read_ahead_are_read_again_when_a_rebalance_hands_the_partition_back(settings: Settings) -> None:
+def test_records_read_ahead_are_read_again_when_a_rebalance_hands_the_partition_back(
+    settings: Settings,
+) -> None:
     _send(settings, [(i % 2, f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}") for i in range(200)])
     reader = _reader(settings)
     stop = threading.Event()
@@ -60,7 +79,9 @@ def test_records_read_ahead_are_read_again_when_a_rebalance_hands_the_partition_
         assert reader.total == 0 and reader.seeks >= 1
         rest = _drain(reader, stop, 200 - len(first))
         seen = {(r.partition, r.offset) for r in first + rest}
-        assert seen == {(p, o) for p in (0, 1) for o in range(100)}, "a record read ahead was skipped"
+        assert seen == {(p, o) for p in (0, 1) for o in range(100)}, (
+            "a record read ahead was skipped"
+        )
         for tp in assigned:
             assert reader.consumer.committed(tp) == 100
     finally:
@@ -68,7 +89,13 @@ def test_records_read_ahead_are_read_again_when_a_rebalance_hands_the_partition_
 
 
 def test_a_second_member_joining_loses_nothing_of_the_read_ahead(settings: Settings) -> None:
-    _send(settings, [(i % 2, f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}") for i in range(3000)])
+    _send(
+        settings,
+        [
+            (i % 2, f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}")
+            for i in range(3000)
+        ],
+    )
     stop = threading.Event()
     got: list[Any] = []
     lock = threading.Lock()
@@ -85,7 +112,9 @@ def test_a_second_member_joining_loses_nothing_of_the_read_ahead(settings: Setti
                     reader.commit(batch, "test")
                     if len(got) >= 40:
                         first_batches.set()
-                    time.sleep(0.02)  # a little work per batch, so the second member joins mid-stream
+                    time.sleep(
+                        0.02
+                    )  # a little work per batch, so the second member joins mid-stream
         finally:
             reader.consumer.close(autocommit=False)
 
@@ -95,7 +124,11 @@ def test_a_second_member_joining_loses_nothing_of_the_read_ahead(settings: Setti
     try:
         assert first_batches.wait(30)
         b.start()
-        wait_for(lambda: len({(r.partition, r.offset) for r in got}) == 3000, 90, "every record handed out")
+        wait_for(
+            lambda: len({(r.partition, r.offset) for r in got}) == 3000,
+            90,
+            "every record handed out",
+        )
     finally:
         stop.set()
         a.join(30)
@@ -104,7 +137,9 @@ def test_a_second_member_joining_loses_nothing_of_the_read_ahead(settings: Setti
     assert {(r.partition, r.offset) for r in got} == {(p, o) for p in (0, 1) for o in range(1500)}
 
 
-def test_an_idle_reader_returns_within_the_poll_timeout_and_does_not_spin(settings: Settings) -> None:
+def test_an_idle_reader_returns_within_the_poll_timeout_and_does_not_spin(
+    settings: Settings,
+) -> None:
     reader = _reader(settings)
     stop = threading.Event()
     try:
@@ -143,8 +178,14 @@ def test_commits_name_processed_records_not_the_read_ahead(settings: Settings) -
 def test_a_backlog_leaves_in_event_time_order_across_partitions(settings: Settings) -> None:
     # Partition 0 holds the even seconds, partition 1 the odd ones, sent one partition
     # after the other: the client hands out one partition's backlog before the other's.
-    rows = [(0, f"2026-01-01T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}") for s in range(0, 4000, 2)]
-    rows += [(1, f"2026-01-01T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}") for s in range(1, 4000, 2)]
+    rows = [
+        (0, f"2026-01-01T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}")
+        for s in range(0, 4000, 2)
+    ]
+    rows += [
+        (1, f"2026-01-01T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}")
+        for s in range(1, 4000, 2)
+    ]
     _send(settings, rows)
     reader = _reader(settings)
     try:

@@ -37,9 +37,15 @@ def test_two_thousand_documents_are_stored_once_and_counted_once_per_key(
     try:
         produce(s, docs)
         produce(s, docs[:300])  # re-ingested documents are harmless
-        wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 2000, 90, "2,000 predictions")
+        wait_for(
+            lambda: count(engine, "SELECT count(*) FROM predictions") == 2000,
+            90,
+            "2,000 predictions",
+        )
         with GroupProgress(s.kafka_bootstrap or "") as progress:
-            assert progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=30)
+            assert progress.wait_caught_up(
+                s.group_id("scorer"), s.kafka_topic_documents, timeout_s=30
+            )
             assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=60)
     finally:
         scorer.close()
@@ -47,7 +53,9 @@ def test_two_thousand_documents_are_stored_once_and_counted_once_per_key(
     assert_exactly_once(engine, 2000)
     assert_states_equal_reference(engine, tiny_model_dir, s)
     with engine.connect() as conn:
-        versions = conn.execute(sa.text("SELECT DISTINCT model_version FROM predictions")).scalars().all()
+        versions = (
+            conn.execute(sa.text("SELECT DISTINCT model_version FROM predictions")).scalars().all()
+        )
         latency = conn.execute(sa.text("SELECT min(latency_ms) FROM predictions")).scalar()
     assert versions == ["tiny-0"]
     assert latency is not None and latency > 0

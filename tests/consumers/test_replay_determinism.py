@@ -60,18 +60,55 @@ GRID_S = 3 * 3600.0
 SOURCE = "backfill"
 WAIT_S = 60.0
 
-_TITLES = ("{t} shares {move} after {event}", "{t} {event}: stock {move}", "Analysts react as {t} {move}",
-           "{t} {move} in early trading", "{event} sends {t} {move}")
-_MOVES = ("jump", "slide", "plunge", "rally", "edge higher", "fall", "climb", "tumble", "hold steady", "sink")
-_EVENTS = ("earnings beat", "weak guidance", "SEC probe", "record revenue", "dividend cut", "dividend raise",
-           "product recall", "CEO exit", "buyback plan", "downgrade", "upgrade", "supply deal", "layoffs",
-           "merger talks", "credit downgrade", "strong demand")
-_BODIES = ("The company said {event} would weigh on the quarter.", "Traders pointed to {event} and heavy volume.",
-           "{t} confirmed {event} in a filing on Tuesday.", "Volume was {n} times the daily average.",
-           "Peers moved {move} in sympathy.", "The board will meet next week to discuss {event}.")
+_TITLES = (
+    "{t} shares {move} after {event}",
+    "{t} {event}: stock {move}",
+    "Analysts react as {t} {move}",
+    "{t} {move} in early trading",
+    "{event} sends {t} {move}",
+)
+_MOVES = (
+    "jump",
+    "slide",
+    "plunge",
+    "rally",
+    "edge higher",
+    "fall",
+    "climb",
+    "tumble",
+    "hold steady",
+    "sink",
+)
+_EVENTS = (
+    "earnings beat",
+    "weak guidance",
+    "SEC probe",
+    "record revenue",
+    "dividend cut",
+    "dividend raise",
+    "product recall",
+    "CEO exit",
+    "buyback plan",
+    "downgrade",
+    "upgrade",
+    "supply deal",
+    "layoffs",
+    "merger talks",
+    "credit downgrade",
+    "strong demand",
+)
+_BODIES = (
+    "The company said {event} would weigh on the quarter.",
+    "Traders pointed to {event} and heavy volume.",
+    "{t} confirmed {event} in a filing on Tuesday.",
+    "Volume was {n} times the daily average.",
+    "Peers moved {move} in sympathy.",
+    "The board will meet next week to discuss {event}.",
+)
 
 
 # --- the file ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Backfill:
@@ -120,23 +157,52 @@ def write_backfill(path: Path, model_dir: Path, settings: Settings, *, seed: int
         at = START + timedelta(seconds=rng.randrange(DAYS * 86400))
         tickers = sorted(set(rng.sample(TICKERS, rng.choice((1, 1, 1, 2)))))
         day = (at - START).days
-        episode = next((t for t, first, days in EPISODES if first <= day < first + days and t in tickers), None)
+        episode = next(
+            (t for t, first, days in EPISODES if first <= day < first + days and t in tickers), None
+        )
         title, body = rng.choice(grim[episode] if episode else calm[tickers[0]])
-        rows.append((at, {"id": f"bf-{i:05d}", "published_at": at.isoformat(), "title": title, "text": body,
-                          "entities": ";".join(tickers)}))
+        rows.append(
+            (
+                at,
+                {
+                    "id": f"bf-{i:05d}",
+                    "published_at": at.isoformat(),
+                    "title": title,
+                    "text": body,
+                    "entities": ";".join(tickers),
+                },
+            )
+        )
     for ticker, first, days in EPISODES:  # the episode's burst of coverage
         for j in range(12 * days):
             at = START + timedelta(days=first, seconds=rng.randrange(days * 86400))
             title, body = rng.choice(grim[ticker])
-            rows.append((at, {"id": f"ep-{ticker}-{j:03d}", "published_at": at.isoformat(), "title": title,
-                              "text": body, "entities": ticker}))
+            rows.append(
+                (
+                    at,
+                    {
+                        "id": f"ep-{ticker}-{j:03d}",
+                        "published_at": at.isoformat(),
+                        "title": title,
+                        "text": body,
+                        "entities": ticker,
+                    },
+                )
+            )
     rows.sort(key=lambda r: r[0] + timedelta(hours=rng.uniform(-6, 6)))
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["id", "published_at", "title", "text", "entities"])
         writer.writeheader()
         writer.writerows(r for _, r in rows)
     times = [at for at, _ in rows]
-    return Backfill(path, len(rows), min(times), max(times), float(np.mean(grim_scores)), float(np.mean(calm_scores)))
+    return Backfill(
+        path,
+        len(rows),
+        min(times),
+        max(times),
+        float(np.mean(grim_scores)),
+        float(np.mean(calm_scores)),
+    )
 
 
 def alert_rules(backfill: Backfill, reference_surge: list[float]) -> RuleSet:
@@ -145,25 +211,82 @@ def alert_rules(backfill: Backfill, reference_surge: list[float]) -> RuleSet:
     every replay is judged by the same rules)."""
     level = (backfill.grim_level + backfill.calm_level) / 2
     fire, calm = np.quantile(reference_surge, [0.98, 0.90])
-    return parse_rules({"rules": [
-        {"name": "grim-headlines", "kind": "threshold", "metric": "mean_sentiment",
-         "select": {"key_kind": "entity", "min_volume": 8}, "window": "1d", "op": "<", "value": level,
-         "resolve": {"value": (level + backfill.calm_level) / 2}, "for": "6h", "notifiers": ["log"]},
-        {"name": "memory-surge", "kind": "memory_surge", "select": {"key_kind": "entity", "min_volume": 3},
-         "window": "1d", "op": ">", "value": float(fire), "resolve": {"value": float(calm)}, "for": "3h",
-         "notifiers": ["log"]},
-    ]}, source="test_replay_determinism")
+    return parse_rules(
+        {
+            "rules": [
+                {
+                    "name": "grim-headlines",
+                    "kind": "threshold",
+                    "metric": "mean_sentiment",
+                    "select": {"key_kind": "entity", "min_volume": 8},
+                    "window": "1d",
+                    "op": "<",
+                    "value": level,
+                    "resolve": {"value": (level + backfill.calm_level) / 2},
+                    "for": "6h",
+                    "notifiers": ["log"],
+                },
+                {
+                    "name": "memory-surge",
+                    "kind": "memory_surge",
+                    "select": {"key_kind": "entity", "min_volume": 3},
+                    "window": "1d",
+                    "op": ">",
+                    "value": float(fire),
+                    "resolve": {"value": float(calm)},
+                    "for": "3h",
+                    "notifiers": ["log"],
+                },
+            ]
+        },
+        source="test_replay_determinism",
+    )
 
 
 # --- one replay --------------------------------------------------------------------------
 
-KEY_STATE = ("key", "key_kind", "state", "last_event_at", "last_order_at", "last_document_id", "doc_count",
-             "negative_count", "expected_negative_rate", "surge_score", "model_version")
-TREND_POINTS = ("key", "document_id", "event_at", "order_at", "sentiment", "p_bearish", "p_neutral", "p_bullish",
-                "topic_confidence", "doc_vector", "expected_negative_rate", "surge_score", "doc_count",
-                "negative_count", "state", "model_version")
-PREDICTIONS = ("document_id", "model_version", "topic", "topic_confidence", "sentiment", "p_bearish", "p_neutral",
-               "p_bullish", "doc_vector")
+KEY_STATE = (
+    "key",
+    "key_kind",
+    "state",
+    "last_event_at",
+    "last_order_at",
+    "last_document_id",
+    "doc_count",
+    "negative_count",
+    "expected_negative_rate",
+    "surge_score",
+    "model_version",
+)
+TREND_POINTS = (
+    "key",
+    "document_id",
+    "event_at",
+    "order_at",
+    "sentiment",
+    "p_bearish",
+    "p_neutral",
+    "p_bullish",
+    "topic_confidence",
+    "doc_vector",
+    "expected_negative_rate",
+    "surge_score",
+    "doc_count",
+    "negative_count",
+    "state",
+    "model_version",
+)
+PREDICTIONS = (
+    "document_id",
+    "model_version",
+    "topic",
+    "topic_confidence",
+    "sentiment",
+    "p_bearish",
+    "p_neutral",
+    "p_bullish",
+    "doc_vector",
+)
 #: Per entity key, how much older than one already scored a document was when it was
 #: scored (the out-of-order distance the trends worker has to absorb).
 SCORING_LATENESS = """
@@ -194,18 +317,28 @@ class Replay:
 
     def surge_scores(self) -> list[float]:
         surge = TREND_POINTS.index("surge_score")
-        return [row[surge] for (key, _), row in self.trend_points.items() if key.startswith("entity:")]
+        return [
+            row[surge] for (key, _), row in self.trend_points.items() if key.startswith("entity:")
+        ]
 
     def alerts(self, ruleset: RuleSet, backfill: Backfill) -> list[tuple[Any, ...]]:
         """Every episode the rules raise over this replay's stored data, as a backtest
         steps the live evaluation grid."""
         engine = db.make_engine(self.database_url)
         try:
-            result = run_backtest(engine, ruleset, grid_instant(backfill.first, GRID_S),
-                                  backfill.last + timedelta(days=1), GRID_S)
+            result = run_backtest(
+                engine,
+                ruleset,
+                grid_instant(backfill.first, GRID_S),
+                backfill.last + timedelta(days=1),
+                GRID_S,
+            )
         finally:
             engine.dispose()
-        return [(e.rule_name, e.key, e.pending_since, e.fired_at, e.resolved_at, e.state) for e in result.episodes]
+        return [
+            (e.rule_name, e.key, e.pending_since, e.fired_at, e.resolved_at, e.state)
+            for e in result.episodes
+        ]
 
 
 class _Counter(logging.Handler):
@@ -229,17 +362,24 @@ class Replayer:
     backfill: Backfill
     new_database: Callable[[], str]
 
-    def __call__(self, label: str, *, scorers: int, trends_late: bool, batch: BatchPolicy | None = None) -> Replay:
+    def __call__(
+        self, label: str, *, scorers: int, trends_late: bool, batch: BatchPolicy | None = None
+    ) -> Replay:
         """Produce the whole file through ``finsent ingest replay`` into fresh topics, then
         start ``scorers`` scorers in one group and the trends worker (alongside, or once
         the scorers have swept the backlog); wait until everything is scored and applied."""
         suffix = uuid.uuid4().hex[:8]
-        s = self.base.model_copy(update={
-            "database_url": self.new_database(), "kafka_partitions": PARTITIONS,
-            "kafka_topic_documents": f"finsent.documents.{suffix}", "kafka_topic_scored": f"finsent.scored.{suffix}",
-            "kafka_topic_dlq": f"finsent.dlq.{suffix}", "kafka_group_prefix": f"finsent-{suffix}",
-            **({"batch": batch} if batch is not None else {}),
-        })
+        s = self.base.model_copy(
+            update={
+                "database_url": self.new_database(),
+                "kafka_partitions": PARTITIONS,
+                "kafka_topic_documents": f"finsent.documents.{suffix}",
+                "kafka_topic_scored": f"finsent.scored.{suffix}",
+                "kafka_topic_dlq": f"finsent.dlq.{suffix}",
+                "kafka_group_prefix": f"finsent-{suffix}",
+                **({"batch": batch} if batch is not None else {}),
+            }
+        )
         bootstrap = s.kafka_bootstrap or ""
         ensure_kafka_topics(bootstrap, s.kafka_topics, partitions=PARTITIONS)
         with pytest.MonkeyPatch.context() as env:
@@ -247,8 +387,20 @@ class Replayer:
             env.setenv("FINSENT_KAFKA_TOPIC_SCORED", s.kafka_topic_scored)
             env.setenv("FINSENT_KAFKA_TOPIC_DLQ", s.kafka_topic_dlq)
             env.setenv("FINSENT_KAFKA_PARTITIONS", str(PARTITIONS))
-            assert main(["--kafka-bootstrap", bootstrap, "ingest", "replay", str(self.backfill.path),
-                         "--source", SOURCE]) == 0
+            assert (
+                main(
+                    [
+                        "--kafka-bootstrap",
+                        bootstrap,
+                        "ingest",
+                        "replay",
+                        str(self.backfill.path),
+                        "--source",
+                        SOURCE,
+                    ]
+                )
+                == 0
+            )
         trends_log = logging.getLogger("consumers.trends")
         counter = _Counter("beyond the lateness horizon")
         trends_log.addHandler(counter)
@@ -257,16 +409,25 @@ class Replayer:
         try:
             with GroupProgress(bootstrap) as progress:
                 assert progress.total(s.kafka_topic_documents) == self.backfill.rows
-                workers += [RoleThread(Scorer(s, bootstrap, engine)).start() for _ in range(scorers)]
+                workers += [
+                    RoleThread(Scorer(s, bootstrap, engine)).start() for _ in range(scorers)
+                ]
                 if not trends_late:
                     workers.append(RoleThread(Trends(s, bootstrap, engine)).start())
-                assert progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=WAIT_S,
-                                               min_records=self.backfill.rows), f"{label}: the backlog was not scored"
+                assert progress.wait_caught_up(
+                    s.group_id("scorer"),
+                    s.kafka_topic_documents,
+                    timeout_s=WAIT_S,
+                    min_records=self.backfill.rows,
+                ), f"{label}: the backlog was not scored"
                 if trends_late:
                     workers.append(RoleThread(Trends(s, bootstrap, engine)).start())
-                assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=WAIT_S,
-                                               min_records=1), f"{label}: the scored records were not applied"
-                assert progress.total(s.kafka_topic_dlq) == 0, f"{label}: records were dead-lettered"
+                assert progress.wait_caught_up(
+                    s.group_id("trends"), s.kafka_topic_scored, timeout_s=WAIT_S, min_records=1
+                ), f"{label}: the scored records were not applied"
+                assert progress.total(s.kafka_topic_dlq) == 0, (
+                    f"{label}: records were dead-lettered"
+                )
         finally:
             trends_log.removeHandler(counter)
             for worker in workers:
@@ -274,25 +435,53 @@ class Replayer:
         try:
             assert_exactly_once(engine, self.backfill.rows)
             with engine.connect() as conn:
-                predictions = {r[0]: tuple(r) for r in conn.execute(_select("predictions", PREDICTIONS))}
+                predictions = {
+                    r[0]: tuple(r) for r in conn.execute(_select("predictions", PREDICTIONS))
+                }
                 key_state = {r[0]: tuple(r) for r in conn.execute(_select("key_state", KEY_STATE))}
-                trend_points = {(r[0], r[1]): tuple(r) for r in conn.execute(_select("trend_points", TREND_POINTS))}
-                batches = {frozenset(ids) for ids in conn.execute(sa.text(
-                    "SELECT array_agg(document_id) FROM predictions GROUP BY scored_at")).scalars()}
-                late = int(conn.execute(sa.text(
-                    "SELECT count(*) FROM trend_points WHERE order_at IS DISTINCT FROM event_at")).scalar_one())
+                trend_points = {
+                    (r[0], r[1]): tuple(r)
+                    for r in conn.execute(_select("trend_points", TREND_POINTS))
+                }
+                batches = {
+                    frozenset(ids)
+                    for ids in conn.execute(
+                        sa.text("SELECT array_agg(document_id) FROM predictions GROUP BY scored_at")
+                    ).scalars()
+                }
+                late = int(
+                    conn.execute(
+                        sa.text(
+                            "SELECT count(*) FROM trend_points WHERE order_at IS DISTINCT FROM event_at"
+                        )
+                    ).scalar_one()
+                )
                 lateness = float(conn.execute(sa.text(SCORING_LATENESS)).scalar_one())
         finally:
             engine.dispose()
-        return Replay(label, s.database_url or "", predictions, key_state, trend_points, batches, late,
-                      counter.count, lateness / 86400)
+        return Replay(
+            label,
+            s.database_url or "",
+            predictions,
+            key_state,
+            trend_points,
+            batches,
+            late,
+            counter.count,
+            lateness / 86400,
+        )
 
 
 # --- fixtures (module: the file and the reference replay are shared) ---------------------------
 
+
 @pytest.fixture(scope="module")
-def replayer(kafka_broker: EmbeddedBroker, postgres_admin_url: str, tiny_model_dir: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayer]:
+def replayer(
+    kafka_broker: EmbeddedBroker,
+    postgres_admin_url: str,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Replayer]:
     tmp = tmp_path_factory.mktemp("replay_determinism")
     urls: list[str] = []
 
@@ -303,11 +492,19 @@ def replayer(kafka_broker: EmbeddedBroker, postgres_admin_url: str, tiny_model_d
         return url
 
     with pytest.MonkeyPatch.context() as env:  # no FINSENT_* of the developer's shell
-        for name in [n for n in os.environ if n.startswith("FINSENT_") and n != "FINSENT_TEST_ADMIN_URL"]:
+        for name in [
+            n for n in os.environ if n.startswith("FINSENT_") and n != "FINSENT_TEST_ADMIN_URL"
+        ]:
             env.delenv(name)
-        base = load_settings(kafka_bootstrap=kafka_broker.bootstrap, kafka=TEST_KAFKA, model_dir=tiny_model_dir,
-                             kafka_static_membership=False, model_registry_dir=tmp / "registry",
-                             embedded_pg_dir=tmp / "pg", http_port=0)
+        base = load_settings(
+            kafka_bootstrap=kafka_broker.bootstrap,
+            kafka=TEST_KAFKA,
+            model_dir=tiny_model_dir,
+            kafka_static_membership=False,
+            model_registry_dir=tmp / "registry",
+            embedded_pg_dir=tmp / "pg",
+            http_port=0,
+        )
         backfill = write_backfill(tmp / "backfill.csv", tiny_model_dir, base)
         try:
             yield Replayer(base, backfill, new_database)
@@ -324,8 +521,13 @@ def reference(replayer: Replayer) -> Replay:
 
 # --- the comparison ----------------------------------------------------------------------------
 
-def _compare_rows(name: str, a: dict[Any, tuple[Any, ...]], b: dict[Any, tuple[Any, ...]],
-                  columns: tuple[str, ...]) -> str | None:
+
+def _compare_rows(
+    name: str,
+    a: dict[Any, tuple[Any, ...]],
+    b: dict[Any, tuple[Any, ...]],
+    columns: tuple[str, ...],
+) -> str | None:
     only = set(a) ^ set(b)
     differing = [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
     if not only and not differing:
@@ -336,13 +538,19 @@ def _compare_rows(name: str, a: dict[Any, tuple[Any, ...]], b: dict[Any, tuple[A
             if u == v:
                 continue
             try:
-                d = float(np.max(np.abs(np.asarray(u, dtype=np.float64) - np.asarray(v, dtype=np.float64))))
+                d = float(
+                    np.max(
+                        np.abs(np.asarray(u, dtype=np.float64) - np.asarray(v, dtype=np.float64))
+                    )
+                )
             except (TypeError, ValueError):
                 d = float("nan")
             worst[col] = max(worst.get(col, 0.0), d)
     first = f"; first: {differing[0]}" if differing else ""
-    return (f"{name}: {len(differing)} of {len(set(a) & set(b))} rows differ, {len(only)} rows in one replay only; "
-            f"largest difference per column {({c: float(f'{d:.3g}') for c, d in worst.items()})}{first}")
+    return (
+        f"{name}: {len(differing)} of {len(set(a) & set(b))} rows differ, {len(only)} rows in one replay only; "
+        f"largest difference per column { ({c: float(f'{d:.3g}') for c, d in worst.items()}) }{first}"
+    )
 
 
 def assert_same_outcome(reference: Replay, other: Replay, backfill: Backfill) -> None:
@@ -354,7 +562,8 @@ def assert_same_outcome(reference: Replay, other: Replay, backfill: Backfill) ->
             problems.append(
                 f"{replay.label}: {replay.late_points} trend points applied beyond the lateness horizon "
                 f"({replay.late_warnings} warnings); a key was handed a document {replay.scoring_lateness_days:.1f} "
-                "days older than one already scored")
+                "days older than one already scored"
+            )
     for name, a, b, columns in (
         ("predictions", reference.predictions, other.predictions, PREDICTIONS),
         ("key_state", reference.key_state, other.key_state, KEY_STATE),
@@ -370,9 +579,11 @@ def assert_same_outcome(reference: Replay, other: Replay, backfill: Backfill) ->
     assert {("grim-headlines", f"entity:{t}") for t, _, _ in EPISODES} <= fired, alerts
     assert any(rule == "memory-surge" for rule, _ in fired), alerts
     if alerts != other_alerts:
-        problems.append(f"alerts: {len(alerts)} episodes against {len(other_alerts)}; only in {reference.label}: "
-                        f"{sorted(set(alerts) - set(other_alerts))[:4]}, only in {other.label}: "
-                        f"{sorted(set(other_alerts) - set(alerts))[:4]}")
+        problems.append(
+            f"alerts: {len(alerts)} episodes against {len(other_alerts)}; only in {reference.label}: "
+            f"{sorted(set(alerts) - set(other_alerts))[:4]}, only in {other.label}: "
+            f"{sorted(set(other_alerts) - set(alerts))[:4]}"
+        )
     assert not problems, f"{reference.label} vs {other.label}:\n" + "\n".join(problems)
 
 
@@ -381,8 +592,12 @@ def test_one_scorer_walking_the_backlog_differently_gives_identical_trend_state_
 ) -> None:
     """Other batch boundaries in the scorer and the trends worker, and the trends worker
     starting on a complete scored backlog instead of following the scorer."""
-    other = replayer("one scorer, batches of 20, trends late", scorers=1, trends_late=True,
-                     batch=BatchPolicy(max_size=20, max_wait_ms=200))
+    other = replayer(
+        "one scorer, batches of 20, trends late",
+        scorers=1,
+        trends_late=True,
+        batch=BatchPolicy(max_size=20, max_wait_ms=200),
+    )
     assert_same_outcome(reference, other, replayer.backfill)
 
 

@@ -23,12 +23,19 @@ def items(n: int, seed: int = 0) -> list[ScoredItem]:
     for i in range(n):
         p = [rng.random() for _ in range(3)]
         total = sum(p)
-        out.append(ScoredItem(
-            key="entity:NVLX", document_id=f"d{i:03d}", event_at=START + timedelta(minutes=rng.randint(0, 600)),
-            sentiment=rng.choice(["bearish", "neutral", "bullish"]), p_bearish=p[0] / total,
-            p_neutral=p[1] / total, p_bullish=p[2] / total, topic_confidence=rng.random(),
-            doc_vector=[rng.uniform(-1, 1) for _ in range(16)],
-        ))
+        out.append(
+            ScoredItem(
+                key="entity:NVLX",
+                document_id=f"d{i:03d}",
+                event_at=START + timedelta(minutes=rng.randint(0, 600)),
+                sentiment=rng.choice(["bearish", "neutral", "bullish"]),
+                p_bearish=p[0] / total,
+                p_neutral=p[1] / total,
+                p_bullish=p[2] / total,
+                topic_confidence=rng.random(),
+                doc_vector=[rng.uniform(-1, 1) for _ in range(16)],
+            )
+        )
     return out
 
 
@@ -36,11 +43,15 @@ def copy(item: ScoredItem) -> ScoredItem:
     return ScoredItem(**{**item.__dict__, "order_at": None, "stored": False})
 
 
-def apply_in_batches(trends: Trends, engine: sa.engine.Engine, memory: object, batches: list[list[ScoredItem]]) -> int:
+def apply_in_batches(
+    trends: Trends, engine: sa.engine.Engine, memory: object, batches: list[list[ScoredItem]]
+) -> int:
     applied = 0
     for batch in batches:
         with engine.begin() as conn:
-            applied += trends.apply(conn, memory, {"entity:NVLX": {i.document_id: copy(i) for i in batch}})  # type: ignore[arg-type]
+            applied += trends.apply(
+                conn, memory, {"entity:NVLX": {i.document_id: copy(i) for i in batch}}
+            )  # type: ignore[arg-type]
     return applied
 
 
@@ -65,7 +76,10 @@ def test_any_arrival_order_gives_the_canonical_state_and_counts_each_document_on
     trends = Trends(s, "", engine)
     docs = items(60, seed=seed)
     canonical = sorted(docs, key=lambda i: (i.event_at, i.document_id))
-    assert apply_in_batches(trends, engine, memory, [canonical[i:i + 7] for i in range(0, 60, 7)]) == 60
+    assert (
+        apply_in_batches(trends, engine, memory, [canonical[i : i + 7] for i in range(0, 60, 7)])
+        == 60
+    )
     expected, count, points = state(engine)
     assert (count, points) == (60, 60)
 
@@ -73,7 +87,7 @@ def test_any_arrival_order_gives_the_canonical_state_and_counts_each_document_on
     shuffled = docs[:]
     rng.shuffle(shuffled)
     reset(engine)
-    batches = [shuffled[i:i + 5] for i in range(0, 60, 5)]
+    batches = [shuffled[i : i + 5] for i in range(0, 60, 5)]
     redelivered = [shuffled[rng.randrange(60)] for _ in range(10)]
     assert apply_in_batches(trends, engine, memory, batches + [redelivered]) == 60
     got, count, points = state(engine)
@@ -83,7 +97,10 @@ def test_any_arrival_order_gives_the_canonical_state_and_counts_each_document_on
 
 
 def test_a_document_older_than_the_horizon_is_applied_at_the_current_position(
-    settings: Settings, engine: sa.engine.Engine, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    engine: sa.engine.Engine,
+    tiny_model_dir: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     s = settings.model_copy(update={"model_dir": tiny_model_dir, "lateness_horizon_s": 3600.0})
     memory = load_memory(tiny_model_dir, s)
@@ -95,6 +112,8 @@ def test_a_document_older_than_the_horizon_is_applied_at_the_current_position(
     apply_in_batches(trends, engine, memory, [docs, [late]])
     assert "beyond the lateness horizon" in caplog.text
     with engine.connect() as conn:
-        order_at, event_at = conn.execute(sa.text(
-            "SELECT order_at, event_at FROM trend_points WHERE document_id = :d"), {"d": late.document_id}).one()
+        order_at, event_at = conn.execute(
+            sa.text("SELECT order_at, event_at FROM trend_points WHERE document_id = :d"),
+            {"d": late.document_id},
+        ).one()
     assert order_at == docs[-1].event_at and event_at == late.event_at

@@ -37,7 +37,9 @@ from tests.consumers.helpers import (
 )
 from tests.faults.workers import kill9, start_worker, terminate
 
-ASSIGNED = re.compile(r"partitions assigned [0-9.]+ s after subscribing \(assignment \d+\): (?!none)")
+ASSIGNED = re.compile(
+    r"partitions assigned [0-9.]+ s after subscribing \(assignment \d+\): (?!none)"
+)
 #: Members of one role at most (the topics get this many partitions, so each has work).
 PARTITIONS = 4
 
@@ -57,7 +59,9 @@ class Worker:
 class ChaosResult:
     n_docs: int
     events: list[str] = field(default_factory=list)
-    resume_s: list[float] = field(default_factory=list)  # restarted workers, start → first partitions
+    resume_s: list[float] = field(
+        default_factory=list
+    )  # restarted workers, start → first partitions
     unresumed: int = 0  # restarted workers that lived to the end and never got partitions
     killed_before_resuming: int = 0  # restarted workers killed again before they got partitions
     elapsed_s: float = 0.0
@@ -95,18 +99,36 @@ class _Watcher(threading.Thread):
                     self.assigned[id(w)] = time.monotonic()
 
 
-def run_chaos(settings: Settings, engine: sa.engine.Engine, model_dir: Path, workdir: Path, *, seed: int,
-              n_docs: int = 10_000, scorers: int = 2, trends: int = 2, actions: int = 8,
-              produce_s: float = 25.0, check_states: bool = True, static: bool = True,
-              churn: bool = True) -> ChaosResult:
+def run_chaos(
+    settings: Settings,
+    engine: sa.engine.Engine,
+    model_dir: Path,
+    workdir: Path,
+    *,
+    seed: int,
+    n_docs: int = 10_000,
+    scorers: int = 2,
+    trends: int = 2,
+    actions: int = 8,
+    produce_s: float = 25.0,
+    check_states: bool = True,
+    static: bool = True,
+    churn: bool = True,
+) -> ChaosResult:
     """One chaos run on ``settings``' broker, topics and (empty, migrated) database."""
     rng = random.Random(seed)
     result = ChaosResult(n_docs=n_docs)
     started = time.monotonic()
-    s = settings.model_copy(update={"model_dir": model_dir, "shutdown_grace_s": 15.0, "kafka_static_membership": static,
-                                    "kafka_partitions": PARTITIONS,
-                                    "kafka_topic_documents": settings.kafka_topic_documents + ".chaos",
-                                    "kafka_topic_scored": settings.kafka_topic_scored + ".chaos"})
+    s = settings.model_copy(
+        update={
+            "model_dir": model_dir,
+            "shutdown_grace_s": 15.0,
+            "kafka_static_membership": static,
+            "kafka_partitions": PARTITIONS,
+            "kafka_topic_documents": settings.kafka_topic_documents + ".chaos",
+            "kafka_topic_scored": settings.kafka_topic_scored + ".chaos",
+        }
+    )
     ensure_kafka_topics(s.kafka_bootstrap or "", s.kafka_topics, partitions=PARTITIONS)
     watcher = _Watcher()
     watcher.start()
@@ -131,14 +153,20 @@ def run_chaos(settings: Settings, engine: sa.engine.Engine, model_dir: Path, wor
     docs = make_documents(n_docs, seed=seed)
     chunk = 100
     pace = produce_s / max(1, n_docs // chunk)
-    producer = threading.Thread(target=produce, args=(s, docs), kwargs={"pace_s": pace, "chunk": chunk})
+    producer = threading.Thread(
+        target=produce, args=(s, docs), kwargs={"pace_s": pace, "chunk": chunk}
+    )
     extra = 0
     try:
         producer.start()
         for _ in range(actions):
             time.sleep(rng.uniform(1.5, 3.5))
             action = rng.choice(("kill", "kill", "kill", "join", "leave")) if churn else "kill"
-            roles = [r for r in ("scorer", "trends") if sum(w.role == r for w in live.values()) < PARTITIONS]
+            roles = [
+                r
+                for r in ("scorer", "trends")
+                if sum(w.role == r for w in live.values()) < PARTITIONS
+            ]
             if roles and (action == "join" or (action == "leave" and len(live) <= 2)):
                 role = rng.choice(roles)
                 extra += 1
@@ -149,7 +177,9 @@ def run_chaos(settings: Settings, engine: sa.engine.Engine, model_dir: Path, wor
                 name = rng.choice(sorted(live))
                 w = live.pop(name)
                 code = terminate(w.proc, 30)
-                result.events.append(f"{time.monotonic() - started:5.1f}s leave {name} (exit {code})")
+                result.events.append(
+                    f"{time.monotonic() - started:5.1f}s leave {name} (exit {code})"
+                )
                 if code != 0:
                     raise AssertionError(f"{name} exited {code} on SIGTERM; see {w.log}")
             else:  # kill -9 (or a join that found every role full)
@@ -157,18 +187,26 @@ def run_chaos(settings: Settings, engine: sa.engine.Engine, model_dir: Path, wor
                 kill9(live[name].proc)
                 live[name].killed = True
                 live[name] = launch(live[name].role, name, restarted=True)
-                result.events.append(f"{time.monotonic() - started:5.1f}s kill -9 {name}, restarted")
+                result.events.append(
+                    f"{time.monotonic() - started:5.1f}s kill -9 {name}, restarted"
+                )
         # Every role keeps at least one member to the end.
         for role in ("scorer", "trends"):
             if not any(w.role == role for w in live.values()):
                 live[f"{role}-final"] = launch(role, f"{role}-final")
         producer.join()
-        wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") >= n_docs, 180, "every prediction")
+        wait_for(
+            lambda: count(engine, "SELECT count(*) FROM predictions") >= n_docs,
+            180,
+            "every prediction",
+        )
         with GroupProgress(s.kafka_bootstrap or "") as progress:
-            assert progress.wait_caught_up(s.group_id("scorer"), s.kafka_topic_documents, timeout_s=120), \
-                "the scorer group did not commit every document"
-            assert progress.wait_caught_up(s.group_id("trends"), s.kafka_topic_scored, timeout_s=120), \
-                "the trends group did not commit every scored record"
+            assert progress.wait_caught_up(
+                s.group_id("scorer"), s.kafka_topic_documents, timeout_s=120
+            ), "the scorer group did not commit every document"
+            assert progress.wait_caught_up(
+                s.group_id("trends"), s.kafka_topic_scored, timeout_s=120
+            ), "the trends group did not commit every scored record"
         for name, w in live.items():
             code = terminate(w.proc, 30)
             assert code == 0, f"{name} did not exit 0 on SIGTERM; see {w.log}"
@@ -180,8 +218,12 @@ def run_chaos(settings: Settings, engine: sa.engine.Engine, model_dir: Path, wor
         for w in workers[-6:]:
             lines = w.log.read_text(errors="replace").splitlines()[-8:] if w.log.exists() else []
             tails.append(f"--- {w.log.name}:\n" + "\n".join(lines))
-        result.error = (f"{exc}\npredictions {count(engine, 'SELECT count(*) FROM predictions')} of {n_docs}\n"
-                        + "\n".join(result.events) + "\n" + "\n".join(tails))
+        result.error = (
+            f"{exc}\npredictions {count(engine, 'SELECT count(*) FROM predictions')} of {n_docs}\n"
+            + "\n".join(result.events)
+            + "\n"
+            + "\n".join(tails)
+        )
     finally:
         watcher.stop.set()
         watcher.join(5)

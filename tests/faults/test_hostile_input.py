@@ -43,14 +43,25 @@ VALID = [
 ]
 
 
-def read_topic(bootstrap: str, kafka_topic: str, expected: int, timeout_s: float = 30.0) -> list[dict[str, object]]:
+def read_topic(
+    bootstrap: str, kafka_topic: str, expected: int, timeout_s: float = 30.0
+) -> list[dict[str, object]]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(kafka_topic, p) for p in sorted(consumer.partitions_for_topic(kafka_topic) or [])]
+    tps = [
+        TopicPartition(kafka_topic, p)
+        for p in sorted(consumer.partitions_for_topic(kafka_topic) or [])
+    ]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     out: list[dict[str, object]] = []
-    wait_for(lambda: out.extend(json.loads(r.value) for rs in consumer.poll(200).values() for r in rs)
-             or len(out) >= expected, timeout_s, f"{expected} records on {kafka_topic}")
+    wait_for(
+        lambda: (
+            out.extend(json.loads(r.value) for rs in consumer.poll(200).values() for r in rs)
+            or len(out) >= expected
+        ),
+        timeout_s,
+        f"{expected} records on {kafka_topic}",
+    )
     consumer.close()
     return out
 
@@ -65,8 +76,14 @@ def test_hostile_records_are_dead_lettered_with_reasons_and_the_scorer_keeps_goi
     try:
         send_raw(s, [value for value, _ in HOSTILE] + VALID + garbage)
         produce(s, make_documents(50, seed=2))
-        wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 53, 60, "the valid documents")
-        letters = read_topic(s.kafka_bootstrap or "", s.kafka_topic_dlq, len(HOSTILE) + len(garbage))
+        wait_for(
+            lambda: count(engine, "SELECT count(*) FROM predictions") == 53,
+            60,
+            "the valid documents",
+        )
+        letters = read_topic(
+            s.kafka_bootstrap or "", s.kafka_topic_dlq, len(HOSTILE) + len(garbage)
+        )
         assert scorer.thread.is_alive()
     finally:
         scorer.close()
@@ -80,7 +97,9 @@ def test_hostile_records_are_dead_lettered_with_reasons_and_the_scorer_keeps_goi
     for _, expected in HOSTILE:
         assert expected in reasons
     with engine.connect() as conn:
-        big = conn.execute(sa.text("SELECT length(text) FROM documents WHERE id = 'h-big'")).scalar()
+        big = conn.execute(
+            sa.text("SELECT length(text) FROM documents WHERE id = 'h-big'")
+        ).scalar()
         html = conn.execute(sa.text("SELECT text FROM documents WHERE id = 'h-html'")).scalar()
         nul = conn.execute(sa.text("SELECT text FROM documents WHERE id = 'h-nul'")).scalar()
     assert big is not None and big <= s.max_text_chars

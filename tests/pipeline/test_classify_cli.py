@@ -42,7 +42,9 @@ def test_csv_keeps_input_columns_and_adds_predictions(tiny_model_dir: Path, tmp_
 
 def test_jsonl_in_and_out(tiny_model_dir: Path, tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
-    src.write_text('{"text": "Gold rallies", "meta": {"k": 1}}\n\n{"text": "Oil slides", "meta": null}\n')
+    src.write_text(
+        '{"text": "Gold rallies", "meta": {"k": 1}}\n\n{"text": "Oil slides", "meta": null}\n'
+    )
     out = tmp_path / "out.jsonl"
     assert _run(tiny_model_dir, str(src), "--output", str(out)) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -50,7 +52,9 @@ def test_jsonl_in_and_out(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert rows[0]["meta"] == {"k": 1} and set(OUTPUT_COLUMNS) <= set(rows[0])
 
 
-def test_missing_column_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_column_is_a_clear_error(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "in.csv"
     src.write_text("id,body\n1,hello\n")
     assert _run(tiny_model_dir, str(src), "--output", str(tmp_path / "o.csv")) == 2
@@ -59,9 +63,13 @@ def test_missing_column_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path, c
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_unreadable_or_malformed_input_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(tiny_model_dir, str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o.csv")) == 2
+def test_unreadable_or_malformed_input_is_a_clear_error(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        _run(tiny_model_dir, str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o.csv"))
+        == 2
+    )
     assert "cannot read" in capsys.readouterr().err
     binary = tmp_path / "bin.csv"
     binary.write_bytes(b"\xff\xfe\x00text\n")
@@ -75,8 +83,19 @@ def test_unreadable_or_malformed_input_is_a_clear_error(tiny_model_dir: Path, tm
     assert "use a .csv or .jsonl" in capsys.readouterr().err
 
 
-def test_missing_model_directory_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_model_directory_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "in.csv"
     src.write_text("text\nhello\n")
-    code = main(["--model-dir", str(tmp_path / "nomodel"), "classify", str(src), "--output", str(tmp_path / "o.csv")])
+    code = main(
+        [
+            "--model-dir",
+            str(tmp_path / "nomodel"),
+            "classify",
+            str(src),
+            "--output",
+            str(tmp_path / "o.csv"),
+        ]
+    )
     assert code == 2 and "FINSENT_MODEL_DIR" in capsys.readouterr().err

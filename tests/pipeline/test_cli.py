@@ -12,8 +12,21 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("db", "run", "demo", "worker", "ingest", "classify", "train", "export",
-                    "models", "retrain", "alerts", "label", "status"):
+    for command in (
+        "db",
+        "run",
+        "demo",
+        "worker",
+        "ingest",
+        "classify",
+        "train",
+        "export",
+        "models",
+        "retrain",
+        "alerts",
+        "label",
+        "status",
+    ):
         assert command in out
 
 
@@ -42,7 +55,9 @@ def _closed_port_url() -> str:
     return f"postgresql+psycopg://finsent:db-pa55word@127.0.0.1:{free_port()}/finsent"
 
 
-@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["db", "status"], ["db", "downgrade", "base"]])
+@pytest.mark.parametrize(
+    "argv", [["status"], ["status", "--json"], ["db", "status"], ["db", "downgrade", "base"]]
+)
 def test_an_unreachable_database_is_one_line_naming_the_variable_and_exit_2(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -50,7 +65,9 @@ def test_an_unreachable_database_is_one_line_naming_the_variable_and_exit_2(
     captured = capsys.readouterr()
     assert captured.out == ""
     (line,) = captured.err.splitlines()
-    assert line.startswith("finsent: error: cannot connect to the database postgresql+psycopg://finsent:***@127.0.0.1:")
+    assert line.startswith(
+        "finsent: error: cannot connect to the database postgresql+psycopg://finsent:***@127.0.0.1:"
+    )
     assert "FINSENT_DATABASE_URL" in line and "Start PostgreSQL" in line
     assert "db-pa55word" not in captured.err
 
@@ -63,8 +80,14 @@ def test_status_of_an_unreachable_database_prints_no_traceback_from_the_shell() 
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
     env["FINSENT_DATABASE_URL"] = _closed_port_url()
-    done = subprocess.run([sys.executable, "-m", "finsent.cli", "status"], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2], timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
     assert "FINSENT_DATABASE_URL" in done.stderr and "db-pa55word" not in done.stderr + done.stdout

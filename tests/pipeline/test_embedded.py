@@ -40,7 +40,9 @@ def test_message_produced_is_consumed_by_a_consumer_group(kafka_broker: Embedded
     assert received == sent
 
 
-def test_project_kafka_topics_are_created_with_configured_partitions(kafka_broker: EmbeddedBroker) -> None:
+def test_project_kafka_topics_are_created_with_configured_partitions(
+    kafka_broker: EmbeddedBroker,
+) -> None:
     from kafka import KafkaConsumer
 
     name = f"finsent.parts.{uuid.uuid4().hex[:8]}"

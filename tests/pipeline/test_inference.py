@@ -14,7 +14,13 @@ from pipeline.inference import SENTIMENTS, TOPICS, Classifier, MemoryCell, load_
 from pipeline.settings import load_settings
 
 CPU = load_settings(ort_providers=("CPUExecutionProvider",))
-TEXTS = ["$AAPL falls 5% after earnings miss https://t.co/x", "Fed holds rates", "", "a " * 400, "Gold &amp; silver rally"]
+TEXTS = [
+    "$AAPL falls 5% after earnings miss https://t.co/x",
+    "Fed holds rates",
+    "",
+    "a " * 400,
+    "Gold &amp; silver rally",
+]
 
 
 def test_classify_returns_one_prediction_per_text_in_order(tiny_model_dir: Path) -> None:
@@ -43,7 +49,9 @@ def test_unavailable_providers_fall_back_to_cpu(tiny_model_dir: Path) -> None:
     assert Classifier.load(tiny_model_dir, settings).provider == "CPUExecutionProvider"
 
 
-def test_missing_or_broken_model_directory_raises_model_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_missing_or_broken_model_directory_raises_model_error(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     with pytest.raises(ModelError, match="no manifest.json"):
         Classifier.load(tmp_path, CPU)
     broken = tmp_path / "broken"
@@ -72,8 +80,14 @@ def test_memory_state_round_trips_through_onnx(tiny_model_dir: Path, tmp_path: P
     t_states = torch.zeros(2, cell.state_dim)
     rng = np.random.default_rng(0)
     for step in range(5):
-        feats = np.stack([cell.features(0.2, 0.5, 0.3, 0.9, rng.normal(size=16), None if step == 0 else 600.0 * k)
-                          for k in (1, 2)])
+        feats = np.stack(
+            [
+                cell.features(
+                    0.2, 0.5, 0.3, 0.9, rng.normal(size=16), None if step == 0 else 600.0 * k
+                )
+                for k in (1, 2)
+            ]
+        )
         states, outputs = cell.update(states, feats)  # the caller keeps the state and feeds it back
         with torch.no_grad():
             t_states, t_out = net(t_states, torch.from_numpy(feats))

@@ -10,7 +10,9 @@ from kafka.errors import Cancelled, KafkaConnectionError
 import pipeline.kafka_io  # noqa: F401  (installs the filter)
 
 
-def test_cancelled_metadata_refresh_on_close_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+def test_cancelled_metadata_refresh_on_close_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="kafka.cluster")
     logging.getLogger("kafka.cluster").error("Metadata refresh: failed %s", Cancelled())
     assert [r.levelname for r in caplog.records] == ["DEBUG"]
@@ -18,6 +20,8 @@ def test_cancelled_metadata_refresh_on_close_is_not_an_error(caplog: pytest.LogC
 
 def test_other_metadata_refresh_failures_stay_errors(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="kafka.cluster")
-    logging.getLogger("kafka.cluster").error("Metadata refresh: failed %s", KafkaConnectionError("refused"))
+    logging.getLogger("kafka.cluster").error(
+        "Metadata refresh: failed %s", KafkaConnectionError("refused")
+    )
     logging.getLogger("kafka.cluster").error("Metadata refresh: failed %s", Cancelled())
     assert [r.levelname for r in caplog.records] == ["ERROR"]

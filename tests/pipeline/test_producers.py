@@ -22,10 +22,16 @@ from pipeline.producers.base import IterableSource
 from pipeline.settings import Settings
 
 
-def read_topic(bootstrap: str, kafka_topic: str, timeout_s: float = 15.0) -> list[tuple[bytes | None, dict]]:
+def read_topic(
+    bootstrap: str, kafka_topic: str, timeout_s: float = 15.0
+) -> list[tuple[bytes | None, dict]]:
     """Every record of ``kafka_topic`` from the beginning to its current end: (key, JSON value)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     try:
         deadline = time.monotonic() + timeout_s
         partitions = consumer.partitions_for_topic(kafka_topic)
@@ -49,7 +55,9 @@ def read_topic(bootstrap: str, kafka_topic: str, timeout_s: float = 15.0) -> lis
 
 def _doc(i: int, text: str = "Boeing shares fall") -> Document:
     published = datetime(2024, 5, 1, 12, i % 60, tzinfo=UTC)
-    return Document(id=make_document_id("unit", guid=str(i)), source="unit", published_at=published, text=text)
+    return Document(
+        id=make_document_id("unit", guid=str(i)), source="unit", published_at=published, text=text
+    )
 
 
 def test_documents_are_keyed_by_id_and_tagged_with_watchlist_entities(settings: Settings) -> None:
@@ -69,9 +77,14 @@ def test_documents_are_keyed_by_id_and_tagged_with_watchlist_entities(settings: 
     assert by_id[docs[2].id][1]["entities"] == []
 
 
-def test_rejected_items_reach_the_dead_letter_topic_with_reason_and_payload(settings: Settings) -> None:
+def test_rejected_items_reach_the_dead_letter_topic_with_reason_and_payload(
+    settings: Settings,
+) -> None:
     bootstrap = settings.kafka_bootstrap or ""
-    items = [_doc(1), Rejected("x.csv line 2: no text", origin="x.csv line 2", payload=b"\xff\xfe bad")]
+    items = [
+        _doc(1),
+        Rejected("x.csv line 2: no text", origin="x.csv line 2", payload=b"\xff\xfe bad"),
+    ]
     with DocumentProducer(settings, bootstrap, stage="ingest:replay") as producer:
         counts = run_source(IterableSource(items), producer)
     assert (counts.sent, counts.dead_lettered, counts.failed) == (1, 1, 0)
@@ -85,7 +98,9 @@ def test_rejected_items_reach_the_dead_letter_topic_with_reason_and_payload(sett
 
 def test_unreachable_broker_is_a_broker_error_that_says_what_to_check(settings: Settings) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    quick = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"request_timeout_ms": 1000})})
+    quick = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"request_timeout_ms": 1000})}
+    )
     started = time.monotonic()
     with pytest.raises(BrokerError, match="FINSENT_KAFKA_BOOTSTRAP"):
         DocumentProducer(quick, dead)

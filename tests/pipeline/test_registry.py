@@ -16,8 +16,12 @@ def fake_model_dir(root: Path, version: str) -> Path:
     """A directory with every file a manifest names (contents do not matter to the registry)."""
     path = root / version
     path.mkdir(parents=True)
-    manifest = {"version": version, "classifier": {"cpu": "classifier.int8.onnx", "gpu": "classifier.onnx"},
-                "memory": {"file": "memory.onnx"}, "tokenizer": "tokenizer.json"}
+    manifest = {
+        "version": version,
+        "classifier": {"cpu": "classifier.int8.onnx", "gpu": "classifier.onnx"},
+        "memory": {"file": "memory.onnx"},
+        "tokenizer": "tokenizer.json",
+    }
     (path / "manifest.json").write_text(json.dumps(manifest))
     for name in ("classifier.int8.onnx", "classifier.onnx", "memory.onnx", "tokenizer.json"):
         (path / name).write_bytes(b"x")
@@ -35,7 +39,9 @@ def statuses(engine: sa.Engine) -> dict[str, str]:
     return {v.version: v.status for v in registry.list_versions(engine)}
 
 
-def test_promote_makes_one_champion_and_retires_the_previous(engine: sa.Engine, tmp_path: Path) -> None:
+def test_promote_makes_one_champion_and_retires_the_previous(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     register(engine, tmp_path, "v1")
     register(engine, tmp_path, "v2")
     assert registry.current_champion(engine) is None
@@ -45,10 +51,16 @@ def test_promote_makes_one_champion_and_retires_the_previous(engine: sa.Engine, 
         registry.promote(conn, "v2")
     assert statuses(engine) == {"v1": "retired", "v2": "champion"}
     champion = registry.current_champion(engine)
-    assert champion is not None and champion.version == "v2" and champion.metrics["sentiment"]["macro_f1"] == 0.5
+    assert (
+        champion is not None
+        and champion.version == "v2"
+        and champion.metrics["sentiment"]["macro_f1"] == 0.5
+    )
 
 
-def test_rollback_restores_the_previous_champion_and_never_flips_back(engine: sa.Engine, tmp_path: Path) -> None:
+def test_rollback_restores_the_previous_champion_and_never_flips_back(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     for v in ("v1", "v2", "v3"):
         register(engine, tmp_path, v)
         with engine.begin() as conn:
@@ -73,7 +85,10 @@ def test_rollback_without_a_champion_says_so(engine: sa.Engine) -> None:
 def test_incomplete_or_unknown_versions_are_refused(engine: sa.Engine, tmp_path: Path) -> None:
     path = fake_model_dir(tmp_path, "half")
     (path / "classifier.int8.onnx").unlink()
-    with engine.begin() as conn, pytest.raises(ModelError, match="incomplete.*classifier.int8.onnx"):
+    with (
+        engine.begin() as conn,
+        pytest.raises(ModelError, match="incomplete.*classifier.int8.onnx"),
+    ):
         registry.register_version(conn, "half", path, {})
     with engine.begin() as conn, pytest.raises(ModelError, match="no manifest"):
         registry.register_version(conn, "empty", tmp_path / "nothing", {})

@@ -73,16 +73,30 @@ def rss_feed(items: list[tuple[str, str, str]]) -> bytes:
     parts = []
     for i, (guid, title, body) in enumerate(items):
         hour = 12 - i
-        parts.append(RSS_ITEM.format(title=title, slug=guid, guid=guid, body=body,
-                                     date=f"Wed, 01 May 2024 {hour:02d}:00:00 GMT"))
+        parts.append(
+            RSS_ITEM.format(
+                title=title,
+                slug=guid,
+                guid=guid,
+                body=body,
+                date=f"Wed, 01 May 2024 {hour:02d}:00:00 GMT",
+            )
+        )
     return RSS.format(items="".join(parts)).encode()
 
 
 def atom_feed(items: list[tuple[str, str, str]]) -> bytes:
     parts = []
     for i, (guid, title, body) in enumerate(items):
-        parts.append(ATOM_ENTRY.format(title=title, slug=guid, guid=guid, body=body,
-                                       date=f"2024-05-01T{12 - i:02d}:30:00+02:00"))
+        parts.append(
+            ATOM_ENTRY.format(
+                title=title,
+                slug=guid,
+                guid=guid,
+                body=body,
+                date=f"2024-05-01T{12 - i:02d}:30:00+02:00",
+            )
+        )
     return ATOM.format(entries="".join(parts)).encode()
 
 
@@ -124,9 +138,17 @@ def feed_server() -> Iterator[FeedServer]:
                 if feed.delay_s:
                     time.sleep(feed.delay_s)
                 status, body = feed.status, feed.body
-                if status == 200 and feed.conditional and (
+                if (
+                    status == 200
+                    and feed.conditional
+                    and (
                         headers.get("if-none-match") == feed.etag
-                        or (headers.get("if-modified-since") == feed.last_modified and "if-none-match" not in headers)):
+                        or (
+                            headers.get("if-modified-since") == feed.last_modified
+                            and "if-none-match" not in headers
+                        )
+                    )
+                ):
                     status, body = 304, b""
             server.requests.append((self.path, headers, status))
             try:
@@ -160,17 +182,22 @@ def quick(settings: Settings, **feeds: object) -> Settings:
 
 
 def documents(settings: Settings) -> list[Document]:
-    return [Document.model_validate(v)
-            for _, v in read_topic(settings.kafka_bootstrap or "", settings.kafka_topic_documents)]
+    return [
+        Document.model_validate(v)
+        for _, v in read_topic(settings.kafka_bootstrap or "", settings.kafka_topic_documents)
+    ]
 
 
-FIRST = [("m-3", "Boeing shares slide", "Boeing fell 3% after new 737 MAX inspections."),
-         ("m-2", "Apple unveils buyback", "Apple announced a $110bn buyback &amp; a dividend raise."),
-         ("m-1", "Markets open flat", "Stocks opened flat ahead of the Fed decision.")]
+FIRST = [
+    ("m-3", "Boeing shares slide", "Boeing fell 3% after new 737 MAX inspections."),
+    ("m-2", "Apple unveils buyback", "Apple announced a $110bn buyback &amp; a dividend raise."),
+    ("m-1", "Markets open flat", "Stocks opened flat ahead of the Fed decision."),
+]
 
 
 def test_rss_and_atom_entries_become_documents_with_guid_ids_and_published_times(
-        settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer) -> None:
+    settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer
+) -> None:
     feed_server.feeds["/rss.xml"] = Feed(rss_feed(FIRST))
     feed_server.feeds["/atom.xml"] = Feed(atom_feed(FIRST[:2]), content_type="application/atom+xml")
     # One partition, so the order read back is the order the poller sent.
@@ -179,7 +206,9 @@ def test_rss_and_atom_entries_become_documents_with_guid_ids_and_published_times
     s = quick(settings.model_copy(update={"kafka_topic_documents": single}))
     urls = [feed_server.url("/rss.xml"), feed_server.url("/atom.xml")]
     watchlist = Watchlist.from_mapping({"BA": ["Boeing"], "AAPL": ["Apple"]})
-    with DocumentProducer(s, s.kafka_bootstrap or "", stage="ingest:rss", watchlist=watchlist) as producer:
+    with DocumentProducer(
+        s, s.kafka_bootstrap or "", stage="ingest:rss", watchlist=watchlist
+    ) as producer:
         poller = RssPoller(s, producer, engine, urls)
         results = poller.poll_all()
         poller.close()
@@ -194,8 +223,12 @@ def test_rss_and_atom_entries_become_documents_with_guid_ids_and_published_times
     assert boeing.url == "https://news.example.com/m-3" and boeing.author == "Markets Desk"
     assert boeing.text == "Boeing fell 3% after new 737 MAX inspections. Read more"  # HTML gone
     assert boeing.entities == ("BA",) and boeing.language == "en-us"
-    assert rss["Apple unveils buyback"].text.startswith("Apple announced a $110bn buyback & a dividend")
-    assert atom["Boeing shares slide"].published_at == datetime(2024, 5, 1, 10, 30, tzinfo=UTC)  # +02:00
+    assert rss["Apple unveils buyback"].text.startswith(
+        "Apple announced a $110bn buyback & a dividend"
+    )
+    assert atom["Boeing shares slide"].published_at == datetime(
+        2024, 5, 1, 10, 30, tzinfo=UTC
+    )  # +02:00
     assert atom["Boeing shares slide"].author == "Jane Analyst"
     # Oldest first: event time increases within each feed's batch.
     rss_order = [d.title for d in docs if d.source == feed_source_name(urls[0])]
@@ -207,8 +240,9 @@ def test_rss_and_atom_entries_become_documents_with_guid_ids_and_published_times
     assert cursor.last_error is None
 
 
-def test_unchanged_feed_is_a_304_and_sends_nothing(settings: Settings, engine: sa.engine.Engine,
-                                                   feed_server: FeedServer) -> None:
+def test_unchanged_feed_is_a_304_and_sends_nothing(
+    settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer
+) -> None:
     feed_server.feeds["/rss.xml"] = Feed(rss_feed(FIRST))
     s = quick(settings)
     with DocumentProducer(s, s.kafka_bootstrap or "", stage="ingest:rss") as producer:
@@ -225,8 +259,9 @@ def test_unchanged_feed_is_a_304_and_sends_nothing(settings: Settings, engine: s
 
 
 @pytest.mark.parametrize("conditional", [True, False], ids=["etag-feed", "feed-without-etag"])
-def test_restart_does_not_resend_old_items_and_sends_a_new_one(settings: Settings, engine: sa.engine.Engine,
-                                                               feed_server: FeedServer, conditional: bool) -> None:
+def test_restart_does_not_resend_old_items_and_sends_a_new_one(
+    settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer, conditional: bool
+) -> None:
     feed_server.feeds["/rss.xml"] = Feed(rss_feed(FIRST), conditional=conditional)
     s = quick(settings)
     url = feed_server.url("/rss.xml")
@@ -238,8 +273,10 @@ def test_restart_does_not_resend_old_items_and_sends_a_new_one(settings: Setting
     with DocumentProducer(s, s.kafka_bootstrap or "", stage="ingest:rss") as producer:
         again = RssPoller(s, producer, engine, [url])
         assert again.poll_all()[0].sent == 0
-        feed_server.feeds["/rss.xml"] = Feed(rss_feed([("m-4", "Tesla recalls cars", "Tesla recalls 10k cars.")]
-                                                      + FIRST), conditional=conditional)
+        feed_server.feeds["/rss.xml"] = Feed(
+            rss_feed([("m-4", "Tesla recalls cars", "Tesla recalls 10k cars.")] + FIRST),
+            conditional=conditional,
+        )
         result = again.poll_all()[0]
         again.close()
     assert result.outcome == "new" and result.sent == 1
@@ -248,13 +285,19 @@ def test_restart_does_not_resend_old_items_and_sends_a_new_one(settings: Setting
 
 
 def test_a_failing_feed_does_not_stop_the_others_and_is_retried_with_backoff(
-        settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer) -> None:
+    settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer
+) -> None:
     feed_server.feeds["/good.xml"] = Feed(rss_feed(FIRST[:1]))
     feed_server.feeds["/error.xml"] = Feed(b"oops", status=500)
     feed_server.feeds["/slow.xml"] = Feed(rss_feed(FIRST), delay_s=3.5)
-    feed_server.feeds["/garbage.xml"] = Feed(b"\x00\x01 this is not xml at all {", content_type="text/html")
+    feed_server.feeds["/garbage.xml"] = Feed(
+        b"\x00\x01 this is not xml at all {", content_type="text/html"
+    )
     s = quick(settings, timeout_s=1.5)
-    urls = {name: feed_server.url(f"/{name}.xml") for name in ("good", "error", "slow", "garbage", "missing")}
+    urls = {
+        name: feed_server.url(f"/{name}.xml")
+        for name in ("good", "error", "slow", "garbage", "missing")
+    }
     with DocumentProducer(s, s.kafka_bootstrap or "", stage="ingest:rss") as producer:
         poller = RssPoller(s, producer, engine, list(urls.values()))
         outcomes = {r.feed_url: r for r in poller.poll_due()}
@@ -265,7 +308,9 @@ def test_a_failing_feed_does_not_stop_the_others_and_is_retried_with_backoff(
         assert "Timeout" in (outcomes[urls["slow"]].error or "")
         assert "not a readable RSS/Atom feed" in (outcomes[urls["garbage"]].error or "")
         assert "HTTP 404" in (outcomes[urls["missing"]].error or "")
-        feed_server.feeds["/slow.xml"] = Feed(b"down", status=503)  # keep the rest of the test quick
+        feed_server.feeds["/slow.xml"] = Feed(
+            b"down", status=503
+        )  # keep the rest of the test quick
         store = FeedCursorStore(engine)
         assert "HTTP 500" in (store.load(urls["error"]).last_error or "")
         assert store.load(urls["error"]).seen_ids == []
@@ -294,13 +339,20 @@ def test_a_failing_feed_does_not_stop_the_others_and_is_retried_with_backoff(
 
 
 def test_cursor_is_not_committed_when_kafka_does_not_take_the_records(
-        settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer) -> None:
+    settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer
+) -> None:
     feed_server.feeds["/rss.xml"] = Feed(rss_feed(FIRST))
     s = quick(settings)
     url = feed_server.url("/rss.xml")
     with EmbeddedBroker() as doomed:
-        kafka = make_producer(s, doomed.bootstrap, max_block_ms=1500, request_timeout_ms=1000, retries=0,
-                              bootstrap_timeout_ms=5000)
+        kafka = make_producer(
+            s,
+            doomed.bootstrap,
+            max_block_ms=1500,
+            request_timeout_ms=1000,
+            retries=0,
+            bootstrap_timeout_ms=5000,
+        )
         producer = DocumentProducer(s, doomed.bootstrap, stage="ingest:rss", kafka_producer=kafka)
         doomed.kill()
         poller = RssPoller(s, producer, engine, [url])
@@ -317,9 +369,12 @@ def test_cursor_is_not_committed_when_kafka_does_not_take_the_records(
         poller.close()
 
 
-def test_entries_without_text_go_to_the_dlq_once(settings: Settings, engine: sa.engine.Engine,
-                                                 feed_server: FeedServer) -> None:
-    body = rss_feed(FIRST[:1]).replace(b"</channel>", b"<item><guid>empty-1</guid></item></channel>")
+def test_entries_without_text_go_to_the_dlq_once(
+    settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer
+) -> None:
+    body = rss_feed(FIRST[:1]).replace(
+        b"</channel>", b"<item><guid>empty-1</guid></item></channel>"
+    )
     feed_server.feeds["/rss.xml"] = Feed(body, conditional=False)
     s = quick(settings)
     with DocumentProducer(s, s.kafka_bootstrap or "", stage="ingest:rss") as producer:
@@ -332,8 +387,9 @@ def test_entries_without_text_go_to_the_dlq_once(settings: Settings, engine: sa.
     assert "entry has no title or text" in letter["reason"] and letter["stage"] == "ingest:rss"
 
 
-def test_rss_role_polls_on_its_interval_until_stopped(settings: Settings, engine: sa.engine.Engine,
-                                                      feed_server: FeedServer) -> None:
+def test_rss_role_polls_on_its_interval_until_stopped(
+    settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer
+) -> None:
     feed_server.feeds["/rss.xml"] = Feed(rss_feed(FIRST[1:]))
     s = quick(settings, urls=(feed_server.url("/rss.xml"),))
     role = RssRole(s, s.kafka_bootstrap or "", engine)
@@ -342,11 +398,17 @@ def test_rss_role_polls_on_its_interval_until_stopped(settings: Settings, engine
     thread.start()
     try:
         deadline = time.monotonic() + 5
-        while len(read_topic(s.kafka_bootstrap or "", s.kafka_topic_documents)) < 2 and time.monotonic() < deadline:
+        while (
+            len(read_topic(s.kafka_bootstrap or "", s.kafka_topic_documents)) < 2
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         assert role.ready()
         feed_server.feeds["/rss.xml"] = Feed(rss_feed(FIRST))
-        while len(read_topic(s.kafka_bootstrap or "", s.kafka_topic_documents)) < 3 and time.monotonic() < deadline:
+        while (
+            len(read_topic(s.kafka_bootstrap or "", s.kafka_topic_documents)) < 3
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
     finally:
         stop.set()
@@ -355,13 +417,26 @@ def test_rss_role_polls_on_its_interval_until_stopped(settings: Settings, engine
     assert len(documents(s)) == 3
 
 
-def test_ingest_rss_once_command(settings: Settings, engine: sa.engine.Engine, feed_server: FeedServer,
-                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ingest_rss_once_command(
+    settings: Settings,
+    engine: sa.engine.Engine,
+    feed_server: FeedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     feed_server.feeds["/rss.xml"] = Feed(rss_feed(FIRST))
     for name in ("KAFKA_TOPIC_DOCUMENTS", "KAFKA_TOPIC_DLQ", "KAFKA_TOPIC_SCORED"):
         monkeypatch.setenv(f"FINSENT_{name}", getattr(settings, name.lower()))
-    args = ["--kafka-bootstrap", settings.kafka_bootstrap or "", "--database-url", settings.database_url or "",
-            "ingest", "rss", "--once", feed_server.url("/rss.xml")]
+    args = [
+        "--kafka-bootstrap",
+        settings.kafka_bootstrap or "",
+        "--database-url",
+        settings.database_url or "",
+        "ingest",
+        "rss",
+        "--once",
+        feed_server.url("/rss.xml"),
+    ]
     assert main(args) == 0
     assert "new, 3 sent" in capsys.readouterr().out
     assert main([*args[:-1], feed_server.url("/nope.xml")]) == 1

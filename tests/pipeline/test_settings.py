@@ -9,7 +9,9 @@ from pipeline.errors import ConfigurationError
 from pipeline.settings import load_settings, secret_value
 
 
-def test_malformed_database_url_is_rejected_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_database_url_is_rejected_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("FINSENT_DATABASE_URL", "mysql://nope")
     with pytest.raises(ConfigurationError, match="FINSENT_DATABASE_URL"):
         load_settings()
@@ -26,7 +28,9 @@ def test_plain_postgresql_url_gets_the_psycopg_driver(monkeypatch: pytest.Monkey
     assert load_settings().database_url == "postgresql+psycopg://u:p@db.example:5433/finsent"
 
 
-def test_malformed_bootstrap_is_rejected_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_bootstrap_is_rejected_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("FINSENT_KAFKA_BOOTSTRAP", "kafka1:9092,kafka2")
     with pytest.raises(ConfigurationError, match="FINSENT_KAFKA_BOOTSTRAP"):
         load_settings()
@@ -56,7 +60,9 @@ def test_settings_are_frozen() -> None:
         s.http_port = 1  # type: ignore[misc]
 
 
-def test_group_prefix_names_both_consumer_groups_and_rejects_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_group_prefix_names_both_consumer_groups_and_rejects_spaces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("FINSENT_KAFKA_GROUP_PREFIX", "staging")
     s = load_settings()
     assert (s.group_id("scorer"), s.group_id("trends")) == ("staging-scorer", "staging-trends")
@@ -69,7 +75,9 @@ SECRETS = ("db-pa55word", "smtp-pa55word", "hook-s3cret", "ingest-t0ken")
 
 
 def test_credentials_never_show_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FINSENT_DATABASE_URL", "postgresql://finsent:db-pa55word@db.internal:5432/finsent")
+    monkeypatch.setenv(
+        "FINSENT_DATABASE_URL", "postgresql://finsent:db-pa55word@db.internal:5432/finsent"
+    )
     monkeypatch.setenv("FINSENT_SMTP__USERNAME", "alerts")
     monkeypatch.setenv("FINSENT_SMTP__PASSWORD", "smtp-pa55word")
     monkeypatch.setenv("FINSENT_WEBHOOK__SECRET", "hook-s3cret")
@@ -96,18 +104,24 @@ def test_redact_url_examples() -> None:
 
 
 def test_the_start_up_line_names_the_database_without_its_password(
-        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     from sqlalchemy.engine import make_url
 
     from finsent.services import start_services
 
     # the test server trusts local connections, so any password gets in
-    with_password = make_url(database_url).set(password="db-pa55word").render_as_string(hide_password=False)
+    with_password = (
+        make_url(database_url).set(password="db-pa55word").render_as_string(hide_password=False)
+    )
     settings = load_settings(database_url=with_password)
     with caplog.at_level("INFO", logger="finsent.services"):
         with start_services(settings, migrate=True, kafka=False) as services:
             assert "***" in services.descriptions["database"]
             assert "db-pa55word" not in repr(services)
     (line,) = [r.getMessage() for r in caplog.records if r.name == "finsent.services"]
-    assert "database: configured (FINSENT_DATABASE_URL): postgresql+psycopg://" in line and ":***@" in line
+    assert (
+        "database: configured (FINSENT_DATABASE_URL): postgresql+psycopg://" in line
+        and ":***@" in line
+    )
     assert "db-pa55word" not in caplog.text

@@ -17,20 +17,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_importing_the_api_loads_no_torch() -> None:
     code = "import sys, training.api; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_a_missing_train_extra_names_the_module_and_the_install_command(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import training.extra
     from training import api
 
     real = training.extra.find_spec
-    monkeypatch.setattr(training.extra, "find_spec", lambda name: None if name == "torch" else real(name))
+    monkeypatch.setattr(
+        training.extra, "find_spec", lambda name: None if name == "torch" else real(name)
+    )
     csv = tmp_path / "s.csv"
     csv.write_text("text,label\nshares fall,0\n")
-    with pytest.raises(api.TrainExtraMissing, match=r"\(torch is missing\): pip install -e '\.\[train\]'") as info:
+    with pytest.raises(
+        api.TrainExtraMissing, match=r"\(torch is missing\): pip install -e '\.\[train\]'"
+    ) as info:
         api.train(tmp_path / "work", sentiment_csv=csv)
     assert isinstance(info.value, ConfigurationError)
     with pytest.raises(api.TrainExtraMissing):

@@ -49,7 +49,9 @@ def test_model_text_drops_urls_decodes_entities_keeps_cashtags() -> None:
 def test_dev_split_is_stratified_deterministic_and_disjoint(tmp_path: Path) -> None:
     rows = "".join(f"text {i},{i % 3}\n" for i in range(300))
     s = _write(tmp_path / "s.csv", "text,label\n" + rows)
-    t = _write(tmp_path / "t.csv", "text,label\n" + "".join(f"topic {i},{i % 20}\n" for i in range(400)))
+    t = _write(
+        tmp_path / "t.csv", "text,label\n" + "".join(f"topic {i},{i % 20}\n" for i in range(400))
+    )
     train, dev = fixed_dev_split(s, t)
     again_train, again_dev = fixed_dev_split(s, t)
     assert dev == again_dev and train == again_train
@@ -64,9 +66,13 @@ def test_dev_split_is_stratified_deterministic_and_disjoint(tmp_path: Path) -> N
 def test_examples_mask_the_head_without_a_label_and_map_sentiment_ids() -> None:
     from training.train import load_tokenizer
 
-    rows = HeadRows([("shares fall", 0), ("shares rise", 1), ("meeting today", 2)], [("earnings beat", 5)])
+    rows = HeadRows(
+        [("shares fall", 0), ("shares rise", 1), ("meeting today", 2)], [("earnings beat", 5)]
+    )
     examples = build_examples(load_tokenizer(32), rows, 32)
-    assert [e.sentiment for e in examples] == [DATA_TO_MODEL_SENTIMENT[x] for x in (0, 1, 2)] + [IGNORE]
+    assert [e.sentiment for e in examples] == [DATA_TO_MODEL_SENTIMENT[x] for x in (0, 1, 2)] + [
+        IGNORE
+    ]
     assert [e.topic for e in examples] == [IGNORE, IGNORE, IGNORE, 5]
     assert DATA_TO_MODEL_SENTIMENT == {0: 0, 1: 2, 2: 1}  # bearish, bullish->2, neutral->1
     assert examples[0].ids[0] == 101 and examples[0].ids[-1] == 102

@@ -24,7 +24,9 @@ from training.train import (  # noqa: E402
 )
 
 
-def test_teacher_labels_only_the_head_without_a_gold_label(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_teacher_labels_only_the_head_without_a_gold_label(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     rows = tiny_rows()
     examples = build_examples(load_tokenizer(32), rows, 32)
     taught = attach_teacher(examples, rows, [tiny_model_dir], cache_dir=tmp_path)
@@ -84,8 +86,16 @@ def test_collate_soft_picks_the_rows_with_a_distribution(tiny_model_dir: Path) -
 
 
 def test_training_with_a_teacher_runs_and_records_it(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = TrainConfig(tiny=True, epochs=1, max_steps=2, batch_size=8, max_tokens=32, progress=False,
-                         teacher=str(tiny_model_dir), distill_temperature=2.0)
+    config = TrainConfig(
+        tiny=True,
+        epochs=1,
+        max_steps=2,
+        batch_size=8,
+        max_tokens=32,
+        progress=False,
+        teacher=str(tiny_model_dir),
+        distill_temperature=2.0,
+    )
     result = train_classifier(config, tiny_rows(), tiny_rows(), work_dir=tmp_path)
     assert result.steps == 2
     assert json.loads((tmp_path / "config.json").read_text())["teacher"] == str(tiny_model_dir)

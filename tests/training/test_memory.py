@@ -32,18 +32,26 @@ def test_memory_state_round_trips_through_onnx_like_torch(tmp_path: Path) -> Non
     o_state = np.zeros((n, net.state_dim), dtype=np.float32)
     t_state = torch.zeros(n, net.state_dim)
     for step in range(6):
-        feats = np.stack([
-            memory_features(*rng.dirichlet([1, 1, 1]), float(rng.random()), rng.normal(size=d),
-                            None if step == 0 else float(rng.exponential(3600)))
-            for _ in range(n)
-        ])
+        feats = np.stack(
+            [
+                memory_features(
+                    *rng.dirichlet([1, 1, 1]),
+                    float(rng.random()),
+                    rng.normal(size=d),
+                    None if step == 0 else float(rng.exponential(3600)),
+                )
+                for _ in range(n)
+            ]
+        )
         o_state, o_out = session.run(None, {"state": o_state, "features": feats})
         with torch.no_grad():
             t_state, t_out = net(t_state, torch.from_numpy(feats))
         np.testing.assert_allclose(o_state, t_state.numpy(), atol=1e-5)
         np.testing.assert_allclose(o_out, t_out.numpy(), atol=1e-5)
         assert o_out.shape == (n, 2)
-        assert np.all((o_out[:, 0] >= 0) & (o_out[:, 0] <= 1)), "expected negative rate is a probability"
+        assert np.all((o_out[:, 0] >= 0) & (o_out[:, 0] <= 1)), (
+            "expected negative rate is a probability"
+        )
 
 
 def test_export_refuses_a_feature_dim_the_network_was_not_built_for(tmp_path: Path) -> None:
@@ -74,7 +82,11 @@ def test_memory_trained_briefly_on_synthetic_streams_exports_and_reports(tmp_pat
     table = result["sets"]["held-out streams"]["table"]
     assert [row["false_alarms_per_1000"] for row in table] == [0.5, 1.0, 2.0, 5.0, 10.0]
     assert {"memory", "ewma_z", "cusum"} <= set(table[-1])
-    assert set(result["sets"]["held-out streams"]["breakdown_at_selection_false_alarms"]) <= {"memory", "ewma_z", "cusum"}
+    assert set(result["sets"]["held-out streams"]["breakdown_at_selection_false_alarms"]) <= {
+        "memory",
+        "ewma_z",
+        "cusum",
+    }
     assert "Verdict" in (tmp_path / "memory_report.md").read_text()
 
 

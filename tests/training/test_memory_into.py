@@ -14,7 +14,11 @@ from pipeline.settings import load_settings
 
 
 def _sentiment_csv(path: Path) -> Path:
-    words = {0: "plunges misses lawsuit downgrade", 1: "soars beats upgrade record", 2: "announces meeting schedule"}
+    words = {
+        0: "plunges misses lawsuit downgrade",
+        1: "soars beats upgrade record",
+        2: "announces meeting schedule",
+    }
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
@@ -24,8 +28,9 @@ def _sentiment_csv(path: Path) -> Path:
     return path
 
 
-def test_memory_trained_on_the_model_dirs_classifier_is_installed_and_served(tmp_path: Path,
-                                                                            tiny_model_dir: Path) -> None:
+def test_memory_trained_on_the_model_dirs_classifier_is_installed_and_served(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     from training.memory_run import train_memory_into
 
     model_dir = tmp_path / "model"
@@ -45,7 +50,9 @@ def test_memory_trained_on_the_model_dirs_classifier_is_installed_and_served(tmp
 
     cell = MemoryCell.load(model_dir, load_settings())
     states = np.stack([cell.initial_state()] * 2)
-    feats = np.stack([cell.features(0.9, 0.05, 0.05, 0.8, np.zeros(int(manifest["doc_vector_dim"])), None)] * 2)
+    feats = np.stack(
+        [cell.features(0.9, 0.05, 0.05, 0.8, np.zeros(int(manifest["doc_vector_dim"])), None)] * 2
+    )
     new_states, outputs = cell.update(states, feats)
     assert new_states.shape == (2, 32) and outputs.shape == (2, 2)
     assert 0.0 <= float(outputs[0, 0]) <= 1.0

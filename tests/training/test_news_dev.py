@@ -25,8 +25,15 @@ def _write_data(path: Path, titles: list[str]) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["published", "source", "title", "description", "link"])
         for i, title in enumerate(titles):
-            writer.writerow([f"2021-01-0{i + 1}T00:00:00Z", "Test feed", title,
-                             "A summary, with a comma.", f"https://example.test/{i}"])
+            writer.writerow(
+                [
+                    f"2021-01-0{i + 1}T00:00:00Z",
+                    "Test feed",
+                    title,
+                    "A summary, with a comma.",
+                    f"https://example.test/{i}",
+                ]
+            )
     return path
 
 
@@ -41,21 +48,29 @@ def _write_labels(path: Path, entries: list[tuple[int, str, str]]) -> Path:
 
 def test_loader_joins_labels_to_titles_by_row_and_hash(tmp_path: Path) -> None:
     data = _write_data(tmp_path / "news.csv.gz", TITLES)
-    labels = _write_labels(tmp_path / "labels.csv", [
-        (3, title_sha256(TITLES[3]), "bearish"),
-        (0, title_sha256(TITLES[0]), "bullish"),
-        (2, title_sha256(TITLES[2]), "neutral"),
-    ])
+    labels = _write_labels(
+        tmp_path / "labels.csv",
+        [
+            (3, title_sha256(TITLES[3]), "bearish"),
+            (0, title_sha256(TITLES[0]), "bullish"),
+            (2, title_sha256(TITLES[2]), "neutral"),
+        ],
+    )
     assert load_news_dev(data, labels) == [
-        (TITLES[3], "bearish"), (TITLES[0], "bullish"), (TITLES[2], "neutral"),
+        (TITLES[3], "bearish"),
+        (TITLES[0], "bullish"),
+        (TITLES[2], "neutral"),
     ]
 
 
 def test_loader_rejects_a_data_file_whose_title_does_not_match(tmp_path: Path) -> None:
-    labels = _write_labels(tmp_path / "labels.csv", [
-        (0, title_sha256(TITLES[0]), "bullish"),
-        (1, title_sha256(TITLES[1]), "bearish"),
-    ])
+    labels = _write_labels(
+        tmp_path / "labels.csv",
+        [
+            (0, title_sha256(TITLES[0]), "bullish"),
+            (1, title_sha256(TITLES[1]), "bearish"),
+        ],
+    )
     edited = list(TITLES)
     edited[1] = edited[1] + " "  # a single changed character is enough
     data = _write_data(tmp_path / "news.csv.gz", edited)

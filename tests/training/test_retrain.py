@@ -48,24 +48,44 @@ def write_easy_data(root: Path, per_sentiment: int = 30, per_topic: int = 12) ->
         writer.writerow(["text", "label"])
         for label, name in enumerate(TOPICS):
             for i in range(per_topic):
-                writer.writerow([f"topic{label} {name.split()[0].lower()} word{label} note {i}", label])
+                writer.writerow(
+                    [f"topic{label} {name.split()[0].lower()} word{label} note {i}", label]
+                )
     return s_csv, t_csv
 
 
 def tiny_config(steps: int) -> Any:
     from training.train import TrainConfig
 
-    return TrainConfig(tiny=True, epochs=50, max_steps=steps, batch_size=16, max_tokens=32, save_checkpoints=False,
-                       progress=False, lr=3e-3, head_lr=3e-3, seed=1)
+    return TrainConfig(
+        tiny=True,
+        epochs=50,
+        max_steps=steps,
+        batch_size=16,
+        max_tokens=32,
+        save_checkpoints=False,
+        progress=False,
+        lr=3e-3,
+        head_lr=3e-3,
+        seed=1,
+    )
 
 
 GOOD_STEPS = 40  # learns the easy data (macro-F1 ~0.9+ on both heads)
-BAD_STEPS = 1    # near chance
+BAD_STEPS = 1  # near chance
 
 
-def retrain_settings(settings: Settings, data: tuple[Path, Path], tmp_path: Path, **extra: Any) -> Settings:
-    return settings.model_copy(update={"train_sentiment_csv": data[0], "train_topic_csv": data[1],
-                                       "model_dir": tmp_path / "no-shipped-model", **extra})
+def retrain_settings(
+    settings: Settings, data: tuple[Path, Path], tmp_path: Path, **extra: Any
+) -> Settings:
+    return settings.model_copy(
+        update={
+            "train_sentiment_csv": data[0],
+            "train_topic_csv": data[1],
+            "model_dir": tmp_path / "no-shipped-model",
+            **extra,
+        }
+    )
 
 
 def runs(engine: sa.Engine) -> list[Any]:
@@ -74,6 +94,7 @@ def runs(engine: sa.Engine) -> list[Any]:
 
 
 # --- the gate (pure) ----------------------------------------------------------------------
+
 
 def head(f1: float, **recall: float) -> dict[str, Any]:
     return {"macro_f1": f1, "accuracy": f1, "recall": recall}
@@ -92,7 +113,9 @@ def test_gate_rejects_a_worse_macro_f1_on_either_head() -> None:
     challenger = {"sentiment": head(0.90, bearish=0.9), "topic": head(0.59, a=0.5)}
     decision = decide(challenger, champion, margin=0.005, max_recall_drop=0.05)
     assert not decision.promote
-    assert decision.reasons == ["topic macro-F1 0.5900 is worse than the champion's 0.6000 by 0.0100 (allowed: 0.005)"]
+    assert decision.reasons == [
+        "topic macro-F1 0.5900 is worse than the champion's 0.6000 by 0.0100 (allowed: 0.005)"
+    ]
 
 
 def test_gate_rejects_a_class_whose_recall_drops_too_much() -> None:
@@ -105,12 +128,17 @@ def test_gate_rejects_a_class_whose_recall_drops_too_much() -> None:
 
 def test_gate_without_a_champion_promotes_and_a_missing_head_rejects() -> None:
     assert decide({"sentiment": head(0.1)}, None, margin=0, max_recall_drop=0).promote
-    decision = decide({"sentiment": head(0.9)}, {"sentiment": head(0.5), "topic": head(0.5)},
-                      margin=0, max_recall_drop=0)
+    decision = decide(
+        {"sentiment": head(0.9)},
+        {"sentiment": head(0.5), "topic": head(0.5)},
+        margin=0,
+        max_recall_drop=0,
+    )
     assert not decision.promote and "no topic metrics" in decision.reason
 
 
 # --- whole runs ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def easy_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -123,15 +151,23 @@ def good_model_dir(easy_data: tuple[Path, Path], tmp_path_factory: pytest.TempPa
     pytest.importorskip("torch")
     from training.train_run import train_and_export
 
-    return train_and_export(tmp_path_factory.mktemp("good") / "good", sentiment_csv=easy_data[0],
-                            topic_csv=easy_data[1], config=tiny_config(GOOD_STEPS), version="good-champion")
+    return train_and_export(
+        tmp_path_factory.mktemp("good") / "good",
+        sentiment_csv=easy_data[0],
+        topic_csv=easy_data[1],
+        config=tiny_config(GOOD_STEPS),
+        version="good-champion",
+    )
 
 
 def test_champion_teaches_the_challenger_unless_switched_off_or_the_config_names_a_teacher(
-        settings: Settings, tmp_path: Path) -> None:
+    settings: Settings, tmp_path: Path
+) -> None:
     from training.retrain_run import with_champion_teacher
 
-    champion = registry.ModelVersion(version="v1", status="champion", path=tmp_path / "v1", metrics={})
+    champion = registry.ModelVersion(
+        version="v1", status="champion", path=tmp_path / "v1", metrics={}
+    )
     config = tiny_config(1)
     assert with_champion_teacher(config, champion, settings).teacher == str(tmp_path / "v1")
     assert with_champion_teacher(config, None, settings).teacher == ""
@@ -142,15 +178,22 @@ def test_champion_teaches_the_challenger_unless_switched_off_or_the_config_names
 
 
 def test_worse_challenger_is_rejected_and_the_champion_keeps_serving(
-        engine: sa.Engine, settings: Settings, easy_data: tuple[Path, Path], good_model_dir: Path,
-        tmp_path: Path) -> None:
+    engine: sa.Engine,
+    settings: Settings,
+    easy_data: tuple[Path, Path],
+    good_model_dir: Path,
+    tmp_path: Path,
+) -> None:
     from training.retrain_run import run_retraining
 
     with engine.begin() as conn:
         registry.register_version(conn, "good-champion", good_model_dir, {})
         registry.promote(conn, "good-champion")
-    outcome = run_retraining(retrain_settings(settings, easy_data, tmp_path), config=tiny_config(BAD_STEPS),
-                             engine=engine)
+    outcome = run_retraining(
+        retrain_settings(settings, easy_data, tmp_path),
+        config=tiny_config(BAD_STEPS),
+        engine=engine,
+    )
     assert outcome.status == "rejected", outcome.summary()
     assert "worse than the champion's" in outcome.reason
     assert registry.current_champion(engine).version == "good-champion"  # type: ignore[union-attr]
@@ -159,25 +202,39 @@ def test_worse_challenger_is_rejected_and_the_champion_keeps_serving(
     assert challenger.metrics["sentiment"]["macro_f1"] < 0.9
     (run,) = runs(engine)
     assert (run.status, run.champion_version, run.challenger_version) == (
-        "rejected", "good-champion", outcome.challenger_version)
+        "rejected",
+        "good-champion",
+        outcome.challenger_version,
+    )
     assert run.reason == outcome.reason and run.finished_at is not None
     assert run.config["teacher"] == str(good_model_dir)  # the champion taught the challenger
     # both models measured on the same evaluation rows
     assert run.champion_metrics["sentiment"]["n"] == run.challenger_metrics["sentiment"]["n"] > 0
-    assert run.champion_metrics["sentiment"]["macro_f1"] > run.challenger_metrics["sentiment"]["macro_f1"]
+    assert (
+        run.champion_metrics["sentiment"]["macro_f1"]
+        > run.challenger_metrics["sentiment"]["macro_f1"]
+    )
     # the champion's empty registry metrics were filled in from this evaluation
-    assert registry.current_champion(engine).metrics["topic"]["n"] == run.champion_metrics["topic"]["n"]  # type: ignore[union-attr]
+    assert (
+        registry.current_champion(engine).metrics["topic"]["n"]
+        == run.champion_metrics["topic"]["n"]
+    )  # type: ignore[union-attr]
     assert "the champion (good-champion) keeps serving" in outcome.summary()
     # artefacts beside the run's metrics
     assert outcome.run_dir is not None
     saved = json.loads((outcome.run_dir / "metrics.json").read_text())
     assert saved["status"] == "rejected" and saved["champion_version"] == "good-champion"
-    for png in ("training_curve.png", "confusion_challenger_sentiment.png", "confusion_champion_topic.png"):
+    for png in (
+        "training_curve.png",
+        "confusion_challenger_sentiment.png",
+        "confusion_champion_topic.png",
+    ):
         assert (outcome.run_dir / png).stat().st_size > 1000, png
 
 
 def test_run_without_training_data_fails_with_the_reason_and_changes_nothing(
-        engine: sa.Engine, settings: Settings, tmp_path: Path) -> None:
+    engine: sa.Engine, settings: Settings, tmp_path: Path
+) -> None:
     from training.retrain_run import run_retraining
 
     s = settings.model_copy(update={"model_dir": tmp_path / "none"})

@@ -34,15 +34,33 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def retrain_process(database_url: str, s: Settings, steps: int) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-    env.update({
-        "FINSENT_MODEL_REGISTRY_DIR": str(s.model_registry_dir), "FINSENT_MODEL_DIR": str(s.model_dir),
-        "FINSENT_TRAIN_SENTIMENT_CSV": str(s.train_sentiment_csv), "FINSENT_TRAIN_TOPIC_CSV": str(s.train_topic_csv),
-    })
+    env.update(
+        {
+            "FINSENT_MODEL_REGISTRY_DIR": str(s.model_registry_dir),
+            "FINSENT_MODEL_DIR": str(s.model_dir),
+            "FINSENT_TRAIN_SENTIMENT_CSV": str(s.train_sentiment_csv),
+            "FINSENT_TRAIN_TOPIC_CSV": str(s.train_topic_csv),
+        }
+    )
     config = json.dumps(asdict(tiny_config(steps)))
     return subprocess.Popen(
-        [sys.executable, "-m", "finsent.cli", "--database-url", database_url, "retrain", "--now",
-         "--train-config", config],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "finsent.cli",
+            "--database-url",
+            database_url,
+            "retrain",
+            "--now",
+            "--train-config",
+            config,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.1) -> Any:
@@ -61,7 +79,8 @@ def running_row(engine: sa.Engine) -> Any:
 
 
 def test_second_concurrent_retrain_reports_the_lock_and_does_nothing(
-        engine: sa.Engine, settings: Settings, database_url: str, tmp_path: Path) -> None:
+    engine: sa.Engine, settings: Settings, database_url: str, tmp_path: Path
+) -> None:
     s = retrain_settings(settings, write_easy_data(tmp_path / "data"), tmp_path)
     first = retrain_process(database_url, s, BAD_STEPS)
     try:
@@ -80,15 +99,20 @@ def test_second_concurrent_retrain_reports_the_lock_and_does_nothing(
 
 
 def test_retrain_killed_while_writing_the_model_leaves_no_registered_version(
-        engine: sa.Engine, settings: Settings, database_url: str, tmp_path: Path) -> None:
+    engine: sa.Engine, settings: Settings, database_url: str, tmp_path: Path
+) -> None:
     from training.retrain_run import run_retraining
 
     s = retrain_settings(settings, write_easy_data(tmp_path / "data"), tmp_path)
     registry_dir = Path(s.model_registry_dir)
     victim = retrain_process(database_url, s, BAD_STEPS)
     try:
-        partial = wait_until(lambda: next(iter(registry_dir.glob(".*.partial")), None), 120,
-                             "the model directory to be written", poll_s=0.02)
+        partial = wait_until(
+            lambda: next(iter(registry_dir.glob(".*.partial")), None),
+            120,
+            "the model directory to be written",
+            poll_s=0.02,
+        )
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=10)
     finally:
@@ -100,10 +124,15 @@ def test_retrain_killed_while_writing_the_model_leaves_no_registered_version(
     assert registry.current_champion(engine) is None
     assert not (registry_dir / crashed.challenger_version).exists()
 
-    outcome = run_retraining(s, config=tiny_config(BAD_STEPS), engine=engine)  # the lock died with the process
+    outcome = run_retraining(
+        s, config=tiny_config(BAD_STEPS), engine=engine
+    )  # the lock died with the process
     assert outcome.status == "promoted", outcome.summary()
     crashed_after, current = runs(engine)
-    assert crashed_after.status == "failed" and "process ended before the run finished" in crashed_after.reason
+    assert (
+        crashed_after.status == "failed"
+        and "process ended before the run finished" in crashed_after.reason
+    )
     assert f"found by run {current.id}" in crashed_after.reason
     assert not partial.exists()
     assert [v.version for v in registry.list_versions(engine)] == [outcome.challenger_version]

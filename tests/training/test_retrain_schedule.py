@@ -31,8 +31,12 @@ def start_scheduler(s: Settings, cron: str) -> tuple[threading.Thread, threading
     from training.retrain_schedule import run_schedule
 
     stop = threading.Event()
-    thread = threading.Thread(target=run_schedule, args=(s, cron),
-                              kwargs={"config": tiny_config(BAD_STEPS), "stop_event": stop}, daemon=True)
+    thread = threading.Thread(
+        target=run_schedule,
+        args=(s, cron),
+        kwargs={"config": tiny_config(BAD_STEPS), "stop_event": stop},
+        daemon=True,
+    )
     thread.start()
     return thread, stop
 
@@ -40,8 +44,10 @@ def start_scheduler(s: Settings, cron: str) -> tuple[threading.Thread, threading
 def stored_job(engine: sa.Engine) -> tuple[float, dict[str, Any]] | None:
     try:
         with engine.connect() as conn:
-            row = conn.execute(sa.text(f"select next_run_time, job_state from {SCHEDULE_TABLE} where id = :i"),
-                               {"i": SCHEDULE_JOB_ID}).first()
+            row = conn.execute(
+                sa.text(f"select next_run_time, job_state from {SCHEDULE_TABLE} where id = :i"),
+                {"i": SCHEDULE_JOB_ID},
+            ).first()
     except sa.exc.ProgrammingError:  # the scheduler has not created its table yet
         return None
     return (row.next_run_time, pickle.loads(row.job_state)) if row else None
@@ -66,8 +72,9 @@ def test_cron_expressions_are_checked() -> None:
     assert "second='5'" in str(parse_cron("5 * * * * *"))
     # crontab's day of week (0 and 7 Sunday, 1 Monday), not APScheduler's (0 Monday)
     monday = datetime(2026, 11, 23, tzinfo=UTC)
-    assert parse_cron("30 4 * * 1").get_next_fire_time(None, monday - timedelta(days=1)) == monday.replace(
-        hour=4, minute=30)
+    assert parse_cron("30 4 * * 1").get_next_fire_time(
+        None, monday - timedelta(days=1)
+    ) == monday.replace(hour=4, minute=30)
     assert "day_of_week='sun,tue,thu,sat'" in str(parse_cron("0 0 * * */2"))
     assert "day_of_week='fri,sat,sun'" in str(parse_cron("0 0 * * 5-7"))
     assert "day_of_week='mon-fri'" in str(parse_cron("0 0 * * mon-fri"))
@@ -80,7 +87,8 @@ def test_cron_expressions_are_checked() -> None:
 
 
 def test_scheduled_run_fires_at_its_time_and_the_schedule_survives_restarts(
-        engine: sa.Engine, settings: Settings, tmp_path: Path) -> None:
+    engine: sa.Engine, settings: Settings, tmp_path: Path
+) -> None:
     pytest.importorskip("torch")
     s = retrain_settings(settings, write_easy_data(tmp_path / "data"), tmp_path)
     fire_at = (datetime.now(UTC) + timedelta(seconds=6)).replace(microsecond=0)
@@ -109,12 +117,18 @@ def test_scheduled_run_fires_at_its_time_and_the_schedule_survives_restarts(
     missed = datetime.now(UTC) - timedelta(seconds=20)
     state["next_run_time"] = missed
     with engine.begin() as conn:
-        conn.execute(sa.text(f"update {SCHEDULE_TABLE} set next_run_time = :t, job_state = :s where id = :i"),
-                     {"t": missed.timestamp(), "s": pickle.dumps(state), "i": SCHEDULE_JOB_ID})
+        conn.execute(
+            sa.text(
+                f"update {SCHEDULE_TABLE} set next_run_time = :t, job_state = :s where id = :i"
+            ),
+            {"t": missed.timestamp(), "s": pickle.dumps(state), "i": SCHEDULE_JOB_ID},
+        )
     restarted = datetime.now(UTC)
     thread, stop = start_scheduler(s, cron)
     try:
-        second = wait_until(lambda: finished_scheduled_runs(engine)[1:], 120, "the missed run to run once")[0]
+        second = wait_until(
+            lambda: finished_scheduled_runs(engine)[1:], 120, "the missed run to run once"
+        )[0]
         # at once on start, not at the next regular slot (fire_at + 60 s)
         assert second.started_at - restarted < timedelta(seconds=10)
         assert second.started_at < fire_at + timedelta(seconds=58)
@@ -130,7 +144,8 @@ def test_scheduled_run_fires_at_its_time_and_the_schedule_survives_restarts(
 
 
 def test_schedule_command_stores_its_job_and_stops_cleanly_on_sigterm(
-        engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
     import os
     import signal
     import subprocess
@@ -141,9 +156,23 @@ def test_schedule_command_stores_its_job_and_stops_cleanly_on_sigterm(
     assert main(["--database-url", database_url, "retrain", "--schedule", "61 * * * *"]) == 2
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
     env["FINSENT_MODEL_REGISTRY_DIR"] = str(tmp_path / "registry")
-    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "--database-url", database_url,
-                             "retrain", "--schedule", "30 4 * * 1"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finsent.cli",
+            "--database-url",
+            database_url,
+            "retrain",
+            "--schedule",
+            "30 4 * * 1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     try:
         wait_until(lambda: stored_job(engine), 60, "the job to be stored")
         proc.send_signal(signal.SIGTERM)
@@ -175,8 +204,12 @@ def _store_row(engine: sa.Engine, job_state: bytes, next_run_time: float) -> Non
     RetrainJobStore(engine=engine, tablename=SCHEDULE_TABLE).jobs_t.create(engine, checkfirst=True)
     with engine.begin() as conn:
         conn.execute(sa.text(f"delete from {SCHEDULE_TABLE}"))
-        conn.execute(sa.text(f"insert into {SCHEDULE_TABLE} (id, next_run_time, job_state) values (:i, :t, :s)"),
-                     {"i": SCHEDULE_JOB_ID, "t": next_run_time, "s": job_state})
+        conn.execute(
+            sa.text(
+                f"insert into {SCHEDULE_TABLE} (id, next_run_time, job_state) values (:i, :t, :s)"
+            ),
+            {"i": SCHEDULE_JOB_ID, "t": next_run_time, "s": job_state},
+        )
 
 
 def _schedule_briefly(database_url: str, tmp_path: Path, cron: str) -> dict[str, Any]:
@@ -189,8 +222,10 @@ def _schedule_briefly(database_url: str, tmp_path: Path, cron: str) -> dict[str,
     def ours() -> dict[str, Any] | None:
         # never pickle.loads here: until it is replaced, the row is the hostile one
         with engine.connect() as conn:
-            data = conn.execute(sa.text(f"select job_state from {SCHEDULE_TABLE} where id = :i"),
-                                {"i": SCHEDULE_JOB_ID}).scalar()
+            data = conn.execute(
+                sa.text(f"select job_state from {SCHEDULE_TABLE} where id = :i"),
+                {"i": SCHEDULE_JOB_ID},
+            ).scalar()
         try:
             return load_job_state(data) if data else None
         except UnsafeJobState:
@@ -198,7 +233,9 @@ def _schedule_briefly(database_url: str, tmp_path: Path, cron: str) -> dict[str,
 
     s = load_settings(database_url=database_url, model_registry_dir=tmp_path / "registry")
     stop = threading.Event()
-    thread = threading.Thread(target=run_schedule, args=(s, cron), kwargs={"stop_event": stop}, daemon=True)
+    thread = threading.Thread(
+        target=run_schedule, args=(s, cron), kwargs={"stop_event": stop}, daemon=True
+    )
     engine = sa.create_engine(database_url)
     thread.start()
     try:
@@ -210,7 +247,8 @@ def _schedule_briefly(database_url: str, tmp_path: Path, cron: str) -> dict[str,
 
 
 def test_a_hostile_pickle_in_the_job_table_runs_no_code_and_is_replaced(
-        engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
     from training.errors import UnsafeJobState
     from training.retrain_jobstore import load_job_state, stored_job_trigger
 
@@ -226,7 +264,8 @@ def test_a_hostile_pickle_in_the_job_table_runs_no_code_and_is_replaced(
 
 
 def test_a_stored_job_calling_another_function_is_refused_and_replaced(
-        engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
     """Plain APScheduler data can run code too: ``func`` names what the scheduler imports and
     calls. Same trigger as configured, so the old code kept this row as "our" schedule."""
     from training.errors import UnsafeJobState
@@ -234,9 +273,20 @@ def test_a_stored_job_calling_another_function_is_refused_and_replaced(
 
     marker = tmp_path / "pwned"
     trigger = parse_cron("0 3 * * *")
-    state = {"version": 1, "id": SCHEDULE_JOB_ID, "func": "os:system", "trigger": trigger, "executor": "default",
-             "args": (f"touch {marker}",), "kwargs": {}, "name": "finsent retraining", "misfire_grace_time": 3600,
-             "coalesce": True, "max_instances": 1, "next_run_time": datetime.now(UTC) + timedelta(hours=1)}
+    state = {
+        "version": 1,
+        "id": SCHEDULE_JOB_ID,
+        "func": "os:system",
+        "trigger": trigger,
+        "executor": "default",
+        "args": (f"touch {marker}",),
+        "kwargs": {},
+        "name": "finsent retraining",
+        "misfire_grace_time": 3600,
+        "coalesce": True,
+        "max_instances": 1,
+        "next_run_time": datetime.now(UTC) + timedelta(hours=1),
+    }
     _store_row(engine, pickle.dumps(state), time.time() + 3600)
     with pytest.raises(UnsafeJobState, match="calls 'os:system'.*has arguments"):
         load_job_state(pickle.dumps(state))
@@ -263,9 +313,20 @@ def test_a_job_stored_before_the_module_split_is_kept_under_the_current_name() -
 
     trigger = parse_cron("0 3 * * *")
     next_run = datetime.now(UTC) + timedelta(hours=1)
-    state = {"version": 1, "id": SCHEDULE_JOB_ID, "func": "training.retrain:scheduled_retrain", "trigger": trigger,
-             "executor": "default", "args": (), "kwargs": {}, "name": "finsent retraining",
-             "misfire_grace_time": 3600, "coalesce": True, "max_instances": 1, "next_run_time": next_run}
+    state = {
+        "version": 1,
+        "id": SCHEDULE_JOB_ID,
+        "func": "training.retrain:scheduled_retrain",
+        "trigger": trigger,
+        "executor": "default",
+        "args": (),
+        "kwargs": {},
+        "name": "finsent retraining",
+        "misfire_grace_time": 3600,
+        "coalesce": True,
+        "max_instances": 1,
+        "next_run_time": next_run,
+    }
     loaded = load_job_state(pickle.dumps(state))
     assert loaded["func"] == SCHEDULE_JOB_FUNC
     assert loaded["next_run_time"] == next_run and str(loaded["trigger"]) == str(trigger)

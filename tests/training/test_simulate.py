@@ -38,10 +38,10 @@ def test_surges_are_where_the_labels_say_and_raise_the_bearish_share() -> None:
         expected = np.zeros(len(s.labels), dtype=bool)
         for surge in s.surges:
             assert CONFIG.warmup <= surge.onset < surge.end <= CONFIG.n_steps
-            expected[surge.onset:surge.end] = True
+            expected[surge.onset : surge.end] = True
             # the rate rises from the onset and is at its highest inside the surge
             assert s.true_rate[surge.onset] > s.base_rate
-            assert s.true_rate[surge.onset:surge.end].max() > s.base_rate + 0.1
+            assert s.true_rate[surge.onset : surge.end].max() > s.base_rate + 0.1
         assert np.array_equal(s.in_surge, expected)
         assert not (s.quiet & s.in_surge).any()
         assert np.allclose(s.true_rate[s.quiet], s.base_rate)

@@ -14,8 +14,17 @@ from training.train import TrainConfig, load_checkpoint, train_classifier  # noq
 
 
 def _run(work: Path, seed: int, steps: int) -> Path:
-    config = TrainConfig(tiny=True, epochs=1, max_steps=steps, batch_size=8, max_tokens=32, progress=False,
-                         lr=1e-3, head_lr=1e-3, seed=seed)
+    config = TrainConfig(
+        tiny=True,
+        epochs=1,
+        max_steps=steps,
+        batch_size=8,
+        max_tokens=32,
+        progress=False,
+        lr=1e-3,
+        head_lr=1e-3,
+        seed=seed,
+    )
     train_classifier(config, tiny_rows(), tiny_rows(), work_dir=work)
     return work / "checkpoints" / "epoch1.pt"
 
@@ -37,7 +46,9 @@ def test_average_refuses_checkpoints_of_different_shapes() -> None:
 def test_greedy_soup_writes_a_checkpoint_the_exporter_loads(tmp_path: Path) -> None:
     first = _run(tmp_path / "a", seed=1, steps=2)
     second = _run(tmp_path / "b", seed=1, steps=3)
-    summary = greedy_soup([first, second], tiny_rows(), tmp_path / "soup" / "checkpoints" / "soup.pt")
+    summary = greedy_soup(
+        [first, second], tiny_rows(), tmp_path / "soup" / "checkpoints" / "soup.pt"
+    )
     assert summary["members"][0] in (str(first), str(second))
     assert {t["checkpoint"] for t in summary["tried"]} == {str(first), str(second)}
     model, config = load_checkpoint(tmp_path / "soup" / "checkpoints" / "soup.pt")

@@ -25,8 +25,16 @@ CPU = load_settings(ort_providers=("CPUExecutionProvider",))
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     work = tmp_path_factory.mktemp("train")
-    config = TrainConfig(tiny=True, epochs=1, max_steps=2, batch_size=8, max_tokens=32, progress=False,
-                         lr=1e-3, head_lr=1e-3)
+    config = TrainConfig(
+        tiny=True,
+        epochs=1,
+        max_steps=2,
+        batch_size=8,
+        max_tokens=32,
+        progress=False,
+        lr=1e-3,
+        head_lr=1e-3,
+    )
     result = train_classifier(config, tiny_rows(), tiny_rows(), work_dir=work)
     return result, work
 
@@ -49,8 +57,15 @@ def test_exported_model_in_runtime_matches_pytorch(trained: tuple, tmp_path: Pat
     rows = tiny_rows()
     tok = load_tokenizer(32)
     examples = build_examples(tok, rows, 32)
-    model_dir, report = write_model_dir(result.model, tmp_path / "m", examples, version="t1", max_tokens=32,
-                                        gpu_precision="fp32", int8_min_agreement=0.0)
+    model_dir, report = write_model_dir(
+        result.model,
+        tmp_path / "m",
+        examples,
+        version="t1",
+        max_tokens=32,
+        gpu_precision="fp32",
+        int8_min_agreement=0.0,
+    )
     assert report["fp32"]["max_abs_diff_topic"] < 1e-4
     texts = [t for t, _ in rows.sentiment] + [t for t, _ in rows.topic]
     reference = predict(result.model, examples)
@@ -70,24 +85,41 @@ def test_exported_model_in_runtime_matches_pytorch(trained: tuple, tmp_path: Pat
         assert np.corrcoef(q.ravel(), ref.ravel())[0, 1] > 0.9
         assert np.abs(q - ref).max() < 0.5
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    assert manifest["classifier"] == {"cpu": "classifier.int8.onnx", "gpu": "classifier.onnx", "gpu_precision": "fp32"}
+    assert manifest["classifier"] == {
+        "cpu": "classifier.int8.onnx",
+        "gpu": "classifier.onnx",
+        "gpu_precision": "fp32",
+    }
     assert manifest["memory"]["feature_dim"] == 6 + manifest["doc_vector_dim"]
 
 
-def test_export_fails_when_int8_disagrees_beyond_the_threshold(trained: tuple, tmp_path: Path) -> None:
+def test_export_fails_when_int8_disagrees_beyond_the_threshold(
+    trained: tuple, tmp_path: Path
+) -> None:
     result, _ = trained
     examples = build_examples(load_tokenizer(32), tiny_rows(), 32)
     with pytest.raises(ExportParityError, match="int8 argmax agrees"):
-        write_model_dir(result.model, tmp_path / "m", examples, version="t2", max_tokens=32,
-                        gpu_precision="fp32", int8_min_agreement=1.01)
+        write_model_dir(
+            result.model,
+            tmp_path / "m",
+            examples,
+            version="t2",
+            max_tokens=32,
+            gpu_precision="fp32",
+            int8_min_agreement=1.01,
+        )
 
 
 def _quantized_weights(path: Path) -> list[np.ndarray]:
     import onnx
     from onnx import numpy_helper
 
-    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
-            if t.name.endswith("_quantized") and t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]
+    return [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(path)).graph.initializer
+        if t.name.endswith("_quantized")
+        and t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    ]
 
 
 def test_int8_weight_formats_full_7_bit_and_uint8(trained: tuple, tmp_path: Path) -> None:
@@ -97,7 +129,9 @@ def test_int8_weight_formats_full_7_bit_and_uint8(trained: tuple, tmp_path: Path
     seven = _quantized_weights(quantize_int8(fp32, tmp_path / "s8r.onnx", reduce_range=True))
     unsigned = _quantized_weights(quantize_int8(fp32, tmp_path / "u8.onnx", weight_type="u8"))
     assert full and len(full) == len(seven) == len(unsigned)
-    assert all(w.dtype == np.int8 for w in full + seven) and all(w.dtype == np.uint8 for w in unsigned)
+    assert all(w.dtype == np.int8 for w in full + seven) and all(
+        w.dtype == np.uint8 for w in unsigned
+    )
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in full) == 127
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in seven) <= 64
     with pytest.raises(ValueError, match="weight_type"):
