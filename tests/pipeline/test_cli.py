@@ -39,6 +39,7 @@ def test_db_upgrade_then_status_reports_revision_and_no_champion(
     out = capsys.readouterr().out
     assert "0002_partition_watermarks" in out
     assert "champion_model" in out and "none registered" in out
+    assert "execution_provider  CPUExecutionProvider" in out
 
 
 def test_bad_setting_exits_2_with_the_variable_named(

@@ -49,6 +49,29 @@ def test_unavailable_providers_fall_back_to_cpu(tiny_model_dir: Path) -> None:
     assert Classifier.load(tiny_model_dir, settings).provider == "CPUExecutionProvider"
 
 
+def test_asking_for_cuda_on_a_cpu_runtime_logs_one_warning_saying_what_to_install(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    from pipeline import inference
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime offers CUDA")
+    monkeypatch.setattr(inference, "_warned", set())
+    cuda = load_settings(ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    with caplog.at_level("WARNING", logger="pipeline.inference"):
+        for _ in range(2):
+            assert Classifier.load(tiny_model_dir, cuda).provider == "CPUExecutionProvider"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "CUDAExecutionProvider" in warning and "make install-gpu" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline.inference"):  # automatic: no warning
+        assert Classifier.load(tiny_model_dir, load_settings()).provider == "CPUExecutionProvider"
+        assert inference.provider_in_use(load_settings()) == "CPUExecutionProvider"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_missing_or_broken_model_directory_raises_model_error(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
