@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline.db import retry_db
+from pipeline.db import driver_reason
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class GroupClock:
         self._missing_since: dict[int, float] = {}
         self._given_up: set[int] = set()
         self._held_logged_at = float("-inf")
+        self._db_warned_at = float("-inf")
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions this member no longer owns: their rows are the new owner's now."""
@@ -192,7 +193,21 @@ class GroupClock:
                     )
                 ]
 
-        rows = retry_db(exchange, what=f"{self.role}: group watermarks")
+        try:
+            rows = exchange()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            # Never block the poll loop on the database (a stop must still be seen): keep
+            # the rows last read, which only hold this member back more than needed.
+            now = time.monotonic()
+            if now - self._db_warned_at >= HELD_LOG_EVERY_S:
+                self._db_warned_at = now
+                log.warning(
+                    "%s: cannot exchange event-time watermarks with the database (%s); using the last "
+                    "ones read",
+                    self.role,
+                    driver_reason(exc),
+                )
+            return
         for p, v in changed.items():
             self._published[p] = v if isinstance(v, datetime) else None
         self._others = dict(rows)

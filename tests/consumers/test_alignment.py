@@ -80,3 +80,20 @@ def test_a_revoked_partition_keeps_its_row_for_the_new_owner(engine) -> None:
         (0, T0 + timedelta(days=5)),
         (1, T0 + timedelta(days=2)),
     ]
+
+
+def test_an_unreachable_database_never_blocks_the_poll_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pipeline import db
+    from pipeline.embedded import free_port
+
+    engine = db.make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing")
+    try:
+        clock = _clock(engine, "g-down")
+        with caplog.at_level("WARNING", logger="consumers.alignment"):
+            assert clock.limit({0: T0}, {0}) == T0 + timedelta(days=1)
+            assert clock.limit({0: T0}, {0, 1}) is UNKNOWN  # nothing known of partition 1
+    finally:
+        engine.dispose()
+    assert "cannot exchange event-time watermarks" in caplog.text
