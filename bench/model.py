@@ -128,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from bench.machine import int8_isa
-    from pipeline.inference import SENTIMENTS, Classifier, read_manifest
+    from pipeline.inference import Classifier, read_manifest
+    from pipeline.records import SENTIMENTS
     from pipeline.settings import load_settings
     from training.data import IGNORE, build_examples, fixed_dev_split
     from training.export import export_fp32, optimize_transformer

@@ -28,35 +28,13 @@ import numpy as np
 from pipeline.documents import normalise_text
 from pipeline.errors import ModelError
 from pipeline.memory_features import memory_features
+from pipeline.records import SENTIMENTS
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TOPICS: tuple[str, ...] = (
-    "Analyst Update",
-    "Fed / Central Banks",
-    "Company / Product News",
-    "Treasuries / Corporate Debt",
-    "Dividend",
-    "Earnings",
-    "Energy / Oil",
-    "Financials",
-    "Currencies",
-    "General News / Opinion",
-    "Gold / Metals / Materials",
-    "IPO",
-    "Legal / Regulation",
-    "M&A / Investments",
-    "Macro",
-    "Markets",
-    "Politics",
-    "Personnel Change",
-    "Stock Commentary",
-    "Stock Movement",
-)
-#: The model's sentiment output order. The data files number them differently
-#: (0 bearish, 1 bullish, 2 neutral): see ``training.data.DATA_TO_MODEL_SENTIMENT``.
-SENTIMENTS: tuple[str, ...] = ("bearish", "neutral", "bullish")
+# The vocabularies (SENTIMENTS: the model's sentiment output order; TOPICS) live in
+# pipeline.records, one definition for producer, scorer, trends, labels and training.
 
 REQUIRED_FILES = ("manifest.json",)
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)

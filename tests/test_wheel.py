@@ -4,6 +4,7 @@ without them failed with "…/site-packages/models is not a model directory").""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_ships_the_model_demo_assets_and_migrations(tmp_path: Path) -> None:
+    # build from a copy: an in-tree build leaves build/ behind in the checkout
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "runs", "__pycache__", "*.egg-info", ".*_cache"
+        ),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -23,7 +33,7 @@ def test_the_wheel_ships_the_model_demo_assets_and_migrations(tmp_path: Path) ->
             "--no-deps",
             "--wheel-dir",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         cwd=tmp_path,

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipeline.errors import InputError
-from pipeline.inference import SENTIMENTS, TOPICS, model_text
+from pipeline.inference import model_text
+from pipeline.records import SENTIMENTS, TOPICS
 
 IGNORE = -100
 #: data file sentiment id -> model output index (bearish, neutral, bullish)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.inference import SENTIMENTS, TOPICS
+from pipeline.records import SENTIMENTS, TOPICS
 from training.extra import require_train_extra
 
 DOC_VECTOR_DIM = 16

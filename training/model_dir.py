@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.inference import SENTIMENTS, TOPICS, Classifier
+from pipeline.inference import Classifier
+from pipeline.records import SENTIMENTS, TOPICS
 from pipeline.settings import load_settings
 from training.card import write_model_card
 from training.data import DATA_TO_MODEL_SENTIMENT, Example, HeadRows

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.inference import SENTIMENTS, TOPICS
+from pipeline.records import SENTIMENTS, TOPICS
 from training.evaluate import plot_confusion
 from training.retrain_gate import HEADS
 

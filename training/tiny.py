@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.inference import TOPICS
+from pipeline.records import TOPICS
 from training.data import HeadRows
 
 SENTIMENT_ROWS = [

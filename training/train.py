@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.inference import SENTIMENTS, TOPICS
+from pipeline.records import SENTIMENTS, TOPICS
 from training.data import IGNORE, Example, HeadRows, bucketed_batches, build_examples
 from training.evaluate import classification_report
 from training.model import MultiTaskClassifier, build_model, encoder_layer_groups, tokenizer_path

@@ -10,7 +10,7 @@ import pytest
 
 from finsent.cli import main
 from finsent.commands.classify import OUTPUT_COLUMNS
-from pipeline.inference import SENTIMENTS, TOPICS
+from pipeline.records import SENTIMENTS, TOPICS
 
 
 def _run(tiny_model_dir: Path, *args: str) -> int:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ModelError
-from pipeline.inference import SENTIMENTS, TOPICS, Classifier, MemoryCell, load_model
+from pipeline.inference import Classifier, MemoryCell, load_model
+from pipeline.records import SENTIMENTS, TOPICS
 from pipeline.settings import load_settings
 
 CPU = load_settings(ort_providers=("CPUExecutionProvider",))

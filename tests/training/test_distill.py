@@ -10,7 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pipeline.inference import SENTIMENTS, TOPICS, Classifier  # noqa: E402
+from pipeline.inference import Classifier  # noqa: E402
+from pipeline.records import SENTIMENTS, TOPICS  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from training.data import IGNORE, build_examples  # noqa: E402
 from training.distill import attach_teacher  # noqa: E402

@@ -30,7 +30,7 @@ SENTIMENT_WORDS = {0: "plunge slump crash", 1: "soar rally surge", 2: "meeting s
 
 def write_easy_data(root: Path, per_sentiment: int = 30, per_topic: int = 12) -> tuple[Path, Path]:
     """Sentiment and topic CSVs (data-file label ids) where one keyword decides the label."""
-    from pipeline.inference import TOPICS
+    from pipeline.records import TOPICS
 
     rng = random.Random(0)
     root.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from finsent.cli import main
-from pipeline.inference import TOPICS, load_model
+from pipeline.inference import load_model
+from pipeline.records import TOPICS
 from pipeline.settings import load_settings
 
 pytest.importorskip("torch")
