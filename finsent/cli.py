@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
+from finsent import __version__
 from finsent.commands import alerts as alerts_commands
 from finsent.commands import classify, db, demo, ingest, label, models, retrain, run, train
 from pipeline.errors import FinsentError
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming financial-sentiment monitoring: Kafka in, ONNX topic and "
         "sentiment classifier with per-key recurrent memory, PostgreSQL out, alerts.",
     )
+    parser.add_argument("--version", action="version", version=f"finsent {__version__}")
     parser.add_argument(
         "--log-level",
         default=None,
@@ -53,14 +56,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         if logging.getLogger().level > logging.DEBUG:
-            for noisy in ("alembic", "kafka"):
+            # apscheduler: two INFO lines per alert evaluation ("Running job", "executed")
+            for noisy in ("alembic", "kafka", "apscheduler"):
                 logging.getLogger(noisy).setLevel(logging.WARNING)
-        return int(args.func(args, settings) or 0)
+        code = int(args.func(args, settings) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        # the reader went away (`finsent ... | head -1`): stop quietly, as the Python docs
+        # advise for SIGPIPE, and point stdout at devnull so the flush at exit is quiet too
+        _stdout_to_devnull()
+        return 1
     except FinsentError as exc:
         print(f"finsent: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced stdout (tests): nothing to flush
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

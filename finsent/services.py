@@ -14,6 +14,8 @@ from sqlalchemy.engine import Engine
 
 from pipeline import db
 from pipeline.embedded import EmbeddedBroker, ensure_kafka_topics
+from pipeline.errors import BrokerError
+from pipeline.kafka_io import bootstrap_unreachable
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,35 @@ class Services:
         self.close()
 
 
-def start_services(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Services:
-    """Start or connect to the broker and database; create Kafka topics; migrate."""
+def require_kafka(bootstrap: str) -> None:
+    """BrokerError (one line, exit 2) unless a server of the configured ``bootstrap``
+    accepts TCP connections: checked before any Kafka client exists, so a wrong
+    FINSENT_KAFKA_BOOTSTRAP fails in seconds instead of logging a reconnect error per
+    attempt until the clients' timeouts run out."""
+    reason = bootstrap_unreachable(bootstrap)
+    if reason is not None:
+        raise BrokerError(
+            f"cannot reach the Kafka broker at {bootstrap} (FINSENT_KAFKA_BOOTSTRAP or "
+            f"--kafka-bootstrap): {reason}. Start the broker there, or point "
+            "FINSENT_KAFKA_BOOTSTRAP at a running one (unset it to use the embedded broker "
+            "of 'finsent run' / 'finsent demo')"
+        )
+
+
+def start_services(
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    kafka: bool = True,
+    database_line: str | None = None,
+) -> Services:
+    """Start or connect to the broker and database; create Kafka topics; migrate.
+    ``database_line`` replaces the start-up line's description of the database (the demo
+    names its own database in words)."""
+    if kafka and settings.kafka_bootstrap:
+        require_kafka(settings.kafka_bootstrap)
     url = db.database_url(settings)
-    db_line = db.database_description(settings)
+    db_line = database_line or db.database_description(settings)
     if migrate:
         db.upgrade(url)
     broker: EmbeddedBroker | None = None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +40,32 @@ class CancelledRefreshFilter(logging.Filter):
 _CLUSTER_LOG = logging.getLogger("kafka.cluster")
 if not any(isinstance(f, CancelledRefreshFilter) for f in _CLUSTER_LOG.filters):
     _CLUSTER_LOG.addFilter(CancelledRefreshFilter())
+
+
+def bootstrap_unreachable(bootstrap: str, timeout_s: float = 3.0) -> str | None:
+    """Why no server of ``bootstrap`` (``host:port[,host:port...]``) accepts a TCP
+    connection, or None when one does. A plain TCP probe, before any Kafka client: a
+    kafka-python client on a closed port logs an error line per reconnect attempt for as
+    long as its timeouts run, instead of failing once. ``timeout_s`` bounds the whole probe.
+
+    >>> bootstrap_unreachable("no-port-here")
+    "'no-port-here' is not host:port"
+    """
+    deadline = time.monotonic() + timeout_s
+    reasons = []
+    for server in (part.strip() for part in bootstrap.split(",")):
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            reasons.append(f"{server!r} is not host:port")
+            continue
+        try:
+            with socket.create_connection(
+                (host.strip("[]"), int(port)), timeout=max(0.2, deadline - time.monotonic())
+            ):
+                return None
+        except OSError as exc:
+            reasons.append(f"{server}: {exc.strerror or exc}")
+    return "; ".join(reasons) or "no server given"
 
 
 def json_bytes(value: Any) -> bytes:

@@ -26,6 +26,9 @@ OUTPUT_COLUMNS = (
     "model_version",
 )
 CHUNK = 256
+#: what an input column named like an output column is renamed to (``sentiment`` ->
+#: ``sentiment_input``): a labelled file keeps its own labels next to the predictions
+CLASH_SUFFIX = "_input"
 
 
 def register(sub: Any) -> None:
@@ -33,7 +36,8 @@ def register(sub: Any) -> None:
         "classify",
         help="batch-classify a CSV/JSONL file",
         description="Classify every row of a CSV or JSONL file. The output keeps the input "
-        "columns and adds: " + ", ".join(OUTPUT_COLUMNS) + ".",
+        "columns and adds: " + ", ".join(OUTPUT_COLUMNS) + "; an input column of one of "
+        f"those names is kept as NAME{CLASH_SUFFIX}.",
     )
     p.add_argument("input", type=Path, help="a .csv (with a header) or .jsonl/.ndjson file")
     p.add_argument(
@@ -136,6 +140,20 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield chunk
 
 
+def clash_free_name(name: str, taken: set[str] | dict[str, Any]) -> str:
+    """The name an input column clashing with an output column is written under.
+
+    >>> clash_free_name("sentiment", {"text", "sentiment"})
+    'sentiment_input'
+    >>> clash_free_name("topic", {"topic", "topic_input"})
+    'topic_input_input'
+    """
+    renamed = name + CLASH_SUFFIX
+    while renamed in taken or renamed in OUTPUT_COLUMNS:
+        renamed += CLASH_SUFFIX
+    return renamed
+
+
 def classify_file(
     input_path: Path,
     output_path: Path,
@@ -164,10 +182,26 @@ def classify_file(
         ) from exc
     count = 0
     writer: csv.DictWriter[str] | None = None
+    # never overwrite an input column with a prediction: rename it (and say so once)
+    renamed: dict[str, str] = {
+        c: clash_free_name(c, set(columns)) for c in columns if c in OUTPUT_COLUMNS
+    }
+    columns = [renamed.get(c, c) for c in columns]
+    told: set[str] = set()
     with out, tqdm(total=total, unit="doc", disable=not progress, file=sys.stderr) as bar:
         for chunk in _chunks(rows, CHUNK):
             texts = [str(row.get(text_column) or "") for row in chunk]
             for row, pred in zip(chunk, classifier.classify(texts), strict=True):
+                for name in [k for k in row if k in OUTPUT_COLUMNS]:
+                    new_name = renamed.get(name) or clash_free_name(name, row)
+                    row = {(new_name if k == name else k): v for k, v in row.items()}
+                    if name not in told:
+                        told.add(name)
+                        print(
+                            f"finsent: input column {name!r} kept as {new_name!r} "
+                            "(the output adds its own)",
+                            file=sys.stderr,
+                        )
                 row.update(
                     {
                         "topic": pred.topic,
@@ -184,7 +218,7 @@ def classify_file(
                 else:
                     if writer is None:
                         names = columns or [k for k in row if k not in OUTPUT_COLUMNS]
-                        names = [c for c in names if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS)
+                        names = names + list(OUTPUT_COLUMNS)
                         writer = csv.DictWriter(out, fieldnames=names, extrasaction="ignore")
                         writer.writeheader()
                     writer.writerow(
@@ -196,9 +230,7 @@ def classify_file(
             count += len(chunk)
             bar.update(len(chunk))
         if out_fmt == "csv" and writer is None:
-            csv.writer(out).writerow(
-                [c for c in columns if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS)
-            )
+            csv.writer(out).writerow(columns + list(OUTPUT_COLUMNS))
     return count
 
 

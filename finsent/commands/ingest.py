@@ -139,13 +139,34 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 
 def replay(args: argparse.Namespace, settings: Settings) -> int:
+    from finsent.services import require_kafka
+    from pipeline.documents import Document
     from pipeline.entities import load_watchlist
+    from pipeline.producers.base import DocumentProducer
     from pipeline.producers.replay import replay_file
+
+    ids: set[str] = set()
+
+    class IdCountingProducer(DocumentProducer):
+        """Remembers the ids it sent: rows with the same id are one document (the scorer
+        stores it once), so the command reports documents, not Kafka records."""
+
+        def send(self, doc: Document) -> Document:
+            sent = super().send(doc)
+            ids.add(sent.id)
+            return sent
 
     settings = _settings(args, settings)
     watchlist = load_watchlist(settings.watchlist)
+    if settings.kafka_bootstrap:
+        require_kafka(settings.kafka_bootstrap)  # one line, before any Kafka client retries
     bootstrap = _bootstrap(settings)
-    with _stop_on_signals() as stop:
+    with (
+        _stop_on_signals() as stop,
+        IdCountingProducer(
+            settings, bootstrap, stage="ingest:replay", watchlist=watchlist
+        ) as producer,
+    ):
         report = replay_file(
             settings,
             bootstrap,
@@ -153,7 +174,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             speed=args.speed,
             fmt=args.format,
             stop=stop,
-            watchlist=watchlist,
+            producer=producer,
             text_column=args.text_column,
             time_column=args.time_column,
             id_column=args.id_column,
@@ -163,7 +184,18 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             kind=args.kind,
             missing_time=args.missing_time,
         )
-    print(f"sent {report.sent}, dead-lettered {report.dead_lettered} ({report})")
+    documents = len(ids)
+    collapsed = report.sent - documents
+    rows = (
+        f" ({report.sent} rows: {collapsed} repeated the id of an earlier row and collapsed "
+        "into its document)"
+        if collapsed
+        else ""
+    )
+    print(
+        f"sent {documents} document{'s' if documents != 1 else ''}{rows}, "
+        f"dead-lettered {report.dead_lettered} ({report})"
+    )
     if report.dead_lettered:
         print(
             f"dead-lettered rows are in Kafka topic {settings.kafka_topic_dlq} with their reasons"
@@ -210,15 +242,16 @@ def http(args: argparse.Namespace, settings: Settings) -> int:
     settings = _settings(args, settings).model_copy(update=overrides)
     _bootstrap(settings)
     with start_services(settings) as services:
+        # A busy FINSENT_HTTP_PORT raises ConfigurationError here: one line, exit 2.
         server = http_role(settings, services, ingest=True)  # checks: database, kafka
         with _stop_on_signals() as stop:
-            server.start()
-            print(
-                f"HTTP ingest on {server.url}: POST /v1/documents, POST /v1/labels, GET /healthz, GET /metrics",
-                flush=True,
-            )
             try:
+                server.start()
+                print(
+                    f"HTTP ingest on {server.url}: POST /v1/documents, POST /v1/labels, GET /healthz, GET /metrics",
+                    flush=True,
+                )
                 stop.wait()
             finally:
-                server.stop()
+                server.stop()  # also closes the ingest producer
     return 0

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 from training import api
 
@@ -51,6 +52,7 @@ def retrain(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update=overrides)
     config = api.train_config_from_json(args.train_config)
     if args.schedule:
+        check_schedule_can_train(settings)
         api.run_retrain_schedule(settings, args.schedule, config=config)
         return 0
     try:
@@ -60,3 +62,31 @@ def retrain(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_LOCKED
     print(outcome.summary())
     return 0 if outcome.status in ("promoted", "rejected") else 1
+
+
+def check_schedule_can_train(settings: Settings) -> None:
+    """ConfigurationError (one line, exit 2) unless a scheduled run could train: torch
+    imports and the base training data settings name existing files. Checked before the
+    schedule is stored, so a broken setup fails now instead of at 02:00 in a log."""
+    try:
+        import torch  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install's OSError
+        raise ConfigurationError(
+            f"retrain --schedule needs torch, which does not import ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}): pip install -e '.[train]'"
+        ) from None
+    files = {
+        "FINSENT_TRAIN_SENTIMENT_CSV (--sentiment-csv)": settings.train_sentiment_csv,
+        "FINSENT_TRAIN_TOPIC_CSV (--topic-csv)": settings.train_topic_csv,
+    }
+    if all(path is None for path in files.values()):
+        raise ConfigurationError(
+            "retrain --schedule needs base training data: set FINSENT_TRAIN_SENTIMENT_CSV "
+            "and/or FINSENT_TRAIN_TOPIC_CSV (or --sentiment-csv/--topic-csv) to labelled CSVs"
+        )
+    for name, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise ConfigurationError(
+                f"retrain --schedule: {name} is {path}, which is not a file; "
+                "point it at a labelled CSV (text,label)"
+            )

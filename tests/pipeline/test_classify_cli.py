@@ -52,6 +52,39 @@ def test_jsonl_in_and_out(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert rows[0]["meta"] == {"k": 1} and set(OUTPUT_COLUMNS) <= set(rows[0])
 
 
+def test_input_columns_named_like_outputs_are_kept_under_a_suffix(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "labelled.csv"
+    with src.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "sentiment", "topic"])
+        w.writerow(["Shares slump after guidance cut", "gold-bearish", "gold-Earnings"])
+        w.writerow(["Gold rallies", "gold-bullish", "gold-Gold"])
+    out = tmp_path / "out.csv"
+    assert _run(tiny_model_dir, str(src), "--output", str(out)) == 0
+    with out.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["text", "sentiment_input", "topic_input", *OUTPUT_COLUMNS]
+    assert [r["sentiment_input"] for r in rows] == ["gold-bearish", "gold-bullish"]
+    assert [r["topic_input"] for r in rows] == ["gold-Earnings", "gold-Gold"]
+    assert all(r["sentiment"] in SENTIMENTS and r["topic"] in TOPICS for r in rows)
+    err = capsys.readouterr().err
+    assert "input column 'sentiment' kept as 'sentiment_input'" in err
+    assert "input column 'topic' kept as 'topic_input'" in err
+
+    jsonl = tmp_path / "labelled.jsonl"
+    jsonl.write_text(
+        json.dumps({"text": "Oil slides", "sentiment": "gold", "sentiment_input": "older"}) + "\n"
+    )
+    out_jsonl = tmp_path / "out.jsonl"
+    assert _run(tiny_model_dir, str(jsonl), "--output", str(out_jsonl)) == 0
+    (row,) = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    assert row["sentiment_input"] == "older" and row["sentiment_input_input"] == "gold"
+    assert row["sentiment"] in SENTIMENTS
+
+
 def test_missing_column_is_a_clear_error(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -297,8 +297,34 @@ def test_ingest_replay_command_reports_counts(
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert "sent 1, dead-lettered 1" in out and settings.kafka_topic_dlq in out
+    assert "sent 1 document, dead-lettered 1" in out and settings.kafka_topic_dlq in out
     assert len(read_topic(settings.kafka_bootstrap or "", settings.kafka_topic_documents)) == 1
+
+
+def test_ingest_replay_counts_rows_with_one_id_as_one_document(
+    settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("KAFKA_TOPIC_DOCUMENTS", "KAFKA_TOPIC_DLQ", "KAFKA_TOPIC_SCORED"):
+        monkeypatch.setenv(f"FINSENT_{name}", getattr(settings, name.lower()))
+    rows = [
+        {"id": "a", "text": "Boeing falls", "published_at": "2024-05-01T10:00:00Z"},
+        {"id": "b", "text": "Apple rises", "published_at": "2024-05-01T10:01:00Z"},
+        {"id": "a", "text": "Boeing falls (corrected)", "published_at": "2024-05-01T10:02:00Z"},
+        {"id": "a", "text": "Boeing falls again", "published_at": "2024-05-01T10:03:00Z"},
+    ]
+    path = _write_lines(tmp_path / "dupes.jsonl", [json.dumps(r).encode() for r in rows])
+    argv = ["--kafka-bootstrap", settings.kafka_bootstrap or "", "ingest", "replay", str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "sent 2 documents (4 rows: 2 repeated the id of an earlier row and collapsed into its "
+        "document), dead-lettered 0"
+    )
+    records = read_topic(settings.kafka_bootstrap or "", settings.kafka_topic_documents)
+    assert len(records) == 4 and len({value["id"] for _, value in records}) == 2
 
 
 def test_ingest_without_a_kafka_cluster_says_how_to_configure_one(

@@ -5,6 +5,7 @@ missed while the scheduler was down runs once when it comes back within the grac
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -153,9 +154,13 @@ def test_schedule_command_stores_its_job_and_stops_cleanly_on_sigterm(
 
     from finsent.cli import main
 
-    assert main(["--database-url", database_url, "retrain", "--schedule", "61 * * * *"]) == 2
+    s_csv, t_csv = write_easy_data(tmp_path / "data")
+    data = ["--sentiment-csv", str(s_csv), "--topic-csv", str(t_csv)]
+    assert main(["--database-url", database_url, "retrain", "--schedule", "61 * * * *", *data]) == 2
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
     env["FINSENT_MODEL_REGISTRY_DIR"] = str(tmp_path / "registry")
+    env["FINSENT_TRAIN_SENTIMENT_CSV"] = str(s_csv)
+    env["FINSENT_TRAIN_TOPIC_CSV"] = str(t_csv)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -184,6 +189,34 @@ def test_schedule_command_stores_its_job_and_stops_cleanly_on_sigterm(
     _, state = stored_job(engine)  # type: ignore[misc]
     assert "day_of_week='mon', hour='4', minute='30'" in str(state["trigger"])
     assert state["next_run_time"].weekday() == 0 and state["next_run_time"].hour == 4
+
+
+def test_schedule_refuses_training_data_settings_that_name_no_file(
+    engine: sa.Engine,
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from finsent.cli import main
+
+    base = ["--database-url", database_url, "retrain", "--schedule", "0 3 * * *"]
+    assert main(base) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "FINSENT_TRAIN_SENTIMENT_CSV" in line and "needs base training data" in line
+    s_csv, _ = write_easy_data(tmp_path / "data")
+    missing = tmp_path / "nope" / "topic.csv"
+    assert main([*base, "--sentiment-csv", str(s_csv), "--topic-csv", str(missing)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"FINSENT_TRAIN_TOPIC_CSV (--topic-csv) is {missing}, which is not a file" in line
+    assert stored_job(engine) is None  # nothing was scheduled
+
+    # torch that does not import: one line naming it, nothing scheduled
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert main([*base, "--sentiment-csv", str(s_csv)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "needs torch" in line and "pip install" in line
+    assert stored_job(engine) is None
 
 
 class _RunsCode:
