@@ -16,11 +16,22 @@ from collections.abc import Sequence
 
 from finsent import __version__
 from finsent.commands import alerts as alerts_commands
-from finsent.commands import classify, db, demo, ingest, label, models, retrain, run, train
+from finsent.commands import (
+    classify,
+    db,
+    demo,
+    ingest,
+    label,
+    models,
+    retrain,
+    run,
+    top,
+    train,
+)
 from pipeline.errors import FinsentError
 
 #: in the order ``finsent --help`` lists them: what users type, by job
-GROUPS = (db, run, demo, ingest, classify, train, retrain, models, label, alerts_commands)
+GROUPS = (db, run, demo, ingest, classify, train, retrain, models, label, alerts_commands, top)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,8 +68,11 @@ def http_role(
     ``roles_ready`` (readiness: ``daemon.ready()``), ``database`` and ``kafka`` (readiness).
     With ``ingest`` the server also takes ``POST /v1/documents`` and ``/v1/labels`` through
     its own producer, closed when the server stops.
+
+    The port is taken here, in the caller's thread: a busy FINSENT_HTTP_PORT is a
+    ConfigurationError (one line, exit 2) before any role or producer starts.
     """
-    server = HttpServer.from_settings(settings)
+    server = HttpServer.from_settings(settings).bind()
     # Taking documents in is the first stage of the data flow: at shutdown it stops first,
     # so nothing arrives after the scorer stopped. Health and metrics alone stop last.
     server.stage = Stage.INGEST if ingest else Stage.DOWNSTREAM

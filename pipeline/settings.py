@@ -297,6 +297,24 @@ class Settings(BaseSettings):
         None, description="bearer token required by HTTP ingest when set"
     )
     http_max_body_bytes: int = Field(5_000_000, ge=1024)
+    http_backlog: int = Field(
+        2048, ge=1, description="listen() backlog: connections the kernel queues before accept"
+    )
+    http_max_connections: int = Field(
+        200,
+        ge=1,
+        description="open connections (or requests in flight) served at once; beyond it a request "
+        "gets 503 at once (no thread is started for it)",
+    )
+    http_keepalive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    http_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a client gets this long to send a request's headers, and again its body; "
+        "slower: 408 and the handler never runs",
+    )
     shutdown_grace_s: float = Field(
         30.0,
         gt=0,
