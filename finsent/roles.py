@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alerts.service import AlertService
 from consumers.scorer import Scorer
 from consumers.trends import Trends
+from finsent.console.pages import console_routes
 from pipeline.embedded import port_answers
 from pipeline.http_server import HttpServer
 from pipeline.producers.base import DocumentProducer
@@ -60,14 +61,21 @@ def alert_roles(settings: Settings, services: Any) -> list[AlertService]:
 
 
 def http_role(
-    settings: Settings, services: Any, *, daemon: Any = None, ingest: bool = True
+    settings: Settings,
+    services: Any,
+    *,
+    daemon: Any = None,
+    ingest: bool = True,
+    console: bool = True,
 ) -> HttpServer:
     """The HTTP server of ``finsent run`` / ``finsent worker``, as a role (not started).
 
     Health checks: ``roles`` (liveness: no role crashed, from ``daemon.alive()``),
     ``roles_ready`` (readiness: ``daemon.ready()``), ``database`` and ``kafka`` (readiness).
     With ``ingest`` the server also takes ``POST /v1/documents`` and ``/v1/labels`` through
-    its own producer, closed when the server stops.
+    its own producer, closed when the server stops. With a database and ``console`` it
+    also serves the web console (``/``, ``/keys/…``, ``/alerts``; behind the token when one
+    is set) and ``POST /v1/labels`` for its label buttons.
 
     The port is taken here, in the caller's thread: a busy FINSENT_HTTP_PORT is a
     ConfigurationError (one line, exit 2) before any role or producer starts.
@@ -97,4 +105,8 @@ def http_role(
         producer = DocumentProducer.from_settings(settings, bootstrap, stage="ingest:http")
         HttpIngest(settings, producer, engine).install(server)
         server.on_stop(producer.close)
+    elif engine is not None and console:
+        HttpIngest(settings, None, engine).install_labels(server)
+    if engine is not None and console:
+        server.add_routes(console_routes(engine, settings), auth=True)
     return server

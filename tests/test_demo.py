@@ -141,6 +141,8 @@ class DemoRun:
     live_url: str
     demo_url: str
     health_status: int
+    console_status: int
+    console_html: str
     served_url: str
     returned: int | None
     serve_thread_alive: bool
@@ -187,10 +189,13 @@ def demo_run(
             deadline = time.monotonic() + 180
             served = None
             while time.monotonic() < deadline and thread.is_alive() and served is None:
-                served = re.search(r"serving the demo database on (http://\S+) ", out.getvalue())
+                served = re.search(
+                    r"the console on the demo database: (http://\S+)/ ", out.getvalue()
+                )
                 time.sleep(0.2)
             assert served is not None, out.getvalue()
             health = httpx.get(served.group(1) + "/healthz", timeout=10).status_code
+            console = httpx.get(served.group(1) + "/?since=30d&now=latest", timeout=30)
             stop.set()
             thread.join(timeout=60)
             after = _snapshot(live)
@@ -203,6 +208,8 @@ def demo_run(
                 live_url=live_url,
                 demo_url=demo_url,
                 health_status=health,
+                console_status=console.status_code,
+                console_html=console.text,
                 served_url=served.group(1),
                 returned=result.get("code"),
                 serve_thread_alive=thread.is_alive(),
@@ -329,8 +336,9 @@ def test_every_suggested_sql_statement_returns_rows_on_the_demo_data(demo_run: D
         engine.dispose()
 
 
-def test_demo_serve_keeps_the_http_role_up_until_stopped(demo_run: DemoRun) -> None:
+def test_demo_serve_keeps_the_http_role_and_the_console_up_until_stopped(demo_run: DemoRun) -> None:
     assert demo_run.health_status == 200
+    assert demo_run.console_status == 200 and "entity:" in demo_run.console_html
     assert demo_run.served_url.startswith("http://127.0.0.1:")
     assert "Ctrl-C to stop" in demo_run.text
     assert not demo_run.serve_thread_alive and demo_run.returned == 0

@@ -300,11 +300,10 @@ def serve_demo(settings: Settings, services: Any, out: Any, stop: threading.Even
     from finsent.roles import http_role
 
     server = http_role(settings, services, ingest=False)
-    add_console_routes(server, settings, services)
     server.start()
     try:
         print(
-            f"\nserving the demo database on {server.url} (GET /healthz, GET /metrics); "
+            f"\nthe console on the demo database: {server.url}/ (also GET /healthz, GET /metrics); "
             "Ctrl-C to stop",
             file=out,
             flush=True,
@@ -314,14 +313,6 @@ def serve_demo(settings: Settings, services: Any, out: Any, stop: threading.Even
         print("stopped", file=out)
     finally:
         server.stop()
-
-
-def add_console_routes(server: Any, settings: Settings, services: Any) -> None:
-    """Mount the web console (``finsent.console.pages``) on the demo's HTTP server."""
-    # TODO(issue 15, console): finsent.console.pages.console_routes did not exist when --serve
-    # landed; mount it here, e.g. `from finsent.console.pages import console_routes` and add
-    # console_routes(settings, services.engine) to `server` the way the rewritten
-    # pipeline/http_server.py takes routes.
 
 
 def print_sample_alerts(engine: Any, settings: Settings, documents: list[Any], out: Any) -> None:

@@ -359,7 +359,7 @@ document.querySelectorAll("form.label").forEach(function (form) {
       var response = await fetch({{ labels_path|tojson }}, {
         method: "POST", credentials: "same-origin",
         headers: {"Content-Type": "application/json"},
-        body: JSON.stringify({document_id: form.dataset.document, sentiment: sentiment})
+        body: JSON.stringify({document_id: form.dataset.document, sentiment: sentiment, labelled_by: "console"})
       });
       status.textContent = response.ok ? "labelled " + sentiment : "not saved (" + response.status + "): " + (await response.text()).slice(0, 200);
     } catch (error) {

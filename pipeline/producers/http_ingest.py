@@ -75,14 +75,22 @@ class HttpIngest:
     """The ingest routes, bound to one ``DocumentProducer`` (and an engine for labels)."""
 
     def __init__(
-        self, settings: Settings, producer: DocumentProducer, engine: Engine | None = None
+        self, settings: Settings, producer: DocumentProducer | None, engine: Engine | None = None
     ) -> None:
         self.settings = settings
         self.producer = producer
         self.engine = engine
 
     def install(self, server: HttpServer) -> None:
+        """Both routes; needs a producer."""
+        if self.producer is None:
+            raise ValueError("POST /v1/documents needs a DocumentProducer")
         server.add_route("POST", "/v1/documents", self.post_documents, auth=True, json_body=True)
+        self.install_labels(server)
+
+    def install_labels(self, server: HttpServer) -> None:
+        """``POST /v1/labels`` alone (the console's label buttons on a server that takes no
+        documents, e.g. ``finsent worker`` or ``finsent demo --serve``)."""
         server.add_route("POST", "/v1/labels", self.post_labels, auth=True, json_body=True)
 
     # -- documents ------------------------------------------------------------------------------
@@ -140,6 +148,7 @@ class HttpIngest:
                 errors=errors[:MAX_REPORTED_ERRORS],
             )
         try:
+            assert self.producer is not None  # install() refuses to serve documents without one
             sent = [self.producer.send(doc) for doc in docs]
             self.producer.flush(timeout_s=min(30.0, self.settings.kafka.request_timeout_ms / 1000))
         except BrokerError as exc:

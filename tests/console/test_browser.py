@@ -2,9 +2,9 @@
 pipeline and model (``run_demo``) and the demo's alert rules (evaluated on the data clock,
 stored in ``alerts``): what a person would check, and the screenshots in the README.
 
-The label endpoint is a stub calling ``pipeline.labels.store_label`` (the daemon's HTTP
-server is being rewritten; the test moves to it afterwards). Skips only outside CI when no
-``chromium`` binary is installed; under ``CI=true`` a missing browser fails.
+Served by the daemon's own HTTP role (``finsent.roles.http_role``), so the label button posts
+to the real ``POST /v1/labels``. Skips only outside CI when no ``chromium`` binary is
+installed; under ``CI=true`` a missing browser fails.
 """
 
 from __future__ import annotations
@@ -12,22 +12,18 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
 
 from alerts.service import AlertService
 from finsent.commands.demo import SAMPLE_RULES, demo_database, run_demo
-from finsent.console.pages import LABELS_PATH, console_routes
+from finsent.roles import http_role
 from pipeline import db
-from pipeline.embedded import free_port
-from pipeline.errors import InputError
 from pipeline.settings import Settings
 from tests.conftest import drop_database
 
@@ -74,47 +70,15 @@ def sample_engine(settings: Settings, postgres_admin_url: str) -> Iterator[sa.en
 
 @pytest.fixture
 def console_url(sample_engine: sa.engine.Engine, settings: Settings) -> Iterator[str]:
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    from pipeline.labels import store_label
-
-    async def labels(request: Request) -> JSONResponse:
-        body: dict[str, Any] = await request.json()
-
-        def store() -> int:
-            with sample_engine.begin() as conn:
-                return store_label(
-                    conn,
-                    body.get("document_id", ""),
-                    sentiment=body.get("sentiment"),
-                    labelled_by=body.get("labelled_by") or "console",
-                )
-
-        try:
-            from starlette.concurrency import run_in_threadpool
-
-            label_id = await run_in_threadpool(store)
-        except InputError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse({"id": label_id}, status_code=201)
-
-    routes = console_routes(sample_engine, settings.model_copy(update={"alert_clock": "data"}))
-    app = Starlette(routes=[*routes, Route(LABELS_PATH, labels, methods=["POST"])])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    """The daemon's own HTTP role (``finsent.roles.http_role``: console pages and the real
+    ``POST /v1/labels``) on the sample database."""
+    served = settings.model_copy(update={"alert_clock": "data", "http_port": 0})
+    server = http_role(served, SimpleNamespace(engine=sample_engine, bootstrap=""), ingest=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def test_a_person_finds_the_surge_reads_why_and_labels_a_headline(
