@@ -301,7 +301,7 @@ class Settings(BaseSettings):
         2048, ge=1, description="listen() backlog: connections the kernel queues before accept"
     )
     http_max_connections: int = Field(
-        200,
+        1000,
         ge=1,
         description="open connections (or requests in flight) served at once; beyond it a request "
         "gets 503 at once (no thread is started for it)",
