@@ -48,8 +48,8 @@ from pipeline.inference import Classifier, read_manifest  # noqa: E402
 from pipeline.kafka_io import make_producer  # noqa: E402
 from pipeline.settings import KafkaTimeouts, Settings, load_settings  # noqa: E402
 
-SAMPLE = ROOT / "pipeline" / "sample" / "stream.jsonl"
-WATCHLIST = ROOT / "pipeline" / "sample" / "watchlist.yaml"
+SAMPLE = ROOT / "finsent" / "demo" / "stream.jsonl"
+WATCHLIST = ROOT / "finsent" / "demo" / "watchlist.yaml"
 QUICK = KafkaTimeouts(
     session_timeout_ms=2000,
     heartbeat_interval_ms=600,

@@ -78,7 +78,7 @@ def test_real_retraining_run_on_shipped_data_and_200_labels(
     truth = sample_truth()
     docs = [
         Document.parse_obj_or_raise(json.loads(line))
-        for line in (ROOT / "pipeline" / "sample" / "stream.jsonl").read_text().splitlines()
+        for line in (ROOT / "finsent" / "demo" / "stream.jsonl").read_text().splitlines()
     ]
     clf = Classifier.load(champion_dir, settings)
     preds = clf.classify([d.content for d in docs])
