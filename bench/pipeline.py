@@ -180,8 +180,19 @@ def latency(
     ensure_kafka_topics(s.kafka_bootstrap or "", s.kafka_topics, s.kafka_partitions)
     sent: dict[str, float] = {}
     with Workers(s, engine), GroupProgress(s.kafka_bootstrap or "") as progress:
-        time.sleep(4.0)  # let both groups join before the clock starts
         producer = make_producer(s, s.kafka_bootstrap or "", linger_ms=0)
+        # Start the clock once both groups have joined and served a document: a static
+        # member's first join on tansu takes 6-12 s, which a fixed sleep did not cover, so
+        # the old figures measured the join, not the pipeline (p50 = the join's remainder).
+        warm = documents(1, "warm", docs[0].published_at - timedelta(minutes=1))[0]
+        producer.send(s.kafka_topic_documents, key=warm.id.encode(), value=warm.to_json_bytes())
+        producer.flush()
+        joined = progress.wait_caught_up(
+            s.group_id("scorer"), s.kafka_topic_documents, timeout_s=120, min_records=1
+        ) and progress.wait_caught_up(
+            s.group_id("trends"), s.kafka_topic_scored, timeout_s=120, min_records=1
+        )
+        assert joined, "the workers did not serve the warm-up document within 120 s"
         started = time.time()
         for i, d in enumerate(docs):
             due = started + i / rate
@@ -194,7 +205,7 @@ def latency(
         producer.close()
         offered_s = time.time() - started
         kept_up = progress.wait_caught_up(
-            s.group_id("scorer"), s.kafka_topic_documents, timeout_s=120, min_records=len(docs)
+            s.group_id("scorer"), s.kafka_topic_documents, timeout_s=120, min_records=len(docs) + 1
         )
         kept_up = kept_up and progress.wait_caught_up(
             s.group_id("trends"), s.kafka_topic_scored, timeout_s=120
@@ -207,7 +218,18 @@ def latency(
             ),
             {"ids": list(sent)},
         ).all()
+        scored = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT document_id, extract(epoch FROM scored_at) FROM predictions "
+                    "WHERE document_id = ANY(:ids)"
+                ),
+                {"ids": list(sent)},
+            ).all()
+        )
     lat = np.array([float(r.done) - sent[r.document_id] for r in rows] or [float("nan")])
+    # where the time goes: send -> prediction stored (Kafka hop + scorer), then -> trend point
+    to_scored = np.array([float(scored[d]) - sent[d] for d in scored] or [float("nan")])
     return {
         "offered_docs_per_s": round(rate, 1),
         "documents": len(docs),
@@ -217,6 +239,8 @@ def latency(
         "p50_s": round(float(np.percentile(lat, 50)), 3),
         "p99_s": round(float(np.percentile(lat, 99)), 3),
         "max_s": round(float(lat.max()), 3),
+        "to_prediction_p50_s": round(float(np.percentile(to_scored, 50)), 3),
+        "to_prediction_p99_s": round(float(np.percentile(to_scored, 99)), 3),
     }
 
 

@@ -260,7 +260,12 @@ class Settings(BaseSettings):
         "with one WARNING",
     )
     ort_intra_threads: int = Field(
-        0, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime's default)"
+        1,
+        ge=0,
+        description="onnxruntime intra-op threads (0 = onnxruntime's default, one per core). 1 by "
+        "default: the scorer shares the cores with trends, the broker and PostgreSQL, and a second "
+        "spinning onnxruntime thread starved them (bench/pipeline.py on 2 cores: p99 at half load "
+        "4.4 s with 2 threads, 0.36 s with 1). 'finsent classify' uses every core unless this is set",
     )
     ort_inter_threads: int = Field(1, ge=0)
     max_text_chars: int = Field(

@@ -171,6 +171,10 @@ def classify_file(
     if input_path.resolve() == output_path.resolve():
         raise InputError("--output must differ from the input file")
     columns, rows = _read_rows(input_path, in_fmt, text_column)
+    if "ort_intra_threads" not in settings.model_fields_set:
+        # a batch job has the cores to itself (the stream's default of 1 leaves room for
+        # the other roles): onnxruntime's default, one thread per core
+        settings = settings.model_copy(update={"ort_intra_threads": 0})
     classifier = Classifier.load(settings.model_dir, settings)
     total = _count_rows(input_path, in_fmt) if progress else None
     try:
