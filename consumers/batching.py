@@ -65,6 +65,11 @@ MAX_BUFFERED = 20_000
 MERGE_WAIT_S = 5.0
 #: Poll timeout while a batch is filling or a merge waits (no busy loop, see rule 3).
 MERGE_POLL_MS = 50
+#: A reader serving batches from its read-ahead still calls ``poll`` at least this often:
+#: kafka-python counts ``max_poll_interval_ms`` between poll() calls, and a scorer working
+#: through 20,000 buffered records (40 s at 500 docs/s) without one was dropped from its
+#: group mid-backlog (its commits refused, its partitions re-joined a minute later).
+KEEPALIVE_POLL_S = 1.0
 
 
 class AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -147,6 +152,8 @@ class PartitionReader(AssignmentLog):
         #: Per revoked partition: the first record dropped from its buffer (not processed).
         self.resume_at: dict[Any, int] = {}
         self.seeks = 0
+        #: when ``consumer.poll`` was last called (see :data:`KEEPALIVE_POLL_S`)
+        self.polled_at = time.monotonic()
 
     # -- the resume rule ---------------------------------------------------------------
 
@@ -191,6 +198,7 @@ class PartitionReader(AssignmentLog):
     # -- reading -------------------------------------------------------------------------
 
     def _poll(self, timeout_ms: int) -> int:
+        self.polled_at = time.monotonic()
         room = max(1, self.max_buffered - self.total)
         polled = self.consumer.poll(timeout_ms=max(0, timeout_ms), max_records=room)
         got = 0
@@ -232,6 +240,8 @@ class PartitionReader(AssignmentLog):
         ``policy.max_wait_ms`` after it for more, longer only while a lagging partition has
         nothing buffered (bounded by ``merge_wait_s``)."""
         started = time.monotonic()
+        if self.total and started - self.polled_at >= KEEPALIVE_POLL_S:
+            self._poll(0)  # stay in the group while serving from the read-ahead
         first_at = started if self.total else None
         forced = False
         while not stop.is_set():

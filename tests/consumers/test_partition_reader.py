@@ -195,3 +195,41 @@ def test_a_backlog_leaves_in_event_time_order_across_partitions(settings: Settin
     times = [r.value.decode() for r in out]
     assert len(times) == 4000
     assert times == sorted(times), "the backlog left out of event-time order"
+
+
+def test_a_reader_serving_its_read_ahead_still_polls_to_stay_in_the_group(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    """kafka-python drops a member that does not call poll() within max_poll_interval_ms;
+    a long read-ahead must not keep the reader from calling it."""
+    from consumers import batching
+
+    monkeypatch.setattr(batching, "KEEPALIVE_POLL_S", 0.1)
+    _send(settings, [(0, f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}") for i in range(3000)])
+    reader = _reader(settings, group="keepalive")
+    stop = threading.Event()
+    try:
+        first = reader.poll_batch(POLICY, stop, 5000)
+        wait_for(
+            lambda: (
+                reader.total + len(first) >= 3000
+                or bool(first.extend(reader.poll_batch(POLICY, stop, 200)))
+            ),
+            30,
+            "the whole partition read ahead",
+        )
+        calls: list[float] = []
+        real_poll = reader.consumer.poll
+
+        def counting_poll(*args: Any, **kwargs: Any) -> Any:
+            calls.append(time.monotonic())
+            return real_poll(*args, **kwargs)
+
+        reader.consumer.poll = counting_poll  # type: ignore[method-assign]
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:
+            assert reader.poll_batch(POLICY, stop, 200), "the read-ahead ran out"
+            time.sleep(0.02)  # the batch's work
+        assert len(calls) >= 5, f"{len(calls)} polls in 1 s while serving the read-ahead"
+    finally:
+        reader.consumer.close(autocommit=False)
