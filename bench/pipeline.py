@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from consumers.progress import GroupProgress  # noqa: E402
 from consumers.scorer import Scorer  # noqa: E402
 from consumers.trends import Trends  # noqa: E402
+from finsent.daemon import tune_interpreter  # noqa: E402
 from pipeline import db  # noqa: E402
 from pipeline.documents import Document  # noqa: E402
 from pipeline.embedded import EmbeddedBroker, ensure_kafka_topics  # noqa: E402
@@ -266,6 +267,7 @@ def main() -> int:
     args = parser.parse_args()
 
     base = load_settings(model_dir=args.model_dir, kafka=QUICK)
+    tune_interpreter(base)  # what finsent run does for the process its workers share
     manifest = read_manifest(base.model_dir)
     admin = base.database_url or db.database_url(base)
     name = f"finsent_bench_{os.getpid()}"

@@ -247,3 +247,17 @@ def test_sigterm_right_after_ingest_on_the_embedded_broker_scores_and_trends_eve
     assert "every role stopped cleanly" in text
     assert text.index("scorer: drained") < text.index("trends: drained")
     assert_exactly_once(engine, 120)
+
+
+def test_stream_processes_get_a_short_gil_switch_interval() -> None:
+    import sys
+
+    from finsent.daemon import tune_interpreter
+    from pipeline.settings import load_settings
+
+    before = sys.getswitchinterval()
+    try:
+        tune_interpreter(load_settings(gil_switch_interval_s=0.002))
+        assert abs(sys.getswitchinterval() - 0.002) < 1e-9
+    finally:
+        sys.setswitchinterval(before)

@@ -25,7 +25,7 @@ from alerts.backtest import run_backtest
 from alerts.lifecycle import Episode
 from alerts.rules import SpikeRule, ThresholdRule, format_duration, load_rules
 from consumers.progress import GroupProgress
-from finsent.daemon import Daemon
+from finsent.daemon import Daemon, tune_interpreter
 from finsent.roles import WORKER_ROLES, stream_role
 from finsent.services import start_services
 from pipeline import db
@@ -247,6 +247,7 @@ def run_demo(
     settings = demo_settings(settings, target)
     recreate_database(target)
     print(f"database: {target.description()}", file=out, flush=True)
+    tune_interpreter(settings)
     with start_services(settings, database_line=target.description()) as services:
         roles = [stream_role(name, settings, services) for name in WORKER_ROLES]
         daemon = Daemon(

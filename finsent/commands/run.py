@@ -13,7 +13,7 @@ import argparse
 import logging
 from typing import Any
 
-from finsent.daemon import Daemon
+from finsent.daemon import Daemon, tune_interpreter
 from finsent.roles import WORKER_ROLES, alert_roles, http_role, producer_roles, stream_role
 from finsent.services import start_services
 from pipeline.errors import ConfigurationError
@@ -38,6 +38,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
             "'finsent worker' joins a consumer group on a shared Kafka cluster: set FINSENT_KAFKA_BOOTSTRAP "
             "(or --kafka-bootstrap); to run every role in one process with an embedded broker use 'finsent run'"
         )
+    tune_interpreter(settings)
     with start_services(settings) as services:
         daemon = Daemon(
             [stream_role(args.role, settings, services)],
@@ -50,6 +51,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Every role in one process until SIGTERM."""
+    tune_interpreter(settings)
     with start_services(settings) as services:
         roles: list[Any] = list(producer_roles(settings, services))
         roles += [stream_role(name, settings, services) for name in WORKER_ROLES]
