@@ -363,6 +363,17 @@ class Settings(BaseSettings):
     train_topic_csv: Path | None = Field(
         None, description="labelled topic training CSV (text,label)"
     )
+    train_news_csv: Path | None = Field(
+        None,
+        description="the external headline file rss_finance_headlines_2021.csv.gz: retraining adds "
+        "the hand-labelled news train set (training/news_train) and evaluates both models on the "
+        "news dev set (training/news_dev), which the gate then compares too",
+    )
+    train_synthetic_news: bool = Field(
+        True,
+        description="retraining adds finsent's own synthetic news headlines "
+        "(training/news_synth/headlines.csv)",
+    )
     retrain_promote_margin: float = Field(
         0.005, ge=0, description="challenger may be this much worse in macro-F1 and still win"
     )

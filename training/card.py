@@ -27,19 +27,81 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+HEAD_NAMES = {
+    "sentiment": "sentiment (tweets dev)",
+    "topic": "topic (tweets dev)",
+    "news_sentiment": "sentiment (news dev, 640 headlines)",
+}
+
+
+def _news_data(cfg: dict[str, Any]) -> list[str]:
+    """The Data section's news paragraph, when the run used news rows (issue #13)."""
+    if not cfg.get("news_csv") and not cfg.get("synthetic_news"):
+        return []
+    parts = [
+        "News (label convention: `training/LABEL_GUIDELINE.md`, bearish = adverse for an "
+        "investor in the company or market the text is about):"
+    ]
+    if cfg.get("news_csv"):
+        parts.append(
+            "- the hand-labelled **news train set**, 1,195 real 2021 business headlines "
+            "(`training/news_train/`; text read from the external "
+            "`rss_finance_headlines_2021.csv.gz`, never vendored) and, for model selection and "
+            "the metrics below only, the 640-headline **news dev set** (`training/news_dev/`); the "
+            "two share no row;"
+        )
+    if cfg.get("synthetic_news"):
+        parts.append(
+            "- finsent's own **synthetic news** (`training/news_synth/headlines.csv`): 2,004 "
+            "headlines and report sentences written for this project (company failures, probes, "
+            "recalls, strikes, results, market reports), labelled for sentiment and topic;"
+        )
+    parts.append(f"- each news row seen {cfg.get('news_repeat', 1)}× per epoch.")
+    return [*parts, ""]
+
+
+def _calibration(calibration: dict[str, Any] | None) -> list[str]:
+    """The calibration table: temperature and ECE before/after per head and split."""
+    if not calibration:
+        return []
+    lines = [
+        "## Calibration",
+        "",
+        f"{calibration.get('method', 'temperature scaling')}; the temperature is folded into "
+        f"each head, so the argmax is unchanged. ECE: {calibration.get('bins', 15)} equal-width "
+        "bins, top label (PyTorch fp32 logits).",
+        "",
+        "| head | temperature | split | ECE before | ECE after | NLL before | NLL after | n |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for head in ("sentiment", "topic"):
+        info = calibration.get(head)
+        if not info:
+            continue
+        for split in info.get("fitted_on", []):
+            r = info[split]
+            lines.append(
+                f"| {head} | {info['temperature']:.3f} | {split} | {r['ece_before']:.4f} | "
+                f"{r['ece_after']:.4f} | {r['nll_before']:.4f} | {r['nll_after']:.4f} | {r['n']} |"
+            )
+    return [*lines, ""]
+
+
 def write_model_card(
     model_dir: Path, manifest: dict[str, Any], metrics: dict[str, Any], *, reproduce: str = ""
 ) -> Path:
     dev = metrics.get("dev_int8", {})
     training = metrics.get("training") or {}
     parity = metrics.get("export_parity") or {}
+    cfg_all = (training or {}).get("config", {})
     rows = []
-    for head in ("sentiment", "topic"):
+    for head in ("sentiment", "topic", "news_sentiment"):
         if head in dev:
             lo, hi = wilson_interval(float(dev[head]["accuracy"]), int(dev[head]["n"]))
+            bearish = (dev[head].get("recall") or {}).get("bearish")
             rows.append(
-                f"| {head} | {dev[head]['accuracy']:.4f} | {lo:.3f}–{hi:.3f} | {dev[head]['macro_f1']:.4f} | "
-                f"{dev[head]['n']} |"
+                f"| {HEAD_NAMES[head]} | {dev[head]['accuracy']:.4f} | {lo:.3f}–{hi:.3f} | {dev[head]['macro_f1']:.4f} | "
+                f"{'' if bearish is None else f'{bearish:.3f}'} | {dev[head]['n']} |"
             )
     int8 = parity.get("int8", {})
     parts = [
@@ -52,8 +114,10 @@ def write_model_card(
         "",
         "## Files",
         "",
-        f"- `{manifest['classifier']['cpu']}`: int8 dynamic quantization (CPU execution provider; "
-        "transformer-fused graph, heads kept in fp32)",
+        f"- `{manifest['classifier']['cpu']}`: int8 (CPU execution provider; transformer-fused graph, "
+        "heads kept in fp32), weights quantized per channel and **activation scales calibrated and "
+        "fixed** (`training.export.freeze_activation_scales`), so a document's output is the same "
+        "alone, in any batch and across runs",
         f"- `{manifest['classifier']['gpu']}`: {manifest['classifier'].get('gpu_precision', 'fp32')} "
         "variant for the CUDA execution provider (float32 inputs/outputs)",
         f"- `{manifest['memory']['file']}`: recurrent memory cell, state {manifest['memory']['state_dim']}, "
@@ -70,12 +134,14 @@ def write_model_card(
         "Text normalisation (training and serving alike, `pipeline.inference.model_text`): HTML "
         "entities decoded, URLs removed, whitespace collapsed, cashtags kept.",
         "",
-        "## Metrics (dev split, shipped int8 model through the serving runtime)",
+        *_news_data(cfg_all),
+        "## Metrics (dev splits, shipped int8 model through the serving runtime)",
         "",
-        "| head | accuracy | 95 % interval | macro-F1 | n |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| split | accuracy | 95 % interval | macro-F1 | bearish recall | n |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
+        *_calibration(metrics.get("calibration")),
     ]
     if int8:
         parts += [
@@ -83,10 +149,10 @@ def write_model_card(
             f"sentiment {int8.get('agreement_sentiment', 0):.4f}.",
             "",
         ]
-    for head in ("sentiment", "topic"):
+    for head in ("sentiment", "news_sentiment", "topic"):
         if head in dev:
             parts += [
-                f"### {head}",
+                f"### {HEAD_NAMES[head]}",
                 "",
                 _table(dev[head]),
                 "",
@@ -115,15 +181,17 @@ def write_model_card(
                 if cfg.get("teacher")
                 else []
             ),
-            "| epoch | sentiment acc | sentiment macro-F1 | topic acc | topic macro-F1 | elapsed s |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| epoch | sentiment acc | sentiment macro-F1 | topic acc | topic macro-F1 | news acc | news macro-F1 | elapsed s |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             *[
                 f"| {h['epoch']} | {h.get('sentiment_accuracy', 0):.4f} | {h.get('sentiment_macro_f1', 0):.4f} | "
-                f"{h.get('topic_accuracy', 0):.4f} | {h.get('topic_macro_f1', 0):.4f} | {h.get('elapsed_s', 0):.0f} |"
+                f"{h.get('topic_accuracy', 0):.4f} | {h.get('topic_macro_f1', 0):.4f} | "
+                f"{h.get('news_sentiment_accuracy', 0):.4f} | {h.get('news_sentiment_macro_f1', 0):.4f} | "
+                f"{h.get('elapsed_s', 0):.0f} |"
                 for h in training.get("history", [])
             ],
             "",
-            "(per-epoch rows: PyTorch fp32 on the dev split)",
+            "(per-epoch rows: PyTorch fp32 on the dev splits, before calibration)",
             "",
             "```json",
             __import__("json").dumps(cfg, indent=1),
@@ -142,9 +210,11 @@ def write_model_card(
     parts += [
         "## Limits",
         "",
-        "English finance tweets and headlines; long articles are truncated to "
-        f"{manifest['max_tokens']} tokens. Sentiment is market direction (bearish/bullish) as "
-        "labelled in the data, not general tone.",
+        "English finance tweets, headlines and news sentences; long articles are truncated to "
+        f"{manifest['max_tokens']} tokens. Sentiment follows the label convention of "
+        "`training/LABEL_GUIDELINE.md`: adverse (bearish) or favourable (bullish) for an investor "
+        "in the company or market the text is about, not general tone. The news dev set has one "
+        "annotator, so differences of about a point of macro-F1 on it are noise.",
         "",
     ]
     path = Path(model_dir) / "MODEL_CARD.md"

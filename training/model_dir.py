@@ -93,18 +93,21 @@ def evaluate_model_dir(
     model_dir: Path,
     sentiment_rows: Sequence[tuple[str, int]],
     topic_rows: Sequence[tuple[str, int]],
+    news_rows: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """Metrics of a model directory's CPU (int8) classifier through the serving runtime.
-    Rows carry data-file label ids (sentiment 0 bearish, 1 bullish, 2 neutral)."""
+    Rows carry data-file label ids (sentiment 0 bearish, 1 bullish, 2 neutral);
+    ``news_rows`` (the news dev set) are reported as the head ``news_sentiment``."""
     settings = load_settings(ort_providers=("CPUExecutionProvider",))
     clf = Classifier.load(Path(model_dir), settings)
     out: dict[str, Any] = {}
-    if sentiment_rows:
-        preds = clf.classify([t for t, _ in sentiment_rows])
-        y = [DATA_TO_MODEL_SENTIMENT[label] for _, label in sentiment_rows]
-        out["sentiment"] = classification_report(
-            y, [SENTIMENTS.index(p.sentiment) for p in preds], SENTIMENTS
-        )
+    for head, rows in (("sentiment", sentiment_rows), ("news_sentiment", news_rows)):
+        if rows:
+            preds = clf.classify([t for t, _ in rows])
+            y = [DATA_TO_MODEL_SENTIMENT[label] for _, label in rows]
+            out[head] = classification_report(
+                y, [SENTIMENTS.index(p.sentiment) for p in preds], SENTIMENTS
+            )
     if topic_rows:
         preds = clf.classify([t for t, _ in topic_rows])
         out["topic"] = classification_report(
@@ -128,11 +131,13 @@ def finish_model_dir(
     training: dict[str, Any] | None = None,
     reproduce: str = "",
     data: dict[str, Any] | None = None,
+    news_dev: Sequence[tuple[str, int]] = (),
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the directory's int8 model on ``dev`` (through the runtime) and write
-    metrics.json, the confusion-matrix PNGs and MODEL_CARD.md beside it."""
+    """Evaluate the directory's int8 model on ``dev`` and ``news_dev`` (through the runtime)
+    and write metrics.json, the confusion-matrix PNGs and MODEL_CARD.md beside it."""
     model_dir = Path(model_dir)
-    dev_metrics = evaluate_model_dir(model_dir, dev.sentiment, dev.topic)
+    dev_metrics = evaluate_model_dir(model_dir, dev.sentiment, dev.topic, news_dev)
     export_report = (
         json.loads((model_dir / "export_report.json").read_text())
         if (model_dir / "export_report.json").exists()
@@ -148,6 +153,8 @@ def finish_model_dir(
         "data": data or {},
         "reproduce": reproduce,
     }
+    if calibration:
+        metrics["calibration"] = calibration
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if "sentiment" in dev_metrics:
         plot_confusion(
@@ -155,6 +162,13 @@ def finish_model_dir(
             SENTIMENTS,
             "sentiment (dev, int8)",
             model_dir / "confusion_sentiment.png",
+        )
+    if "news_sentiment" in dev_metrics:
+        plot_confusion(
+            dev_metrics["news_sentiment"],
+            SENTIMENTS,
+            "sentiment (news dev, int8)",
+            model_dir / "confusion_news_sentiment.png",
         )
     if "topic" in dev_metrics:
         plot_confusion(

@@ -1,6 +1,7 @@
 """The hand-labelled news dev set: labels kept in the project, headline text read from a path.
 
-``training/news_dev/labels.csv`` holds, per labelled row of the external file
+``training/news_dev/labels.csv`` (the dev set) and ``training/news_train/labels.csv`` (the
+train set, every other row) hold, per labelled row of the external file
 ``rss_finance_headlines_2021.csv.gz``, only the 0-based data row index, the SHA-256 of the
 row's exact title and a sentiment (bearish, neutral or bullish). The project never vendors
 the headlines: :func:`load_news_dev` reads them from the data file, checks every hash and
@@ -18,8 +19,10 @@ from typing import TextIO
 
 from pipeline.errors import InputError
 
-#: the committed label file
+#: the committed label file of the dev set (evaluation and model selection only)
 DEFAULT_LABELS_PATH = Path(__file__).resolve().parent / "news_dev" / "labels.csv"
+#: the committed label file of the train set: every other row of the same data file
+TRAIN_LABELS_PATH = Path(__file__).resolve().parent / "news_train" / "labels.csv"
 SENTIMENT_NAMES: frozenset[str] = frozenset({"bearish", "neutral", "bullish"})
 LABEL_COLUMNS: tuple[str, ...] = ("row", "title_sha256", "sentiment", "labeller", "labelled_on")
 DATA_COLUMNS: tuple[str, ...] = ("published", "source", "title", "description", "link")
@@ -134,3 +137,9 @@ def load_news_dev(
             )
         pairs.append((title, sentiment))
     return pairs
+
+
+def load_news_train(data_path: Path) -> list[tuple[str, str]]:
+    """``(text, sentiment)`` pairs of the hand-labelled news **train** set (the data file's
+    rows that are not in the dev set), checked like :func:`load_news_dev`."""
+    return load_news_dev(data_path, TRAIN_LABELS_PATH)

@@ -44,6 +44,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ from pipeline.labels import feedback_rows
 from pipeline.settings import Settings, get_settings
 from training.data import fixed_dev_split
 from training.errors import RetrainLocked
+from training.news_data import news_dev_rows
 from training.retrain_gate import decide
 from training.retrain_report import RetrainOutcome, read_history, write_artefacts
 
@@ -172,7 +174,22 @@ def with_champion_teacher(
     return replace(config, teacher=str(champion.path))
 
 
-def _own_dev_metrics(model_dir: Path, dev: Any) -> dict[str, Any] | None:
+def with_news_data(config: TrainConfig, settings: Settings) -> TrainConfig:
+    """``config`` with the news data of the settings (``train_news_csv``: the hand-labelled
+    news train set and, for selection and the gate, the news dev set;
+    ``train_synthetic_news``) where the config names none of its own: the recipe of the
+    shipped champion (issue #13) is what a scheduled run reproduces."""
+    news_csv = config.news_csv or (str(settings.train_news_csv) if settings.train_news_csv else "")
+    return replace(
+        config,
+        news_csv=news_csv,
+        synthetic_news=config.synthetic_news or settings.train_synthetic_news,
+    )
+
+
+def _own_dev_metrics(
+    model_dir: Path, dev: Any, news_dev: Sequence[tuple[str, int]] = ()
+) -> dict[str, Any] | None:
     """The int8 dev metrics the training code already wrote (same rows, same runtime), so
     the challenger is not evaluated twice; None when absent or made on other rows."""
     try:
@@ -182,7 +199,11 @@ def _own_dev_metrics(model_dir: Path, dev: Any) -> dict[str, Any] | None:
     metrics = data.get("dev_int8") if isinstance(data, dict) else None
     if not isinstance(metrics, dict):
         return None
-    expected = {"sentiment": len(dev.sentiment), "topic": len(dev.topic)}
+    expected = {
+        "sentiment": len(dev.sentiment),
+        "topic": len(dev.topic),
+        "news_sentiment": len(news_dev),
+    }
     for head, n in expected.items():
         if n and (head not in metrics or metrics[head].get("n") != n):
             return None
@@ -259,6 +280,7 @@ def _run_locked(
     try:
         champion = resolve_champion(engine, settings)
         config = with_champion_teacher(config, champion, settings)
+        config = with_news_data(config, settings)
         with engine.begin() as conn:
             conn.execute(
                 sa.text(
@@ -320,12 +342,15 @@ def _run_locked(
             final,
         )
 
-        challenger_metrics = _own_dev_metrics(final, dev) or evaluate_model_dir(
-            final, dev.sentiment, dev.topic
+        news_dev = news_dev_rows(config.news_csv)
+        challenger_metrics = _own_dev_metrics(final, dev, news_dev) or evaluate_model_dir(
+            final, dev.sentiment, dev.topic, news_dev
         )
         if champion is not None:
             try:
-                champion_metrics = evaluate_model_dir(champion.path, dev.sentiment, dev.topic)
+                champion_metrics = evaluate_model_dir(
+                    champion.path, dev.sentiment, dev.topic, news_dev
+                )
             except Exception as exc:  # noqa: BLE001 - a broken champion must not block a working challenger
                 log.error(
                     "run %s: the champion %s could not be evaluated: %s",

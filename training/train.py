@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from pipeline.records import SENTIMENTS, TOPICS
 from training.data import IGNORE, Example, HeadRows, bucketed_batches, build_examples
 from training.evaluate import classification_report
 from training.model import MultiTaskClassifier, build_model, encoder_layer_groups, tokenizer_path
+from training.news_data import news_dev_rows, news_train_rows
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,16 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads (None: leave torch's default)
     save_checkpoints: bool = True
     progress: bool = True
+    #: the external headline file (rss_finance_headlines_2021.csv.gz): adds the hand-labelled
+    #: news train set to training and the news dev set to model selection (issue #13)
+    news_csv: str = ""
+    synthetic_news: bool = False  # add training/news_synth/headlines.csv (finsent's own text)
+    news_repeat: int = 1  # each news row is seen this many times per epoch
+    #: continue from ``work_dir/checkpoints/resume.pt`` (written after every epoch) when the
+    #: run there had the same config: an interrupted run resumes at its last finished epoch
+    resume: bool = True
+    #: temperature-scale both heads on the dev splits before export (training.calibrate)
+    calibrate: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -200,10 +212,12 @@ def evaluate_examples(
     return out
 
 
+#: the dev reports that choose the best epoch (``news_sentiment``: the news dev set, when used)
+SELECTION_HEADS = ("sentiment", "topic", "news_sentiment")
+
+
 def selection_score(dev: dict[str, Any]) -> float:
-    parts = [
-        dev[h][m] for h in ("sentiment", "topic") if h in dev for m in ("accuracy", "macro_f1")
-    ]
+    parts = [dev[h][m] for h in SELECTION_HEADS if h in dev for m in ("accuracy", "macro_f1")]
     return float(np.mean(parts)) if parts else 0.0
 
 
@@ -229,10 +243,17 @@ def train_classifier(
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
+    news = news_train_rows(config.news_csv, config.synthetic_news, config.news_repeat)
+    train_rows = HeadRows(
+        list(train_rows.sentiment) + news.sentiment, list(train_rows.topic) + news.topic
+    )
     train_rows = _filter_tasks(train_rows, config.tasks)
     tok = load_tokenizer(config.max_tokens)
     train_ex = build_examples(tok, train_rows, config.max_tokens)
     dev_ex = build_examples(tok, dev_rows, config.max_tokens)
+    news_dev_ex = build_examples(
+        tok, HeadRows(news_dev_rows(config.news_csv), []), config.max_tokens
+    )
     if not train_ex:
         raise ValueError("no training rows: give a sentiment and/or a topic CSV")
     if config.teacher:
@@ -273,7 +294,23 @@ def train_classifier(
     best_score, best_state = -1.0, None
     step, docs, t0 = 0, 0, time.perf_counter()
     train_time = 0.0
-    for epoch in range(1, config.epochs + 1):
+    first_epoch = 1
+    resumed = _load_resume(work_dir, config, model, optimizer, scheduler, rng)
+    if resumed is not None:
+        first_epoch, step, result.history = (
+            resumed["epoch"] + 1,
+            resumed["step"],
+            resumed["history"],
+        )
+        best_score, result.best_epoch, result.dev = (
+            resumed["best_score"],
+            resumed["best_epoch"],
+            resumed["best_dev"],
+        )
+        best_state = resumed["best_state"]
+        t0 -= resumed["elapsed_s"]
+        log.info("resumed %s after epoch %d (step %d)", work_dir, resumed["epoch"], step)
+    for epoch in range(first_epoch, config.epochs + 1):
         epoch_t0 = time.perf_counter()
         batches = list(bucketed_batches(train_ex, config.batch_size, rng))
         bar = tqdm(
@@ -317,6 +354,9 @@ def train_classifier(
         bar.close()
         train_time += time.perf_counter() - epoch_t0
         dev = evaluate_examples(model, dev_ex, config.eval_batch_size) if dev_ex else {}
+        if news_dev_ex:
+            news_report = evaluate_examples(model, news_dev_ex, config.eval_batch_size)
+            dev["news_sentiment"] = news_report["sentiment"]
         score = selection_score(dev)
         entry = {
             "epoch": epoch,
@@ -349,6 +389,24 @@ def train_classifier(
             result.best_epoch, result.dev = epoch, dev
             if work_dir is not None and config.save_checkpoints:
                 (work_dir / "best_epoch.txt").write_text(str(epoch))
+        if work_dir is not None and config.save_checkpoints:
+            _save_resume(
+                work_dir,
+                config,
+                model,
+                optimizer,
+                scheduler,
+                rng,
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "history": result.history,
+                    "best_score": best_score,
+                    "best_epoch": result.best_epoch,
+                    "best_dev": result.dev,
+                    "elapsed_s": time.perf_counter() - t0,
+                },
+            )
         if step >= total:
             break
         if config.time_budget_s is not None and time.perf_counter() - t0 > config.time_budget_s:
@@ -363,6 +421,74 @@ def train_classifier(
     result.steps = step
     result.train_docs_per_s = docs / train_time if train_time > 0 else 0.0
     return result
+
+
+RESUME_FILE = "resume.pt"
+
+
+def _save_resume(
+    work_dir: Path,
+    config: TrainConfig,
+    model: MultiTaskClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rng: random.Random,
+    progress: dict[str, Any],
+) -> None:
+    """Everything an interrupted run needs to go on after this epoch, written atomically
+    (a kill mid-write leaves the previous epoch's file)."""
+    path = work_dir / "checkpoints" / RESUME_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "config": asdict(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        **progress,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def _load_resume(
+    work_dir: Path | None,
+    config: TrainConfig,
+    model: MultiTaskClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rng: random.Random,
+) -> dict[str, Any] | None:
+    """Restore a run's state from its resume file when ``config.resume`` and the file was
+    written by the same config (knobs that do not change the maths may differ); else None."""
+    if work_dir is None or not config.resume:
+        return None
+    path = work_dir / "checkpoints" / RESUME_FILE
+    if not path.is_file():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    free = {"progress", "threads", "resume", "time_budget_s", "save_checkpoints", "calibrate"}
+    saved = {k: v for k, v in blob["config"].items() if k not in free}
+    wanted = {k: v for k, v in asdict(config).items() if k not in free}
+    if saved != wanted:
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        log.warning("not resuming %s: its config differs in %s", path, ", ".join(changed))
+        return None
+    model.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    rng.setstate(blob["rng"])
+    torch.set_rng_state(blob["torch_rng"])
+    best_path = work_dir / "checkpoints" / f"epoch{blob['best_epoch']}.pt"
+    if blob["best_epoch"] == blob["epoch"] or not best_path.is_file():
+        blob["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        blob["best_state"] = torch.load(best_path, map_location="cpu", weights_only=False)[
+            "state_dict"
+        ]
+    return blob
 
 
 def load_checkpoint(path: Path) -> tuple[MultiTaskClassifier, TrainConfig]:

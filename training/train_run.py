@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.calibrate import calibrate_model
 from training.data import HeadRows, build_examples, fixed_dev_split
 from training.memory_run import train_memory_into
 from training.model_dir import adopt_memory, finish_model_dir, summary, write_model_dir
+from training.news_data import news_dev_rows
 from training.train import TrainConfig, TrainResult, load_tokenizer, train_classifier
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,14 @@ def train_memory_from_csv(
     return True
 
 
+def _temperatures(calibration: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's record of the calibration: the temperature folded into each head."""
+    return {
+        "method": "temperature scaling (folded into the head weights)",
+        **{h: calibration[h]["temperature"] for h in ("topic", "sentiment") if h in calibration},
+    }
+
+
 def build_model_dir(
     model: Any,
     config: TrainConfig,
@@ -91,22 +101,38 @@ def build_model_dir(
     ``train_memory``; else a random-init one) and finish it (metrics, plots, card).
     A tiny config ships fp32 on the GPU side and skips the int8 agreement floor.
     Returns (the directory, its metrics.json content)."""
-    examples = build_examples(load_tokenizer(config.max_tokens), dev, config.max_tokens)
+    tokenizer = load_tokenizer(config.max_tokens)
+    examples = build_examples(tokenizer, dev, config.max_tokens)
+    news_dev = news_dev_rows(config.news_csv)
+    news_examples = build_examples(tokenizer, HeadRows(news_dev, []), config.max_tokens)
+    calibration = None
+    if config.calibrate:
+        calibration = calibrate_model(model, {"dev": examples, "news_dev": news_examples})
+        log.info("calibrated: %s", calibration)
     model_dir, _ = write_model_dir(
         model,
         Path(out_dir),
-        examples,
+        examples + news_examples,
         version=version,
         max_tokens=config.max_tokens,
         gpu_precision=gpu_precision or ("fp32" if config.tiny else "fp16"),
         int8_min_agreement=0.0 if config.tiny else 0.98,
         seed=config.seed,
+        extra_manifest={"calibration": _temperatures(calibration)} if calibration else None,
     )
     if memory_from is not None:
         adopt_memory(model_dir, Path(memory_from))
     if train_memory:
         train_memory_from_csv(model_dir, memory_csv, quick=config.tiny)
-    metrics = finish_model_dir(model_dir, dev, training=training, reproduce=reproduce, data=data)
+    metrics = finish_model_dir(
+        model_dir,
+        dev,
+        training=training,
+        reproduce=reproduce,
+        data=data,
+        news_dev=news_dev,
+        calibration=calibration,
+    )
     return model_dir, metrics
 
 

@@ -33,14 +33,37 @@ def test_model_card_lists_accuracy_interval_and_teacher(tmp_path: Path) -> None:
         "macro_f1": 0.81,
         "n": 954,
         "precision": {},
-        "recall": {},
+        "recall": {"bearish": 0.7},
         "f1": {},
         "support": {},
     }
+    news = {**report, "accuracy": 0.8, "macro_f1": 0.75, "n": 640, "recall": {"bearish": 0.9}}
     metrics = {
-        "dev_int8": {"sentiment": report},
-        "training": {"config": {"epochs": 5, "teacher": "/t/v1,/t/ns1"}, "history": []},
+        "dev_int8": {"sentiment": report, "news_sentiment": news},
+        "training": {
+            "config": {"epochs": 5, "teacher": "/t/v1,/t/ns1", "news_csv": "/d/h.csv.gz"},
+            "history": [],
+        },
+        "calibration": {
+            "sentiment": {
+                "temperature": 1.5,
+                "fitted_on": ["dev"],
+                "dev": {
+                    "ece_before": 0.08,
+                    "ece_after": 0.02,
+                    "nll_before": 0.5,
+                    "nll_after": 0.4,
+                    "n": 954,
+                },
+            }
+        },
     }
     text = write_model_card(tmp_path, manifest, metrics).read_text()
-    assert "| sentiment | 0.8600 | 0.837–0.881 | 0.8100 | 954 |" in text
+    assert "| sentiment (tweets dev) | 0.8600 | 0.837–0.881 | 0.8100 | 0.700 | 954 |" in text
+    assert (
+        "| sentiment (news dev, 640 headlines) | 0.8000 | 0.767–0.829 | 0.7500 | 0.900 | 640 |"
+        in text
+    )
+    assert "| sentiment | 1.500 | dev | 0.0800 | 0.0200 | 0.5000 | 0.4000 | 954 |" in text
+    assert "news train set" in text and "LABEL_GUIDELINE.md" in text
     assert "`/t/v1,/t/ns1`" in text

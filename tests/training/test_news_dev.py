@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InputError
-from training.news_dev import DEFAULT_LABELS_PATH, load_news_dev, read_labels, title_sha256
+from training.news_dev import (
+    DEFAULT_LABELS_PATH,
+    TRAIN_LABELS_PATH,
+    load_news_dev,
+    read_labels,
+    title_sha256,
+)
 
 # invented headlines, not taken from any feed
 TITLES = [
@@ -93,3 +99,12 @@ def test_committed_label_file_is_well_formed() -> None:
     entries = read_labels(DEFAULT_LABELS_PATH)
     assert len(entries) >= 600
     assert {s for _, _, s in entries} == {"bearish", "neutral", "bullish"}
+
+
+def test_committed_train_labels_share_no_row_or_title_with_the_dev_set() -> None:
+    dev = read_labels(DEFAULT_LABELS_PATH)
+    train = read_labels(TRAIN_LABELS_PATH)
+    assert len(train) >= 1000
+    assert {s for _, _, s in train} == {"bearish", "neutral", "bullish"}
+    assert not {r for r, _, _ in dev} & {r for r, _, _ in train}
+    assert not {h for _, h, _ in dev} & {h for _, h, _ in train}

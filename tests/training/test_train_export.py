@@ -84,6 +84,9 @@ def test_exported_model_in_runtime_matches_pytorch(trained: tuple, tmp_path: Pat
         assert q.shape == ref.shape and np.isfinite(q).all()
         assert np.corrcoef(q.ravel(), ref.ravel())[0, 1] > 0.9
         assert np.abs(q - ref).max() < 0.5
+    onnx = pytest.importorskip("onnx")
+    ops = {n.op_type for n in onnx.load(str(model_dir / "classifier.int8.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" not in ops and "QuantizeLinear" in ops
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["classifier"] == {
         "cpu": "classifier.int8.onnx",
@@ -136,3 +139,34 @@ def test_int8_weight_formats_full_7_bit_and_uint8(trained: tuple, tmp_path: Path
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in seven) <= 64
     with pytest.raises(ValueError, match="weight_type"):
         quantize_int8(fp32, tmp_path / "bad.onnx", weight_type="s4")
+
+
+def test_a_documents_int8_output_is_the_same_alone_in_any_batch_and_across_runs(
+    trained: tuple, tmp_path: Path
+) -> None:
+    # dynamic int8 scaled activations per batch, so a label could flip with its batch mates;
+    # the export freezes calibrated scales instead
+    result, _ = trained
+    rows = tiny_rows()
+    examples = build_examples(load_tokenizer(32), rows, 32)
+    model_dir, _ = write_model_dir(
+        result.model,
+        tmp_path / "m",
+        examples,
+        version="t1",
+        max_tokens=32,
+        gpu_precision="fp32",
+        int8_min_agreement=0.0,
+    )
+    texts = [t for t, _ in rows.sentiment] + [t for t, _ in rows.topic]
+    target = "Tour operator collapses, stranding 150,000 holidaymakers abroad"
+    first = Classifier.load(model_dir, CPU)
+    alone = first.logits(first.encode([target]))
+    long_mates = [t + " and more words to pad the batch out further" * 3 for t in texts[:7]]
+    batches = [texts[:15] + [target], [target] + long_mates, texts[::-1] + [target, target]]
+    second = Classifier.load(model_dir, CPU)  # a fresh session: across runs
+    for clf in (first, second):
+        for batch in batches:
+            outs = clf.logits(clf.encode(batch))
+            for k in (0, 1, 2):
+                np.testing.assert_allclose(outs[k][batch.index(target)], alone[k][0], atol=1e-5)
