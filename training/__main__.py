@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--memory-from", type=Path, help="copy memory.onnx from this model directory")
     e.add_argument("--note", default="", help="a remark on the training run for the model card")
+    c = sub.add_parser("card", help="rewrite a model directory's MODEL_CARD.md (adding speed)")
+    c.add_argument("model_dir", type=Path)
+    c.add_argument("--speed", type=Path, help="a bench/model.py result (bench/results/model.json)")
     a = sub.add_parser("soup", help="average checkpoints greedily (model soup) into one checkpoint")
     a.add_argument("checkpoints", type=Path, nargs="+")
     a.add_argument("--out", type=Path, required=True, help="the averaged checkpoint (.pt) to write")
@@ -95,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reproduce = "python -m training " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    data = {"sentiment_csv": args.sentiment_csv, "topic_csv": args.topic_csv}
+    data = {
+        "sentiment_csv": getattr(args, "sentiment_csv", None),
+        "topic_csv": getattr(args, "topic_csv", None),
+    }
     if args.command == "train":
         if not args.sentiment_csv and not args.topic_csv:
             print("error: give --sentiment-csv and/or --topic-csv", file=sys.stderr)
@@ -123,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if run.exported is not None:
             _print({"model_dir": str(run.exported.model_dir), "int8": run.exported.int8})
+    elif args.command == "card":
+        from training.card import rewrite_card
+
+        _print({"card": str(rewrite_card(args.model_dir, args.speed))})
     elif args.command == "soup":
         print(json.dumps(api.soup(args.checkpoints, args.out, **data), indent=1), flush=True)
     else:

@@ -87,6 +87,59 @@ def _calibration(calibration: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def speed_summary(bench: dict[str, Any]) -> dict[str, Any]:
+    """The speed gate's figures from a ``bench/model.py`` result: batch-32 docs/s of PyTorch
+    eager and of the runtime's int8 path, their ratio, the int8 agreement and the machine."""
+    speed = {
+        (r["variant"], int(r["batch"])): float(r["docs_per_s"]) for r in bench.get("speed", [])
+    }
+    eager = speed.get(("pytorch_eager_fp32", 32))
+    runtime = speed.get(("runtime_int8", 32))
+    quality = (bench.get("quality") or {}).get("ort_int8", {})
+    return {
+        "measured_at": bench.get("created_at"),
+        "int8_isa": (bench.get("machine") or {}).get("int8_isa"),
+        "cpus": (bench.get("machine") or {}).get("cpus"),
+        "batch": 32,
+        "pytorch_eager_docs_per_s": eager,
+        "runtime_int8_docs_per_s": runtime,
+        "ratio": round(runtime / eager, 2) if eager and runtime else None,
+        "agreement_sentiment": quality.get("agreement_sentiment"),
+        "agreement_topic": quality.get("agreement_topic"),
+    }
+
+
+def _speed(speed: dict[str, Any] | None) -> list[str]:
+    if not speed:
+        return []
+    return [
+        "## Speed",
+        "",
+        f"`bench/model.py`, one run ({speed.get('measured_at')}, {speed.get('cpus')} CPUs, int8 ISA "
+        f"{speed.get('int8_isa')}), batch {speed.get('batch')}: PyTorch eager fp32 "
+        f"{speed.get('pytorch_eager_docs_per_s')} docs/s, serving runtime int8 (length-bucketed) "
+        f"{speed.get('runtime_int8_docs_per_s')} docs/s: **{speed.get('ratio')}×** (gate: ≥ 3×). "
+        f"int8 argmax agreement with PyTorch fp32 on the tweets dev split: sentiment "
+        f"{speed.get('agreement_sentiment', 0):.4f}, topic {speed.get('agreement_topic', 0):.4f} "
+        "(gate: ≥ 0.98).",
+        "",
+    ]
+
+
+def rewrite_card(model_dir: Path, speed_json: Path | None = None) -> Path:
+    """Rewrite ``MODEL_CARD.md`` from the directory's manifest and metrics, first merging the
+    speed figures of a ``bench/model.py`` result (``speed_json``) into ``metrics.json``."""
+    import json
+
+    model_dir = Path(model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    if speed_json is not None:
+        metrics["speed"] = speed_summary(json.loads(Path(speed_json).read_text()))
+        (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return write_model_card(model_dir, manifest, metrics, reproduce=metrics.get("reproduce", ""))
+
+
 def write_model_card(
     model_dir: Path, manifest: dict[str, Any], metrics: dict[str, Any], *, reproduce: str = ""
 ) -> Path:
@@ -142,6 +195,7 @@ def write_model_card(
         *rows,
         "",
         *_calibration(metrics.get("calibration")),
+        *_speed(metrics.get("speed")),
     ]
     if int8:
         parts += [

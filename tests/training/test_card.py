@@ -67,3 +67,20 @@ def test_model_card_lists_accuracy_interval_and_teacher(tmp_path: Path) -> None:
     assert "| sentiment | 1.500 | dev | 0.0800 | 0.0200 | 0.5000 | 0.4000 | 954 |" in text
     assert "news train set" in text and "LABEL_GUIDELINE.md" in text
     assert "`/t/v1,/t/ns1`" in text
+
+
+def test_speed_summary_takes_batch_32_eager_and_runtime_int8_from_a_bench_result() -> None:
+    from training.card import speed_summary
+
+    bench = {
+        "created_at": "2026-12-06T00:00:00+00:00",
+        "machine": {"cpus": 2, "int8_isa": "avx2"},
+        "speed": [
+            {"variant": "pytorch_eager_fp32", "batch": 32, "docs_per_s": 100.0},
+            {"variant": "runtime_int8", "batch": 32, "docs_per_s": 350.0},
+            {"variant": "runtime_int8", "batch": 8, "docs_per_s": 999.0},
+        ],
+        "quality": {"ort_int8": {"agreement_sentiment": 0.99, "agreement_topic": 0.985}},
+    }
+    s = speed_summary(bench)
+    assert s["ratio"] == 3.5 and s["int8_isa"] == "avx2" and s["agreement_topic"] == 0.985
