@@ -263,15 +263,19 @@ def retrain_once(
     trigger: str = "manual",
     config: TrainConfig | None = None,
     engine: Engine | None = None,
+    candidate: Path | None = None,
 ) -> RetrainOutcome:
-    """One champion/challenger retraining run (:mod:`training.retrain_run`). Returns the
+    """One champion/challenger retraining run (:mod:`training.retrain_run`); with
+    ``candidate``, a model directory trained elsewhere is gated instead of training. Returns the
     outcome (status 'promoted', 'rejected' or 'failed', with the reason and
     ``summary()``); raises :class:`RetrainLocked` when another run holds the lock.
     ``engine``: reuse a database engine (default: one from ``settings``, migrated first)."""
     require_train_extra()
     from training.retrain_run import run_retraining
 
-    return run_retraining(settings, trigger=trigger, config=config, engine=engine)
+    return run_retraining(
+        settings, trigger=trigger, config=config, engine=engine, candidate=candidate
+    )
 
 
 def run_retrain_schedule(

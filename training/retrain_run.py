@@ -216,9 +216,14 @@ def run_retraining(
     trigger: str = "manual",
     config: TrainConfig | None = None,
     engine: Engine | None = None,
+    candidate: Path | None = None,
 ) -> RetrainOutcome:
     """One retraining run (see the module docstring). Raises ``RetrainLocked`` when another
-    run holds the lock; every other failure is recorded and returned as status 'failed'."""
+    run holds the lock; every other failure is recorded and returned as status 'failed'.
+
+    ``candidate``: a model directory trained elsewhere (e.g. by ``python -m training train``)
+    takes the place of the training step: it is copied into the registry under its own
+    manifest version, evaluated and gated exactly like a trained challenger."""
     settings = settings or get_settings()
     own_engine = engine is None
     if engine is None:
@@ -236,7 +241,7 @@ def run_retraining(
                 "Wait for it to finish (see the training_runs table) and run again."
             )
         try:
-            return _run_locked(settings, engine, trigger, config)
+            return _run_locked(settings, engine, trigger, config, candidate)
         finally:
             lock_conn.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": RETRAIN_LOCK_KEY})
     finally:
@@ -245,8 +250,27 @@ def run_retraining(
             engine.dispose()
 
 
+def _candidate_version(candidate: Path, engine: Engine) -> str:
+    """The manifest version of a candidate model directory; ModelError when the directory is
+    incomplete or the version is registered already (a version names one directory)."""
+    version = str(registry.check_model_dir(candidate).get("version") or "")
+    if not version:
+        raise ModelError(f"{candidate}/manifest.json has no version; export it with --version")
+    with engine.connect() as conn:
+        if registry.get_version(conn, version) is not None:
+            raise ModelError(
+                f"version {version} is registered already; export the candidate under a new "
+                "--version (see 'finsent models list')"
+            )
+    return version
+
+
 def _run_locked(
-    settings: Settings, engine: Engine, trigger: str, config: TrainConfig | None
+    settings: Settings,
+    engine: Engine,
+    trigger: str,
+    config: TrainConfig | None,
+    candidate: Path | None = None,
 ) -> RetrainOutcome:
     # torch is loaded here, not at import: the schedule and the job store work without it
     from training.model_dir import evaluate_model_dir
@@ -257,6 +281,7 @@ def _run_locked(
     registry_dir = Path(settings.model_registry_dir)
     registry_dir.mkdir(parents=True, exist_ok=True)
     config = config if config is not None else TrainConfig()
+    candidate_version = _candidate_version(candidate, engine) if candidate is not None else None
     with engine.begin() as conn:
         run_id = int(
             conn.execute(
@@ -267,7 +292,7 @@ def _run_locked(
             ).scalar_one()
         )
         abandon_stale_runs(conn, registry_dir, by_run=run_id)
-        version = new_version(run_id)
+        version = candidate_version or new_version(run_id)
         conn.execute(
             sa.text("update training_runs set challenger_version = :v where id = :i"),
             {"v": version, "i": run_id},
@@ -316,17 +341,23 @@ def _run_locked(
         partial = registry_dir / f".{version}.partial"
         final = registry_dir / version
         train_t0 = time.perf_counter()
-        # the memory cell is not retrained here: the challenger keeps the champion's
-        train_and_export(
-            partial,
-            sentiment_csv=s_csv,
-            topic_csv=t_csv,
-            extra_sentiment=feedback.sentiment,
-            extra_topic=feedback.topic,
-            config=config,
-            version=version,
-            memory_from=champion.path if champion else None,
-        )
+        if candidate is not None:
+            shutil.copytree(candidate, partial)
+            log.info(
+                "run %s: candidate %s copied from %s (no training)", run_id, version, candidate
+            )
+        else:
+            # the memory cell is not retrained here: the challenger keeps the champion's
+            train_and_export(
+                partial,
+                sentiment_csv=s_csv,
+                topic_csv=t_csv,
+                extra_sentiment=feedback.sentiment,
+                extra_topic=feedback.topic,
+                config=config,
+                version=version,
+                memory_from=champion.path if champion else None,
+            )
         train_s = time.perf_counter() - train_t0
         manifest = registry.check_model_dir(partial)
         if manifest.get("version") != version:

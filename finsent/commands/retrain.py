@@ -23,6 +23,14 @@ def register(sub: Any) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--now", action="store_true", help="run one retraining now and exit")
     g.add_argument(
+        "--candidate",
+        metavar="MODEL_DIR",
+        type=Path,
+        help="gate a model directory trained elsewhere (python -m training train/export) "
+        "against the champion, exactly as a retrained challenger: registered, and promoted "
+        "only if it passes",
+    )
+    g.add_argument(
         "--schedule",
         metavar="CRON",
         help="run forever, retraining on this crontab schedule (5 fields, UTC; "
@@ -30,6 +38,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--sentiment-csv", default=None, help="overrides FINSENT_TRAIN_SENTIMENT_CSV")
     p.add_argument("--topic-csv", default=None, help="overrides FINSENT_TRAIN_TOPIC_CSV")
+    p.add_argument(
+        "--news-csv",
+        default=None,
+        help="overrides FINSENT_TRAIN_NEWS_CSV (rss_finance_headlines_2021.csv.gz: news train "
+        "rows, and the news dev set the gate compares)",
+    )
     p.add_argument(
         "--train-config",
         default=None,
@@ -45,6 +59,7 @@ def retrain(args: argparse.Namespace, settings: Settings) -> int:
         for k, v in (
             ("train_sentiment_csv", args.sentiment_csv),
             ("train_topic_csv", args.topic_csv),
+            ("train_news_csv", args.news_csv),
         )
         if v is not None
     }
@@ -56,7 +71,12 @@ def retrain(args: argparse.Namespace, settings: Settings) -> int:
         api.run_retrain_schedule(settings, args.schedule, config=config)
         return 0
     try:
-        outcome = api.retrain_once(settings, trigger="manual", config=config)
+        if args.candidate is not None:
+            outcome = api.retrain_once(
+                settings, trigger="candidate", config=config, candidate=args.candidate
+            )
+        else:
+            outcome = api.retrain_once(settings, trigger="manual", config=config)
     except api.RetrainLocked as exc:
         print(f"finsent: {exc}", file=sys.stderr)
         return EXIT_LOCKED

@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,49 @@ def test_run_without_training_data_fails_with_the_reason_and_changes_nothing(
     assert run.status == "failed" and run.reason == outcome.reason
     assert registry.list_versions(engine) == []
     assert not [p for p in Path(s.model_registry_dir).iterdir() if p.name != "runs"]
+
+
+def test_a_candidate_trained_elsewhere_passes_the_same_gate_and_is_promoted_over_a_worse_champion(
+    engine: sa.Engine,
+    settings: Settings,
+    easy_data: tuple[Path, Path],
+    good_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("torch")
+    from training.retrain_run import run_retraining
+    from training.train_run import train_and_export
+
+    bad = train_and_export(
+        tmp_path / "bad",
+        sentiment_csv=easy_data[0],
+        topic_csv=easy_data[1],
+        config=tiny_config(BAD_STEPS),
+        version="bad-champion",
+    )
+    with engine.begin() as conn:
+        registry.register_version(conn, "bad-champion", bad, {})
+        registry.promote(conn, "bad-champion")
+    candidate = tmp_path / "candidate"
+    shutil.copytree(good_model_dir, candidate)
+    manifest = json.loads((candidate / "manifest.json").read_text())
+    (candidate / "manifest.json").write_text(json.dumps({**manifest, "version": "cand-v9"}))
+    s = retrain_settings(settings, easy_data, tmp_path)
+    outcome = run_retraining(s, engine=engine, candidate=candidate, trigger="candidate")
+    assert outcome.status == "promoted", outcome.summary()
+    assert outcome.challenger_version == "cand-v9"  # the candidate's own version
+    champion = registry.current_champion(engine)
+    assert champion is not None and champion.version == "cand-v9"
+    assert Path(champion.path) != candidate  # served from the registry's copy
+    assert (Path(champion.path) / "manifest.json").is_file()
+    (run,) = runs(engine)
+    assert (run.trigger, run.status, run.champion_version) == (
+        "candidate",
+        "promoted",
+        "bad-champion",
+    )
+    # the same version cannot be registered twice
+    from pipeline.errors import ModelError
+
+    with pytest.raises(ModelError, match="registered already"):
+        run_retraining(s, engine=engine, candidate=candidate, trigger="candidate")
