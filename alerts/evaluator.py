@@ -11,6 +11,9 @@ Live instants are aligned to a grid (multiples of the evaluation interval since 
 epoch, :func:`grid_instant`), and backtests step over the same grid, so the two make the
 same decisions from the same data.
 
+``kind: anomaly`` rules compare the window with the key's own trailing baseline; their
+query and statistics live in ``alerts/anomaly.py``.
+
 The evaluator only *observes*: it turns a rule and ``T`` into one :class:`Observation`
 per key (breaching? calm enough to resolve?). What happens to alerts is decided by
 ``alerts.lifecycle``.
@@ -27,9 +30,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from alerts.rules import MemorySurgeRule, SpikeRule, ThresholdRule, compare, format_duration
+from alerts import anomaly
+from alerts.rules import (
+    AnomalyRule,
+    AnyRule,
+    MemorySurgeRule,
+    SpikeRule,
+    ThresholdRule,
+    compare,
+    format_duration,
+)
 
-AnyRule = ThresholdRule | SpikeRule | MemorySurgeRule
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -206,6 +217,8 @@ def observe(
         stats = _threshold(conn, rule, at)
     elif isinstance(rule, SpikeRule):
         stats = _spike(conn, rule, at)
+    elif isinstance(rule, AnomalyRule):
+        stats = anomaly.window_stats(conn, rule, at, open_keys)
     else:
         stats = _memory(conn, rule, at)
     keys = {k for k in stats if rule.select.matches(k)} | set(open_keys)
@@ -216,8 +229,11 @@ def judge(rule: AnyRule, key: str, at: datetime, stats: dict[str, Any] | None) -
     """Turn a key's window figures into breach / calm, applying volume and hysteresis."""
     figures = _window_figures(rule, at)
     figures.update(stats or {"documents": 0, "negative": 0})
-    enough = figures["documents"] >= rule.select.min_volume
     value: float | None
+    if isinstance(rule, AnomalyRule):  # no min_volume: the test weighs its own evidence
+        value, breach, calm = anomaly.judge(rule, figures)
+        return Observation(key, at, value, breach=breach, calm=calm, figures=figures)
+    enough = figures["documents"] >= rule.select.min_volume
     if isinstance(rule, ThresholdRule):
         value = figures.get(rule.metric) if rule.metric != "negative_count" else figures["negative"]
         value = None if value is None else float(value)

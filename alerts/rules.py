@@ -13,7 +13,7 @@ A rules file has two sections::
         secret_env: OPS_HOOK_SECRET # or `secret: ...`; default FINSENT_WEBHOOK__SECRET
     rules:
       - name: negative-share-by-topic
-        kind: threshold             # threshold | spike | memory_surge
+        kind: threshold             # threshold | spike | memory_surge | anomaly
         ...
 
 See ``examples/rules.yaml`` for every field, documented. Everything is validated at load
@@ -46,6 +46,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -57,6 +58,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGN
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 RESERVED_LABELS = ("alertname", "rule", "key", "key_kind", "name", "severity")
 BUILTIN_NOTIFIERS = ("email", "webhook", "log")
+WEEK = timedelta(days=7)
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -300,6 +302,81 @@ class MemorySurgeRule(RuleBase):
         return self
 
 
+class AnomalyResolve(_Strict):
+    """The resolve condition of anomaly rules: the tail probability back above
+    ``p_value`` (the evidence has faded), not merely above the firing level."""
+
+    p_value: float = Field(gt=0, lt=1)
+
+
+class AnomalyRule(RuleBase):
+    """The key's bearish count or share in the window against its own trailing baseline:
+    fires when the one-sided tail probability of the baseline's predictive is below
+    ``p_value`` and the change is at least ``min_lift`` (the maths: ``alerts/anomaly.py``).
+    The test's evidence replaces ``select.min_volume``, which these rules refuse."""
+
+    kind: Literal["anomaly"]
+    metric: Literal["negative_count", "negative_share"] = "negative_count"
+    seasonality: Literal["none", "weekly"] = "none"
+    baseline: PositiveDuration = Field(timedelta(days=30), validate_default=True)
+    p_value: float = Field(0.001, gt=0, lt=1)
+    min_lift: float = Field(1.5, ge=1)
+    min_share_lift: float = Field(1.25, ge=1)
+    min_count: int = Field(3, ge=1)
+    resolve: AnomalyResolve | None = None
+
+    @field_validator("select")
+    @classmethod
+    def _no_min_volume(cls, value: Selector) -> Selector:
+        if "min_volume" in value.model_fields_set:
+            raise ValueError(
+                "min_volume does not apply to anomaly rules: the test weighs the evidence of "
+                "few documents itself; remove it (min_count sets the fewest bearish documents)"
+            )
+        return value
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        window = info.data.get("window")
+        if info.data.get("seasonality") == "weekly":
+            if value < WEEK:
+                raise ValueError(
+                    f"seasonality weekly compares with the same window in earlier weeks; "
+                    f"the baseline ({format_duration(value)}) must be at least 1w"
+                )
+            if window is not None and window > WEEK:
+                raise ValueError(
+                    f"seasonality weekly needs a window of at most 1w, got {format_duration(window)}"
+                )
+        elif window is not None and value < window:
+            raise ValueError(
+                f"the baseline ({format_duration(value)}) must be at least the window "
+                f"({format_duration(window)}): it is the key's history the window is compared with"
+            )
+        return value
+
+    @field_validator("min_share_lift")
+    @classmethod
+    def _share_lift(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("metric") == "negative_share":
+            raise ValueError(
+                "applies to metric negative_count only; with negative_share, min_lift is the share lift"
+            )
+        return value
+
+    @field_validator("resolve")
+    @classmethod
+    def _resolve(cls, value: AnomalyResolve | None, info: ValidationInfo) -> AnomalyResolve | None:
+        p_value = info.data.get("p_value")
+        if value is not None and p_value is not None and value.p_value < p_value:
+            raise ValueError(
+                f"resolve.p_value ({value.p_value}) must be >= p_value ({p_value}): "
+                "the resolve level sits on the calm side of the firing level"
+            )
+        return value
+
+
 def _check_band(op: str, value: float, resolve: ValueResolve | None) -> None:
     if resolve is None:
         return
@@ -315,8 +392,9 @@ def _check_band(op: str, value: float, resolve: ValueResolve | None) -> None:
         )
 
 
-Rule = Annotated[ThresholdRule | SpikeRule | MemorySurgeRule, Field(discriminator="kind")]
-RULE_KINDS = ("threshold", "spike", "memory_surge")
+AnyRule = ThresholdRule | SpikeRule | MemorySurgeRule | AnomalyRule
+Rule = Annotated[AnyRule, Field(discriminator="kind")]
+RULE_KINDS = ("threshold", "spike", "memory_surge", "anomaly")
 _RULE_ADAPTER: TypeAdapter[Rule] = TypeAdapter(Rule)
 
 
@@ -357,11 +435,11 @@ _NOTIFIER_ADAPTER: TypeAdapter[NotifierConfig] = TypeAdapter(NotifierConfig)
 class RuleSet:
     """A loaded, validated rules file."""
 
-    rules: tuple[ThresholdRule | SpikeRule | MemorySurgeRule, ...]
+    rules: tuple[AnyRule, ...]
     notifiers: dict[str, EmailNotifierConfig | WebhookNotifierConfig] = field(default_factory=dict)
     source: str = "<memory>"
 
-    def rule(self, name: str) -> ThresholdRule | SpikeRule | MemorySurgeRule | None:
+    def rule(self, name: str) -> AnyRule | None:
         return next((r for r in self.rules if r.name == name), None)
 
 
@@ -441,7 +519,7 @@ def parse_rules(
         raw_rules = []
 
     known_notifiers = set(BUILTIN_NOTIFIERS) | set(notifiers)
-    rules: list[ThresholdRule | SpikeRule | MemorySurgeRule] = []
+    rules: list[AnyRule] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_rules):
         name = raw.get("name") if isinstance(raw, dict) else None

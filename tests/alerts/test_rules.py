@@ -15,6 +15,7 @@ from alerts.errors import RuleError
 from alerts.evaluator import grid_instant, grid_instants, judge
 from alerts.lifecycle import apply, decide
 from alerts.rules import (
+    AnomalyRule,
     MemorySurgeRule,
     ThresholdRule,
     format_duration,
@@ -40,9 +41,72 @@ def _load(tmp_path: Path, text: str) -> str:
 
 def test_example_rules_file_loads() -> None:
     ruleset = load_rules(ROOT / "examples" / "rules.yaml")
-    assert [r.kind for r in ruleset.rules] == ["threshold", "threshold", "spike", "memory_surge"]
+    assert [r.kind for r in ruleset.rules] == [
+        "anomaly",
+        "anomaly",
+        "threshold",
+        "threshold",
+        "spike",
+        "memory_surge",
+    ]
     assert set(ruleset.notifiers) == {"risk-desk", "ops-hook"}
-    assert ruleset.rules[0].for_ == timedelta(minutes=10)
+    assert ruleset.rule("topic-negative-share").for_ == timedelta(minutes=10)  # type: ignore[union-attr]
+
+
+def test_example_anomaly_rules_are_generic_defaults() -> None:
+    ruleset = load_rules(ROOT / "examples" / "rules.yaml")
+    entity, topic = (r for r in ruleset.rules if isinstance(r, AnomalyRule))
+    assert (entity.select.key_kind, entity.metric) == ("entity", "negative_count")
+    assert (topic.select.key_kind, topic.metric) == ("topic", "negative_share")
+    for rule in (entity, topic):  # every name of the kind, judged by the evidence alone
+        assert not rule.select.names and not rule.select.globs
+        assert "min_volume" not in rule.select.model_fields_set
+        assert rule.baseline == timedelta(days=30) and rule.p_value == 0.001
+
+
+ANOMALY = {"name": "anom", "kind": "anomaly", "window": "1d", "notifiers": ["email"]}
+
+
+def test_anomaly_defaults() -> None:
+    rule = parse_rules({"rules": [ANOMALY]}).rules[0]
+    assert isinstance(rule, AnomalyRule)
+    assert (rule.metric, rule.baseline, rule.seasonality) == (
+        "negative_count",
+        timedelta(days=30),
+        "none",
+    )
+    assert (rule.p_value, rule.min_lift, rule.min_share_lift, rule.min_count) == (
+        0.001,
+        1.5,
+        1.25,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"select": {"min_volume": 5}}, "select", "min_volume does not apply to anomaly rules"),
+        ({"baseline": "6h"}, "baseline", "must be at least the window (1d)"),
+        ({"seasonality": "weekly", "baseline": "3d"}, "baseline", "must be at least 1w"),
+        ({"seasonality": "weekly", "window": "8d", "baseline": "30d"}, "baseline", "at most 1w"),
+        ({"resolve": {"p_value": 0.0001}}, "resolve", "calm side"),
+        (
+            {"metric": "negative_share", "min_share_lift": 2},
+            "min_share_lift",
+            "negative_count only",
+        ),
+        ({"metric": "mean_sentiment"}, "metric", "negative_count"),
+        ({"p_value": 1.5}, "p_value", "less than 1"),
+        ({"min_lift": 0.5}, "min_lift", "greater than or equal to 1"),
+        ({"seasonality": "daily"}, "seasonality", "weekly"),
+    ],
+)
+def test_anomaly_mistakes_name_the_rule_and_field(
+    tmp_path: Path, fields: dict, field: str, words: str
+) -> None:
+    msg = _load(tmp_path, yaml.safe_dump({"rules": [{**ANOMALY, **fields}]}))
+    assert "rule 'anom' (rules[0])" in msg and f"field '{field}'" in msg and words in msg
 
 
 def test_unknown_kind_names_rule_field_and_the_kinds(tmp_path: Path) -> None:
@@ -51,7 +115,7 @@ def test_unknown_kind_names_rule_field_and_the_kinds(tmp_path: Path) -> None:
         "rules:\n  - name: surge\n    kind: surgey\n    window: 1h\n    notifiers: [email]\n",
     )
     assert "rule 'surge' (rules[0])" in msg and "field 'kind'" in msg and "'surgey'" in msg
-    assert "threshold, spike, memory_surge" in msg
+    assert "threshold, spike, memory_surge, anomaly" in msg
 
 
 def test_negative_window_names_rule_and_field(tmp_path: Path) -> None:
