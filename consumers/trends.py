@@ -26,6 +26,15 @@ Rewinds are bounded by ``Settings.lateness_horizon_s``: a document older than it
 newest by more than the horizon is not slotted into the past; it is applied at the key's
 current position (``order_at`` = the key's newest ``order_at``) and logged. Within the
 horizon the result is deterministic; beyond it, it depends on arrival.
+
+Time precision. Each trend point keeps its document's ``time_precision`` (second, minute,
+hour, day; the alert evaluator reads it there). A ``day`` document (a source that gives
+only a date) sits at the start of its day, so a day's documents share one ``order_at``; the
+gap the cell sees between two of them is the key's average inter-arrival time over its
+canonical prefix, not 0 s (:func:`pipeline.memory_features.memory_gap_seconds`). That needs
+the key's first ``order_at`` (the oldest trend point, one index probe per key, read only
+for batches holding day documents) and its document count, both functions of the canonical
+prefix: a rewind replays the same gaps.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from pipeline import metrics
 from pipeline.db import retry_db
 from pipeline.errors import InputError
 from pipeline.inference import MemoryCell, read_manifest
+from pipeline.memory_features import memory_gap_seconds
 from pipeline.records import ScoredRecord
 from pipeline.roles import Stage
 from pipeline.settings import BatchPolicy, Settings
@@ -91,6 +101,7 @@ class ScoredItem:
     doc_vector: list[float]
     order_at: datetime | None = None
     stored: bool = False  # an existing trend point being replayed by a rewind
+    time_precision: str = "second"
 
     @property
     def position(self) -> tuple[datetime, str]:
@@ -109,6 +120,7 @@ class ScoredItem:
             p_bullish=record.p_bullish,
             topic_confidence=record.topic_confidence,
             doc_vector=list(record.doc_vector),
+            time_precision=record.time_precision,
         )
 
 
@@ -129,6 +141,14 @@ class KeyPlan:
     items: list[ScoredItem] = field(default_factory=list)  # to apply, in canonical order
     states: np.ndarray | None = None  # after each item
     outputs: np.ndarray | None = None
+    #: the key's first order_at before this plan (None: unknown yet, or the key starts here)
+    first_order_at: datetime | None = None
+
+    @property
+    def needs_first_order_at(self) -> bool:
+        """Whether the gaps need the key's first order_at from the database: it has
+        history before the plan and the plan holds a day document."""
+        return self.prev_order_at is not None and any(i.time_precision == "day" for i in self.items)
 
 
 @dataclass
@@ -249,6 +269,7 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                 plans.append(self._plan(conn, cell, key, key_rows[key], new))
         if not plans:
             return 0
+        _read_first_order_at(conn, plans)
         _step_all(cell, plans)
         return self._write(conn, memory, plans)
 
@@ -286,7 +307,8 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
         tail = conn.execute(
             sa.text(
                 "SELECT document_id, event_at, order_at, sentiment, p_bearish, p_neutral, p_bullish, "
-                "topic_confidence, doc_vector FROM trend_points WHERE key = :key AND order_at >= :start"
+                "topic_confidence, doc_vector, time_precision FROM trend_points "
+                "WHERE key = :key AND order_at >= :start"
             ),
             {"key": key, "start": start},
         ).all()
@@ -303,6 +325,7 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                 doc_vector=list(r.doc_vector or ()),
                 order_at=r.order_at,
                 stored=True,
+                time_precision=r.time_precision,
             )
             for r in tail
         ]
@@ -359,6 +382,7 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                             "p_bullish": item.p_bullish,
                             "topic_confidence": item.topic_confidence,
                             "doc_vector": item.doc_vector,
+                            "time_precision": item.time_precision,
                         }
                     )
                     ledger.append({"key": plan.key, "document_id": item.document_id})
@@ -384,13 +408,14 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                 sa.text(
                     "INSERT INTO trend_points (key, event_at, document_id, sentiment, p_bearish, expected_negative_rate, "
                     "surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, topic_confidence, "
-                    "doc_vector, state, model_version) SELECT key, event_at, document_id, sentiment, p_bearish, "
-                    "expected_negative_rate, surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, "
-                    "topic_confidence, doc_vector, state, model_version FROM jsonb_to_recordset(cast(:rows AS jsonb)) "
+                    "doc_vector, state, model_version, time_precision) SELECT key, event_at, document_id, sentiment, "
+                    "p_bearish, expected_negative_rate, surge_score, doc_count, negative_count, order_at, p_neutral, "
+                    "p_bullish, topic_confidence, doc_vector, state, model_version, time_precision "
+                    "FROM jsonb_to_recordset(cast(:rows AS jsonb)) "
                     "AS r(key text, event_at timestamptz, document_id text, sentiment text, p_bearish real, "
                     "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
                     "order_at timestamptz, p_neutral real, p_bullish real, topic_confidence real, doc_vector real[], "
-                    "state real[], model_version text)"
+                    "state real[], model_version text, time_precision text)"
                 ),
                 {"rows": _json(inserts)},
             )
@@ -450,6 +475,25 @@ def _state_or_initial(stored: Any, cell: MemoryCell, key: str) -> np.ndarray:
     return state
 
 
+def _read_first_order_at(conn: Connection, plans: list[KeyPlan]) -> None:
+    """Fill ``first_order_at`` of the plans whose day documents need it: the key's oldest
+    trend point, which lies before the plan (a plan that starts before every stored point
+    has no ``prev_order_at``). One index probe per key (``trend_points_key_order_idx``)."""
+    wanted = {plan.key: plan for plan in plans if plan.needs_first_order_at}
+    if not wanted:
+        return
+    rows = conn.execute(
+        sa.text(
+            "SELECT k AS key, (SELECT t.order_at FROM trend_points t WHERE t.key = k "
+            "AND t.order_at IS NOT NULL ORDER BY t.order_at LIMIT 1) AS first_order_at "
+            "FROM unnest(cast(:keys AS text[])) AS k"
+        ),
+        {"keys": sorted(wanted)},
+    ).all()
+    for row in rows:
+        wanted[row.key].first_order_at = row.first_order_at
+
+
 def _step_all(cell: MemoryCell, plans: list[KeyPlan]) -> None:
     """Run every plan's items through the cell, keys in lockstep (one onnxruntime call
     per step across all keys); fills ``plan.states`` and ``plan.outputs``."""
@@ -457,9 +501,18 @@ def _step_all(cell: MemoryCell, plans: list[KeyPlan]) -> None:
     for plan in plans:
         rows = []
         prev = plan.prev_order_at
-        for item in plan.items:
+        first = plan.first_order_at if prev is not None else None
+        for n, item in enumerate(plan.items):
             assert item.order_at is not None
-            dt = None if prev is None else (item.order_at - prev).total_seconds()
+            dt = memory_gap_seconds(
+                item.order_at,
+                prev,
+                item.time_precision,
+                first_at=first,
+                documents_before=plan.doc_count + n,
+            )
+            if first is None:
+                first = item.order_at
             rows.append(
                 cell.features(
                     item.p_bearish,

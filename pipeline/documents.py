@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import InputError
+from pipeline.records import TimePrecision
 
 MAX_TEXT_CHARS = 20_000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -65,7 +66,13 @@ def make_document_id(
 
 
 class Document(BaseModel):
-    """One news item or social post, normalised. Times are timezone-aware UTC."""
+    """One news item or social post, normalised. Times are timezone-aware UTC.
+
+    ``time_precision`` says how much of ``published_at`` the source gave (see
+    :data:`pipeline.records.TIME_PRECISIONS`): a ``day`` document's ``published_at`` is the
+    start of its day and stands for the whole day. Records without the field (written
+    before it existed) are ``second``.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -79,6 +86,7 @@ class Document(BaseModel):
     author: str | None = Field(None, max_length=500)
     language: str | None = Field(None, max_length=20)
     entities: tuple[str, ...] = ()
+    time_precision: TimePrecision = "second"
 
     @field_validator("published_at")
     @classmethod

@@ -6,6 +6,11 @@ worker: one definition, so a stage cannot drift from another.
   (0 bearish, 1 bullish, 2 neutral); labels exports and training read them from here.
 * :data:`TOPICS`: the 20 topics of the base topic data, in label-id order. A model's
   manifest carries its own topic list; :func:`n_topics` is how many there are.
+* :data:`TIME_PRECISIONS`: how precise a document's published time is (``second``,
+  ``minute``, ``hour``, ``day``). Many news sources give only a date: a ``day`` document's
+  ``published_at`` is the start of its day (in the source's time zone, stored as UTC) and
+  stands for the whole day. The same values are checked by PostgreSQL on
+  ``documents.time_precision`` and ``trend_points.time_precision``.
 * :class:`ScoredRecord`: one (memory key, document) with the stored prediction, the value
   of every record on the scored Kafka topic. ``to_bytes``/``from_bytes`` are the wire
   format; a value that is not one raises :class:`~pipeline.errors.InputError` with the
@@ -48,6 +53,9 @@ TOPICS: tuple[str, ...] = (
     "Stock Commentary",
     "Stock Movement",
 )
+TimePrecision = Literal["second", "minute", "hour", "day"]
+#: finest first; "second" is the default for records and producers that do not say
+TIME_PRECISIONS: tuple[TimePrecision, ...] = ("second", "minute", "hour", "day")
 KEY_KINDS = ("topic", "entity")
 MAX_KEY_CHARS = 300
 
@@ -88,6 +96,8 @@ class ScoredRecord(BaseModel):
     p_neutral: float
     p_bullish: float
     doc_vector: tuple[float, ...] = ()
+    #: the document's time precision; records written before it existed are "second"
+    time_precision: TimePrecision = "second"
 
     @field_validator("key")
     @classmethod

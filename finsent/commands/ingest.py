@@ -71,6 +71,21 @@ def register(sub: Any) -> None:
         help="a row without a published time: dead-letter it (default) or stamp it now",
     )
     r.add_argument(
+        "--time-precision",
+        choices=["auto", "second", "minute", "hour", "day"],
+        default=None,
+        help="how precise the rows' times are (default: auto: a date-only value, or a file whose "
+        "times are all midnight, is day; all on whole minutes is minute; else second). A day "
+        "document's time is the start of its day",
+    )
+    r.add_argument(
+        "--timezone",
+        default=None,
+        metavar="ZONE",
+        help="IANA time zone of naive times and dates, e.g. America/New_York (default: UTC); "
+        "times with an offset keep it",
+    )
+    r.add_argument(
         "--speed",
         type=float,
         default=None,
@@ -143,7 +158,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.documents import Document
     from pipeline.entities import load_watchlist
     from pipeline.producers.base import DocumentProducer
-    from pipeline.producers.replay import replay_file
+    from pipeline.producers.replay import ColumnMapping, replay_file
 
     ids: set[str] = set()
 
@@ -156,6 +171,19 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             ids.add(sent.id)
             return sent
 
+    mapping = {
+        "text_column": args.text_column,
+        "time_column": args.time_column,
+        "id_column": args.id_column,
+        "title_column": args.title_column,
+        "url_column": args.url_column,
+        "source": args.source,
+        "kind": args.kind,
+        "missing_time": args.missing_time,
+        "time_precision": args.time_precision,
+        "timezone": args.timezone,
+    }
+    ColumnMapping.from_options(**mapping)  # a bad --timezone fails here, before Kafka
     settings = _settings(args, settings)
     watchlist = load_watchlist(settings.watchlist)
     if settings.kafka_bootstrap:
@@ -175,14 +203,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             fmt=args.format,
             stop=stop,
             producer=producer,
-            text_column=args.text_column,
-            time_column=args.time_column,
-            id_column=args.id_column,
-            title_column=args.title_column,
-            url_column=args.url_column,
-            source=args.source,
-            kind=args.kind,
-            missing_time=args.missing_time,
+            **mapping,
         )
     documents = len(ids)
     collapsed = report.sent - documents

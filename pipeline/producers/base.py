@@ -8,7 +8,11 @@
   after column mapping): pydantic-validated with field-level errors, every string cleaned
   of NUL and control characters and lone surrogates (PostgreSQL ``text`` cannot hold NUL,
   UTF-8 cannot hold surrogates), event time parsed from ISO 8601, RFC 2822 or epoch
-  seconds/milliseconds and converted to UTC.
+  seconds/milliseconds and converted to UTC. Its optional ``time_precision`` defaults to
+  ``day`` for a date-only ``published_at`` (``2024-05-01``), else ``second``.
+* ``read_event_time`` parses a time keeping the offset it was written in (a naive time
+  takes the zone it is given), and ``start_of_period`` truncates it to the start of its
+  minute, hour or day in that zone: what file replay needs for day-stamped sources.
 * ``DocumentProducer`` sends each document to ``finsent.documents`` keyed by its id (so a
   document always lands on the same partition) after tagging its watchlist entities, and
   each rejected item to ``finsent.dlq`` with its reason. ``flush()`` raises
@@ -26,10 +30,17 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.dlq import DeadLetter, send_dead_letter
 from pipeline.documents import Document, describe_validation_error, make_document_id
@@ -37,6 +48,7 @@ from pipeline.entities import Watchlist, load_watchlist
 from pipeline.errors import BrokerError, InputError
 from pipeline.kafka_io import make_producer
 from pipeline.metrics import DEAD_LETTERS, DOCUMENTS_INGESTED
+from pipeline.records import TimePrecision
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,39 +71,95 @@ def clean_string(value: str, *, collapse: bool = True) -> str:
     return value.replace("\x00", "")
 
 
-def parse_event_time(value: Any) -> datetime:
+def parse_event_time(value: Any, *, tz: tzinfo = UTC) -> datetime:
     """A document's published time as an aware UTC datetime.
 
-    Accepts a ``datetime`` (naive means UTC), epoch seconds / milliseconds / microseconds /
-    nanoseconds (number or numeric string; the unit is inferred from the magnitude),
-    ISO 8601 (``2024-05-01T12:00:00Z``, ``2024-05-01 12:00:00+02:00``, ``2024-05-01``) and
-    RFC 2822 (``Wed, 01 May 2024 12:00:00 GMT``, as RSS uses). Raises ValueError with a
-    message for the user otherwise.
+    Accepts a ``datetime`` (naive means ``tz``, UTC unless told), epoch seconds /
+    milliseconds / microseconds / nanoseconds (number or numeric string; the unit is
+    inferred from the magnitude), ISO 8601 (``2024-05-01T12:00:00Z``,
+    ``2024-05-01 12:00:00+02:00``, ``2024-05-01``) and RFC 2822
+    (``Wed, 01 May 2024 12:00:00 GMT``, as RSS uses). Raises ValueError with a message for
+    the user otherwise.
+    """
+    try:
+        parsed = read_event_time(value, tz=tz).astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {str(value)[:40]!r} is out of range") from None
+    if parsed.year < MIN_YEAR:
+        raise ValueError(f"time {parsed.isoformat()} is before {MIN_YEAR}")
+    return parsed
+
+
+def read_event_time(value: Any, *, tz: tzinfo = UTC) -> datetime:
+    """A time as written: aware, in the offset it was written with; a naive time (or a
+    date) in ``tz``; epoch numbers in UTC. Its wall-clock time is the one in the source,
+    which is what precision inference looks at. Same inputs and errors as
+    :func:`parse_event_time`, which converts the result to UTC.
+
+    >>> from zoneinfo import ZoneInfo
+    >>> read_event_time("2021-03-04 09:30", tz=ZoneInfo("America/New_York")).isoformat()
+    '2021-03-04T09:30:00-05:00'
+    >>> read_event_time("2021-03-04T09:30:00+01:00", tz=ZoneInfo("America/New_York")).isoformat()
+    '2021-03-04T09:30:00+01:00'
     """
     if isinstance(value, bool) or value is None:
         raise ValueError(
             f"expected a time, got {type(value).__name__ if value is not None else 'null'}"
         )
     if isinstance(value, datetime):
-        parsed = value if value.tzinfo else value.replace(tzinfo=UTC)
-    elif isinstance(value, int | float):
-        parsed = _from_epoch(float(value))
-    elif isinstance(value, str):
+        return value if value.tzinfo else value.replace(tzinfo=tz)
+    if isinstance(value, int | float):
+        return _from_epoch(float(value))
+    if isinstance(value, str):
         text = value.strip()
         if not text:
             raise ValueError("time is empty")
         if _NUMBER.match(text):
-            parsed = _from_epoch(float(text))
-        else:
-            parsed = _from_text(text)
-    else:
-        raise ValueError(
-            f"expected a time (ISO 8601 string or epoch number), got {type(value).__name__}"
-        )
-    parsed = parsed.astimezone(UTC)
-    if parsed.year < MIN_YEAR:
-        raise ValueError(f"time {parsed.isoformat()} is before {MIN_YEAR}")
-    return parsed
+            return _from_epoch(float(text))
+        return _from_text(text, tz)
+    raise ValueError(
+        f"expected a time (ISO 8601 string or epoch number), got {type(value).__name__}"
+    )
+
+
+def is_date_only(value: Any) -> bool:
+    """Whether ``value`` is a calendar date without a time of day (``2021-03-04``): such a
+    value has day precision. Numbers are epoch times, never dates.
+
+    >>> is_date_only("2021-03-04"), is_date_only(" 2021-03-04 "), is_date_only("2021-03-04T00:00:00")
+    (True, True, False)
+    >>> is_date_only("20210304"), is_date_only(20210304)
+    (False, False)
+    """
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    if not text or _NUMBER.match(text):
+        return False
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def start_of_period(at: datetime, precision: TimePrecision) -> datetime:
+    """The start of ``at``'s minute, hour or day in ``at``'s own zone (``second`` keeps it
+    as it is). With a ``zoneinfo`` zone the offset is the one in force at that start, so a
+    day across a daylight-saving change still starts at local midnight.
+
+    >>> from zoneinfo import ZoneInfo
+    >>> at = datetime(2021, 3, 14, 15, 45, 30, tzinfo=ZoneInfo("America/New_York"))
+    >>> start_of_period(at, "day").isoformat(), start_of_period(at, "hour").isoformat()
+    ('2021-03-14T00:00:00-05:00', '2021-03-14T15:00:00-04:00')
+    """
+    if precision == "day":
+        return at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if precision == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    if precision == "minute":
+        return at.replace(second=0, microsecond=0)
+    return at
 
 
 def _from_epoch(number: float) -> datetime:
@@ -110,7 +178,7 @@ def _from_epoch(number: float) -> datetime:
         raise ValueError(f"epoch time {number!r} is out of range") from None
 
 
-def _from_text(text: str) -> datetime:
+def _from_text(text: str, tz: tzinfo = UTC) -> datetime:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -121,7 +189,7 @@ def _from_text(text: str) -> datetime:
             raise ValueError(
                 f"unrecognised time {shown!r}: use ISO 8601 (2024-05-01T12:00:00Z), RFC 2822 or epoch seconds"
             ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
 
 
 # --- the accepted input shape --------------------------------------------------------------
@@ -134,6 +202,12 @@ class IncomingDocument(BaseModel):
     is derived from source + that identifier (else the URL, else the content), so sending
     the same item twice yields the same document id. ``published_at`` defaults to the time
     of ingestion only where the caller allows it (HTTP); replay requires it.
+
+    ``time_precision`` (second | minute | hour | day) says how much of ``published_at`` the
+    source knows; it defaults to ``day`` when ``published_at`` is a date (``2024-05-01``,
+    taken as midnight UTC) and to ``second`` otherwise. ``published_at`` is kept as given:
+    a caller stating a coarser precision sends the start of the period (file replay
+    truncates for its rows, in the file's time zone).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -149,6 +223,18 @@ class IncomingDocument(BaseModel):
     author: str | None = Field(None, max_length=500)
     language: str | None = Field(None, max_length=20)
     entities: tuple[str, ...] = Field((), max_length=100)
+    time_precision: TimePrecision | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _date_only_is_day(cls, data: Any) -> Any:
+        if (
+            isinstance(data, Mapping)
+            and data.get("time_precision") is None
+            and is_date_only(data.get("published_at"))
+        ):
+            return {**data, "time_precision": "day"}
+        return data
 
     @field_validator("published_at", mode="before")
     @classmethod
@@ -222,6 +308,7 @@ class IncomingDocument(BaseModel):
                 author=self.author,
                 language=self.language,
                 entities=self.entities,
+                time_precision=self.time_precision or "second",
             )
         except ValidationError as exc:
             raise InputError(describe_validation_error(exc)) from None

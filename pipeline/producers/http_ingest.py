@@ -3,12 +3,15 @@
 ``POST /v1/documents`` takes one JSON document, a JSON list of them, or
 ``{"documents": [...]}`` (fields of ``IncomingDocument``: ``text`` required; ``title``,
 ``published_at`` (default: now), ``id``/``guid``, ``url``, ``source`` (default ``http``),
-``kind``, ``author``, ``language``, ``entities``). A batch is all or nothing: when any
-item is invalid the answer is 400 with every bad field (``documents[3].text: ...``) and
-nothing is produced, so a client can fix and resend the whole batch. Otherwise the
-documents are sent to Kafka and flushed before the answer, 202 with their ids: a 202
-means the documents are in Kafka. Ids are stable (source + id/guid, else URL, else
-content), so a client retrying after a timeout or a 503 creates no duplicates.
+``kind``, ``author``, ``language``, ``entities``, ``time_precision``: one of second,
+minute, hour, day; default ``day`` for a date-only ``published_at`` such as ``2024-05-01``,
+else ``second``; with a coarser precision, send the start of the period as
+``published_at``). A batch is all or nothing: when any item is invalid the answer is 400
+with every bad field (``documents[3].text: ...``) and nothing is produced, so a client
+can fix and resend the whole batch. Otherwise the documents are sent to Kafka and flushed
+before the answer, 202 with their ids: a 202 means the documents are in Kafka. Ids are
+stable (source + id/guid, else URL, else content), so a client retrying after a timeout or
+a 503 creates no duplicates.
 
 ``POST /v1/labels`` takes ``{"document_id", "sentiment"?, "topic"? (topic id),
 "labelled_by"?}`` and stores it with ``pipeline.labels.store_label``: 201 with the label

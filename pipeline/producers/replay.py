@@ -6,8 +6,19 @@ This is how users backfill history and how the demo and the stream tests feed da
   line). Only ``text`` is required in every row; a CSV file without the text column (or
   without an explicitly named time column) is refused as a whole, with the columns it has.
 * **Event time** is each row's own published time (ISO 8601, RFC 2822 or epoch seconds /
-  milliseconds; naive times are taken as UTC), kept as the document's ``published_at``.
+  milliseconds), kept as the document's ``published_at`` in UTC. Naive times (and dates)
+  are read in ``timezone`` (an IANA name, default UTC); times with an offset keep it.
   A row without one is dead-lettered, unless ``missing_time="now"``.
+* **Time precision** (``time_precision``, default ``auto``): many sources give a date, not
+  a time. In ``auto`` a date-only value (``2021-03-04``) is ``day``; so is every row of a
+  file whose times of day are all exactly midnight; a file whose times (at least
+  ``MIN_ROWS_FOR_MINUTE`` of them) all have zero seconds is ``minute``; anything else is
+  ``second``. Deciding "every row" reads the file once before sending (it stops at the
+  first row that settles it). ``second`` / ``minute`` / ``hour`` / ``day`` force a
+  precision on every row instead. A coarser-than-second document's ``published_at`` is
+  the start of its minute, hour or day in the row's zone (``timezone`` for naive times,
+  else the row's own offset), converted to UTC: ``2021-03-04`` in ``America/New_York`` is
+  ``2021-03-04T05:00:00Z``.
 * **Ids** are stable: source + the id column, else the URL, else the content and time, so
   replaying the same file again yields the same document ids. The source defaults to the
   file's name without extensions (``news.csv.gz`` -> ``news``); pass ``--source`` to keep
@@ -29,11 +40,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.documents import Document
 from pipeline.entities import Watchlist
@@ -44,7 +56,11 @@ from pipeline.producers.base import (
     Rejected,
     Source,
     clean_string,
+    is_date_only,
+    read_event_time,
+    start_of_period,
 )
+from pipeline.records import TIME_PRECISIONS, TimePrecision
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +70,30 @@ CSV_FIELD_LIMIT = 16 * 1024 * 1024
 FORMATS = ("csv", "tsv", "jsonl")
 Format = Literal["csv", "tsv", "jsonl"]
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+PrecisionOption = Literal["auto", "second", "minute", "hour", "day"]
+PRECISION_OPTIONS: tuple[str, ...] = get_args(PrecisionOption)
+#: a file is taken as minute-stamped only when at least this many of its times all have
+#: zero seconds (one or two whole-minute times happen by chance)
+MIN_ROWS_FOR_MINUTE = 3
+_Item = TypeVar("_Item")
+
+
+def time_zone(name: str) -> tzinfo:
+    """The zone an IANA name (``America/New_York``, ``UTC``) stands for; InputError naming
+    the value otherwise.
+
+    >>> time_zone("UTC"), str(time_zone("Europe/London"))
+    (datetime.timezone.utc, 'Europe/London')
+    """
+    if name.strip().upper() in ("UTC", "Z"):
+        return UTC
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise InputError(
+            f"unknown time zone {name!r}: use an IANA name such as America/New_York, "
+            "Europe/London or UTC"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -77,6 +117,16 @@ class ColumnMapping:
     source: str | None = None
     kind: Literal["news", "social"] = "news"
     missing_time: Literal["reject", "now"] = "reject"
+    time_precision: PrecisionOption = "auto"
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        if self.time_precision not in PRECISION_OPTIONS:
+            raise InputError(
+                f"unknown time precision {self.time_precision!r}: use one of "
+                f"{', '.join(PRECISION_OPTIONS)}"
+            )
+        time_zone(self.timezone)
 
     @classmethod
     def from_options(cls, **options: Any) -> ColumnMapping:
@@ -116,6 +166,8 @@ class ReplayReport:
     first_event_at: datetime | None = None
     last_event_at: datetime | None = None
     stopped_early: bool = False
+    #: documents sent per time precision
+    precisions: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         span = ""
@@ -123,9 +175,15 @@ class ReplayReport:
             span = f", event time {self.first_event_at.isoformat()} .. {self.last_event_at.isoformat()}"
         rate = self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
         stopped = " (stopped early)" if self.stopped_early else ""
+        precision = ""
+        if set(self.precisions) - {"second"}:
+            counts = ", ".join(
+                f"{p} {self.precisions[p]}" for p in TIME_PRECISIONS if p in self.precisions
+            )
+            precision = f", time precision: {counts}"
         return (
             f"{self.path}: {self.rows} rows, {self.sent} sent, {self.dead_lettered} dead-lettered "
-            f"in {self.elapsed_s:.2f}s ({rate:.0f} docs/s){span}{stopped}"
+            f"in {self.elapsed_s:.2f}s ({rate:.0f} docs/s){span}{precision}{stopped}"
         )
 
 
@@ -188,16 +246,29 @@ class ReplaySource(Source):
         if self.format not in FORMATS:
             raise InputError(f"unknown format {self.format!r}: use one of {', '.join(FORMATS)}")
         self.source_name = self.mapping.source or default_source(self.path)
+        self.zone = time_zone(self.mapping.timezone)
         self.rows = 0
         self._now = now
+        #: the precision of rows with a time of day: forced, or found by the first read
+        self.file_precision: TimePrecision | None = (
+            None if self.mapping.time_precision == "auto" else self.mapping.time_precision
+        )
 
     def __iter__(self) -> Iterator[Document | Rejected]:
+        if self.file_precision is None:
+            self.file_precision = self._scan_precision()
+            self.rows = 0
+        yield from self._read(self._row_to_item)
+
+    def _read(
+        self, handle: Callable[[Mapping[str, Any], int, bytes | str], _Item]
+    ) -> Generator[_Item | Rejected, None, None]:
         with _open_binary(self.path) as fh:
             try:
                 if self.format == "jsonl":
-                    yield from self._jsonl(fh)
+                    yield from self._jsonl(fh, handle)
                 else:
-                    yield from self._csv(fh, delimiter="," if self.format == "csv" else "\t")
+                    yield from self._csv(fh, "," if self.format == "csv" else "\t", handle)
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 # A truncated .gz ends the file; what was read so far has been sent.
                 yield Rejected(
@@ -205,9 +276,54 @@ class ReplaySource(Source):
                     origin=str(self.path),
                 )
 
+    # -- time precision ------------------------------------------------------------------------
+
+    def _scan_precision(self) -> TimePrecision:
+        """The precision of the file's timed rows (date-only rows are ``day`` anyway):
+        ``day`` when every time of day is midnight, ``minute`` when every one (at least
+        ``MIN_ROWS_FOR_MINUTE``) has zero seconds, else ``second``. Stops reading at the
+        first row that settles it; unreadable rows and times are left to the real pass."""
+        scan = _PrecisionScan()
+        column = self.mapping.time_column
+
+        def observe(row: Mapping[str, Any], _line_no: int, _payload: bytes | str) -> None:
+            value = row.get(column)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                return
+            if is_date_only(value):
+                return
+            try:
+                scan.observe(read_event_time(value, tz=self.zone))
+            except (ValueError, OverflowError):
+                return
+
+        rows = self._read(observe)
+        try:
+            for _ in rows:
+                if scan.settled:
+                    break
+        finally:
+            rows.close()  # closes the file at once when the scan stops early
+        return scan.result()
+
+    def _event_time(self, value: Any) -> tuple[datetime, TimePrecision]:
+        """A row's published time (aware; the start of its period) and its precision.
+        ValueError for a value that is not a time (reported against its column later)."""
+        at = read_event_time(value, tz=self.zone)
+        precision: TimePrecision
+        if self.mapping.time_precision != "auto":
+            precision = self.mapping.time_precision
+        elif is_date_only(value):
+            precision = "day"
+        else:
+            precision = self.file_precision or "second"
+        return start_of_period(at, precision), precision
+
     # -- JSON Lines ----------------------------------------------------------------------------
 
-    def _jsonl(self, fh: IO[bytes]) -> Iterator[Document | Rejected]:
+    def _jsonl(
+        self, fh: IO[bytes], handle: Callable[[Mapping[str, Any], int, bytes | str], _Item]
+    ) -> Iterator[_Item | Rejected]:
         line_no = 0
         while True:
             line = fh.readline(MAX_LINE_BYTES + 1)
@@ -240,11 +356,16 @@ class ReplaySource(Source):
                     line_no, f"expected a JSON object, got {type(data).__name__}", line
                 )
                 continue
-            yield self._row_to_item(data, line_no, line)
+            yield handle(data, line_no, line)
 
     # -- CSV / TSV -------------------------------------------------------------------------------
 
-    def _csv(self, fh: IO[bytes], delimiter: str) -> Iterator[Document | Rejected]:
+    def _csv(
+        self,
+        fh: IO[bytes],
+        delimiter: str,
+        handle: Callable[[Mapping[str, Any], int, bytes | str], _Item],
+    ) -> Iterator[_Item | Rejected]:
         if csv.field_size_limit() < CSV_FIELD_LIMIT:
             csv.field_size_limit(CSV_FIELD_LIMIT)
         text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline="")
@@ -279,7 +400,7 @@ class ReplaySource(Source):
                     start, f"{len(row)} fields but the header has {len(header)}", payload
                 )
                 continue
-            yield self._row_to_item(dict(zip(header, row, strict=False)), start, payload)
+            yield handle(dict(zip(header, row, strict=False)), start, payload)
 
     def _check_header(self, header: list[str]) -> None:
         m = self.mapping
@@ -325,6 +446,13 @@ class ReplaySource(Source):
             ]
         if isinstance(values.get("kind"), str):
             values["kind"] = values["kind"].strip().lower()
+        if "published_at" in values:
+            try:
+                values["published_at"], values["time_precision"] = self._event_time(
+                    values["published_at"]
+                )
+            except (ValueError, OverflowError):
+                pass  # IncomingDocument reports it against the time column
         source = m.source or _string_or_none(row.get(m.source_column)) or self.source_name
         try:
             incoming = IncomingDocument.model_validate(values)
@@ -345,6 +473,33 @@ class ReplaySource(Source):
             )
         except InputError as exc:
             return self._reject(line_no, str(exc), payload)
+
+
+class _PrecisionScan:
+    """What the times of day of a file's rows have in common (as written, in their zone)."""
+
+    def __init__(self) -> None:
+        self.timed = 0
+        self.midnight = True
+        self.whole_minute = True
+
+    def observe(self, at: datetime) -> None:
+        self.timed += 1
+        if at.second or at.microsecond:
+            self.midnight = self.whole_minute = False
+        elif at.hour or at.minute:
+            self.midnight = False
+
+    @property
+    def settled(self) -> bool:
+        return not self.midnight and not self.whole_minute
+
+    def result(self) -> TimePrecision:
+        if self.timed and self.midnight:
+            return "day"
+        if self.whole_minute and self.timed >= MIN_ROWS_FOR_MINUTE:
+            return "minute"
+        return "second"
 
 
 def _string_or_none(value: Any) -> str | None:
@@ -411,6 +566,9 @@ def replay_into(
                             time.sleep(wait)
             report.first_event_at = min(report.first_event_at or event, event)
             report.last_event_at = max(report.last_event_at or event, event)
+            report.precisions[item.time_precision] = (
+                report.precisions.get(item.time_precision, 0) + 1
+            )
         producer.handle(item)
     producer.flush()
     after = producer.counts
@@ -437,7 +595,7 @@ def replay_file(
     """Replay one file to the documents Kafka topic and return the report.
 
     ``mapping`` takes ``ColumnMapping`` fields (``text_column="body"``, ``source="wire"``,
-    ``missing_time="now"``, ...). The watchlist defaults to ``FINSENT_WATCHLIST``. Raises
+    ``missing_time="now"``, ``time_precision="day"``, ``timezone="America/New_York"``, ...). The watchlist defaults to ``FINSENT_WATCHLIST``. Raises
     InputError for a file that cannot be replayed at all (missing, unknown format, no text
     column) and BrokerError when Kafka does not take the records; bad rows only reach the DLQ.
     """

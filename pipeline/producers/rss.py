@@ -20,6 +20,10 @@ text, a publication date far in the future) goes to the DLQ once and is marked s
 A feed that fails (timeout, HTTP error, not a feed, Kafka refusing the records, database
 unavailable) is recorded in its cursor's ``last_error`` and retried with exponential backoff
 up to ``FINSENT_FEEDS__MAX_BACKOFF_S``; the other feeds keep their schedule.
+
+An entry dated with a calendar date only (``<updated>2024-05-01</updated>``) is a ``day``
+precision document at midnight UTC (feeds give no zone for a bare date); every other entry
+is ``second``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from pipeline.producers.base import (
     Rejected,
     Source,
     clean_string,
+    is_date_only,
 )
 from pipeline.roles import Stage
 from pipeline.settings import Settings
@@ -153,6 +158,14 @@ def _entry_time(entry: Any) -> datetime | None:
     return None
 
 
+def _entry_precision(entry: Any) -> str | None:
+    """``day`` when the date the entry's time comes from is written as a date only."""
+    for key in ("published", "updated", "created"):
+        if entry.get(f"{key}_parsed"):
+            return "day" if is_date_only(entry.get(key)) else None
+    return None
+
+
 def _entry_text(entry: Any) -> str | None:
     for item in entry.get("content") or []:
         value = item.get("value") if isinstance(item, dict) else None
@@ -251,6 +264,7 @@ class FeedSource(Source):
             "author": author,
             "language": self.language,
             "published_at": _entry_time(entry),
+            "time_precision": _entry_precision(entry),
         }
         try:
             incoming = IncomingDocument.model_validate({k: v for k, v in values.items() if v})

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from pipeline.documents import Document
 from pipeline.inference import MemoryCell
 from pipeline.kafka_io import make_producer
+from pipeline.memory_features import memory_gap_seconds
 from pipeline.records import keys_of
 from pipeline.settings import Settings
 
@@ -163,13 +164,16 @@ def reference_states(
 ) -> dict[str, np.ndarray]:
     """Each key's state after a clean single run: the memory cell applied to the key's
     documents one at a time in canonical order (event time, document id), from the stored
-    predictions. Independent of the trends worker's code."""
+    predictions, with the gaps of :func:`pipeline.memory_features.memory_gap_seconds` (the
+    plain event-time gaps, except between day documents of one day). Independent of the
+    trends worker's code."""
     cell = MemoryCell.load(model_dir, settings)
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT d.id, d.published_at, d.entities, p.topic, p.topic_confidence, p.p_bearish, p.p_neutral, "
-                "p.p_bullish, p.doc_vector FROM documents d JOIN latest_predictions p ON p.document_id = d.id"
+                "SELECT d.id, d.published_at, d.time_precision, d.entities, p.topic, p.topic_confidence, "
+                "p.p_bearish, p.p_neutral, p.p_bullish, p.doc_vector "
+                "FROM documents d JOIN latest_predictions p ON p.document_id = d.id"
             )
         ).all()
     per_key: dict[str, list[Any]] = {}
@@ -181,8 +185,14 @@ def reference_states(
         docs.sort(key=lambda r: (r.published_at, r.id))
         state = cell.initial_state()
         prev = None
-        for r in docs:
-            dt = None if prev is None else (r.published_at - prev).total_seconds()
+        for n, r in enumerate(docs):
+            dt = memory_gap_seconds(
+                r.published_at,
+                prev,
+                r.time_precision,
+                first_at=docs[0].published_at,
+                documents_before=n,
+            )
             feats = cell.features(
                 r.p_bearish, r.p_neutral, r.p_bullish, r.topic_confidence, r.doc_vector, dt
             )

@@ -117,3 +117,101 @@ def test_a_document_older_than_the_horizon_is_applied_at_the_current_position(
             {"d": late.document_id},
         ).one()
     assert order_at == docs[-1].event_at and event_at == late.event_at
+
+
+# --- day-precision documents ---------------------------------------------------------------
+
+DAY_START = datetime(2021, 3, 4, 5, tzinfo=UTC)  # midnight in New York, as replay stores it
+
+
+def day_items(days: int, per_day: int, seed: int = 0) -> list[ScoredItem]:
+    """``per_day`` day-stamped documents on each of ``days`` days, plus one timed document a
+    day at 15:00 (second precision), for one key."""
+    out = items(days * (per_day + 1), seed=seed)
+    for n, item in enumerate(out):
+        day, slot = divmod(n, per_day + 1)
+        if slot < per_day:
+            item.event_at = DAY_START + timedelta(days=day)
+            item.time_precision = "day"
+        else:
+            item.event_at = DAY_START + timedelta(days=day, hours=10)
+    return out
+
+
+def reference_state(memory: object, docs: list[ScoredItem], gaps: str) -> np.ndarray:
+    """The state after a clean run in canonical order; ``gaps="raw"`` feeds the plain
+    event-time differences (0 s between same-day documents), ``"spread"`` the rule's."""
+    from pipeline.memory_features import memory_gap_seconds
+
+    cell = memory.cell  # type: ignore[attr-defined]
+    state = cell.initial_state()
+    canonical = sorted(docs, key=lambda i: (i.event_at, i.document_id))
+    prev = None
+    for n, item in enumerate(canonical):
+        if gaps == "raw":
+            dt = None if prev is None else (item.event_at - prev).total_seconds()
+        else:
+            dt = memory_gap_seconds(
+                item.event_at,
+                prev,
+                item.time_precision,
+                first_at=canonical[0].event_at,
+                documents_before=n,
+            )
+            assert dt is None or dt > 0
+        feats = cell.features(
+            item.p_bearish,
+            item.p_neutral,
+            item.p_bullish,
+            item.topic_confidence,
+            item.doc_vector,
+            dt,
+        )
+        state = cell.update(state[None, :], feats[None, :])[0][0]
+        prev = item.event_at
+    return state
+
+
+def test_day_documents_land_with_their_precision_and_are_spread_over_their_day(
+    settings: Settings, engine: sa.engine.Engine, tiny_model_dir: Path
+) -> None:
+    s = settings.model_copy(update={"model_dir": tiny_model_dir})
+    memory = load_memory(tiny_model_dir, s)
+    trends = Trends(s, "", engine)
+    docs = day_items(days=3, per_day=8, seed=5)
+    canonical = sorted(docs, key=lambda i: (i.event_at, i.document_id))
+    apply_in_batches(trends, engine, memory, [canonical[i : i + 5] for i in range(0, 27, 5)])
+    with engine.connect() as conn:
+        stored = dict(
+            conn.execute(sa.text("SELECT document_id, time_precision FROM trend_points")).all()
+        )
+    assert stored == {i.document_id: i.time_precision for i in docs}
+    assert sum(p == "day" for p in stored.values()) == 24
+
+    got, count, points = state(engine)
+    assert (count, points) == (27, 27)
+    spread = reference_state(memory, docs, gaps="spread")
+    raw = reference_state(memory, docs, gaps="raw")
+    assert float(np.max(np.abs(got - spread))) < 1e-5
+    # the same-day documents did not reach the cell 0 s apart
+    assert float(np.max(np.abs(got - raw))) > 1e-3
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_day_documents_give_the_canonical_state_in_any_arrival_order(
+    settings: Settings, engine: sa.engine.Engine, tiny_model_dir: Path, seed: int
+) -> None:
+    s = settings.model_copy(update={"model_dir": tiny_model_dir})
+    memory = load_memory(tiny_model_dir, s)
+    trends = Trends(s, "", engine)
+    docs = day_items(days=4, per_day=6, seed=seed)
+    rng = random.Random(seed)
+    shuffled = docs[:]
+    rng.shuffle(shuffled)
+    batches = [shuffled[i : i + 4] for i in range(0, len(shuffled), 4)]
+    redelivered = [shuffled[rng.randrange(len(shuffled))] for _ in range(5)]
+    assert apply_in_batches(trends, engine, memory, batches + [redelivered]) == len(docs)
+    got, count, points = state(engine)
+    assert (count, points) == (len(docs), len(docs))
+    assert trends.rewinds > 0
+    assert float(np.max(np.abs(got - reference_state(memory, docs, gaps="spread")))) < 1e-5

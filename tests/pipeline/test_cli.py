@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from finsent.cli import main
+from pipeline import db
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def test_db_upgrade_then_status_reports_revision_and_no_champion(
     assert main(["--database-url", empty_database_url, "db", "status"]) == 0
     assert main(["--database-url", empty_database_url, "status"]) == 0
     out = capsys.readouterr().out
-    assert "0002_partition_watermarks" in out
+    assert f"database at revision {db.head_revision()}" in out
     assert "champion_model" in out and "none registered" in out
     assert "execution_provider  CPUExecutionProvider" in out
 
@@ -143,6 +144,7 @@ _SCHEDULER_AFTER_CLI = """
 import sys, time
 from apscheduler.schedulers.background import BackgroundScheduler
 from finsent.cli import main
+from pipeline import db
 main(sys.argv[1:])
 scheduler = BackgroundScheduler()
 scheduler.add_job(lambda: None, "interval", seconds=0.1)
