@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 REQUIRED_FILES = ("manifest.json",)
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
-#: Documents per onnxruntime call when ``Settings.batch_independent_inference`` is off.
+#: Documents per onnxruntime call for a batch-independent model (or with
+#: ``Settings.batch_independent_inference`` off).
 #: Within one call every text is padded to the longest, so the runtime cuts its own
 #: length-sorted buckets whatever the caller's batch size.
 RUN_BATCH = 32
@@ -258,7 +259,14 @@ class Classifier:
             "classifier %s loaded from %s (%s, %s)", manifest["version"], model_dir, name, provider
         )
         if run_batch is None:
-            run_batch = 1 if settings.batch_independent_inference else RUN_BATCH
+            # the CPU int8 file of a model with calibrated activation scales gives the same
+            # output in any batch; anything else is batch-independent only one call per document
+            independent = (
+                name == manifest["classifier"]["cpu"]
+                and provider == CPU
+                and bool(manifest["classifier"].get("cpu_batch_independent"))
+            )
+            run_batch = 1 if settings.batch_independent_inference and not independent else RUN_BATCH
         return cls(session, tokenizer, manifest, provider, settings.max_text_chars, run_batch)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:

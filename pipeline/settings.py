@@ -283,10 +283,12 @@ class Settings(BaseSettings):
     max_tokens: int = Field(128, ge=8, le=512, description="tokenizer truncation length")
     batch_independent_inference: bool = Field(
         True,
-        description="classify each document in its own onnxruntime call, so its prediction never depends "
-        "on the other documents of its batch: the int8 model quantizes activations with one scale per call, so "
-        "batched calls move probabilities by up to ~1e-3 and flip a few topics, and two replays of one file "
-        "would differ. Off: length-bucketed batches of 32 (about 1.6x the model throughput on CPU)",
+        description="a document's prediction never depends on the other documents of its batch. Models "
+        "whose manifest says cpu_batch_independent (int8 with calibrated, fixed activation scales: every "
+        "model exported since v3) are batch-independent by construction and run in length-bucketed batches "
+        "of 32; older (dynamically quantized) models and the GPU file then get one onnxruntime call per "
+        "document. Off: always batches of 32 (dynamic int8 then moves probabilities by up to ~0.1 and "
+        "flips a few labels with the batch mates)",
     )
 
     rules: Path | None = Field(None, description="alert rules YAML")

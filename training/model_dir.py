@@ -77,6 +77,9 @@ def write_model_dir(
             "cpu": "classifier.int8.onnx",
             "gpu": "classifier.onnx",
             "gpu_precision": gpu_precision,
+            # int8 activation scales are calibrated and fixed (training.export): a document's
+            # output does not depend on its batch, so the runtime may batch it
+            "cpu_batch_independent": True,
         },
         "memory": memory,
         "tokenizer": "tokenizer.json",
