@@ -11,7 +11,8 @@ group ``finsent-scorer`` (``FINSENT_KAFKA_GROUP_PREFIX``-scorer):
    latency). Both inserts are ``ON CONFLICT DO NOTHING``: a redelivered document keeps
    the prediction stored first, and the stored values (read back in the same
    transaction) are what is forwarded, so every copy of a document's scored records
-   carries the same numbers whatever batch it was re-scored in;
+   carries the same numbers whatever batch it was re-scored in; last in that transaction,
+   each new document gets its ``story_id`` (:func:`pipeline.stories.assign_stories`);
 4. produce one record per key (``topic:<name>``, ``entity:<TICKER>``) to the scored Kafka
    topic, keyed by the key so one trends worker owns each key; flush;
 5. only then commit the offsets of the records processed.
@@ -54,6 +55,7 @@ from pipeline.errors import InputError
 from pipeline.inference import Classifier, Prediction
 from pipeline.records import ScoredRecord, keys_of
 from pipeline.roles import Stage
+from pipeline.stories import assign_stories
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,11 @@ MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 
 # Rows travel as one JSON document per statement: executemany costs a round trip per row.
 INSERT_DOCUMENTS = sa.text("""
-    INSERT INTO documents (id, source, kind, published_at, title, text, url, author, language, entities)
-    SELECT id, source, kind, published_at, title, text, url, author, language, entities
+    INSERT INTO documents (id, source, kind, published_at, title, text, url, author, language, entities,
+                           time_precision)
+    SELECT id, source, kind, published_at, title, text, url, author, language, entities, time_precision
     FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(id text, source text, kind text, published_at timestamptz,
-         title text, text text, url text, author text, language text, entities text[])
+         title text, text text, url text, author text, language text, entities text[], time_precision text)
     ON CONFLICT (id) DO NOTHING
 """)
 INSERT_PREDICTIONS = sa.text("""
@@ -219,7 +222,9 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
         def write(batch: list[tuple[ParsedRecord, Prediction]]) -> dict[str, Any]:
             with self.engine.begin() as conn:
                 try:
-                    return _write_batch(conn, batch, version, latency_ms)
+                    return _write_batch(
+                        conn, batch, version, latency_ms, stories=self.settings.story_grouping
+                    )
                 except sa.exc.DBAPIError:
                     # A refused statement can leave psycopg's pipeline in a state where the
                     # pool's reset blocks: drop the connection instead of reusing it.
@@ -276,6 +281,7 @@ class Scorer(StreamWorker[Classifier, "ScoredBatch"]):
                 p_neutral=row.p_neutral,
                 p_bullish=row.p_bullish,
                 doc_vector=tuple(row.doc_vector or ()),
+                time_precision=document.time_precision,
             )
             sends.append(
                 self._producer.send(
@@ -318,7 +324,12 @@ def _without_nul(document: Document) -> Document:
 
 
 def _write_batch(
-    conn: Connection, batch: list[tuple[ParsedRecord, Prediction]], version: str, latency_ms: float
+    conn: Connection,
+    batch: list[tuple[ParsedRecord, Prediction]],
+    version: str,
+    latency_ms: float,
+    *,
+    stories: bool = False,
 ) -> dict[str, Any]:
     conn.execute(
         INSERT_DOCUMENTS,
@@ -336,6 +347,7 @@ def _write_batch(
                         "author": d.author,
                         "language": d.language,
                         "entities": [str(e).strip().upper() for e in d.entities],
+                        "time_precision": d.time_precision,
                     }
                     for d in (item.document for item, _ in batch)
                 ]
@@ -372,4 +384,7 @@ def _write_batch(
     if missing:
         rows = conn.execute(STORED_PREDICTIONS, {"model_version": version, "ids": missing}).all()
         stored.update({row.document_id: row for row in rows})
+    # Last, in the same transaction: story ids commit with their documents (exactly once).
+    if stories:
+        assign_stories(conn, [item.document for item, _ in batch])
     return stored
