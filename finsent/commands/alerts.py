@@ -1,13 +1,17 @@
-"""``finsent alerts run | check | backtest | silence``: the alert engine (issue 5).
+"""``finsent alerts run | check | backtest | evaluate | silence``: the alert engine (issue 5).
 
     finsent alerts run [--rules FILE] [--once]
     finsent alerts check [--rules FILE]
-    finsent alerts backtest --rules FILE --from T1 --to T2 [--interval SECONDS] [--store] [--json]
+    finsent alerts backtest --rules FILE --from T1 --to T2 [--step DURATION] [--store] [--json]
+    finsent alerts evaluate --rules FILE --incidents FILE --from T1 --to T2 [--step DURATION]
+                            [--tolerance 6h] [--match-window 7d] [--detect-within 24h] [--json]
     finsent alerts silence add --match label=value [--match ...] --for 2h [--comment TEXT]
     finsent alerts silence list [--all]
     finsent alerts silence expire ID
 
 Times are ISO 8601 (``2026-11-20T09:00``; without an offset they are UTC) or ``now``.
+Backtests print their progress (instants done / total, rate, ETA) to stderr every few
+seconds; results go to stdout.
 """
 
 from __future__ import annotations
@@ -16,19 +20,24 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from alerts.backtest import BacktestResult, Progress
+    from alerts.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("alerts", help="alert rules: run | check | backtest | silence")
+    p = sub.add_parser("alerts", help="alert rules: run | check | backtest | evaluate | silence")
     a_sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
 
     run = a_sub.add_parser("run", help="evaluate the rules on a schedule and deliver notifications")
@@ -43,20 +52,38 @@ def register(sub: Any) -> None:
     bt = a_sub.add_parser(
         "backtest", help="replay rules over stored data; print the alerts they raise"
     )
-    bt.add_argument("--rules", default=None, help="rules YAML (overrides FINSENT_RULES)")
-    bt.add_argument(
-        "--from", dest="start", required=True, help="first instant (ISO 8601, UTC if no offset)"
-    )
-    bt.add_argument("--to", dest="end", required=True, help="last instant (ISO 8601 or 'now')")
-    bt.add_argument(
-        "--interval",
-        type=float,
-        default=None,
-        help="evaluation step in seconds (default FINSENT_ALERT_INTERVAL_S, as live)",
-    )
+    _backtest_arguments(bt)
     bt.add_argument("--store", action="store_true", help="also store the result in alert_backtests")
     bt.add_argument("--json", action="store_true", help="one JSON object per alert")
     bt.set_defaults(func=alerts_backtest)
+
+    ev = a_sub.add_parser(
+        "evaluate",
+        help="score the rules against known incidents: detection delay and false alerts",
+    )
+    _backtest_arguments(ev)
+    ev.add_argument(
+        "--incidents",
+        required=True,
+        help="incidents YAML: a list of {key, onset, name} (see examples/incidents.yaml)",
+    )
+    ev.add_argument(
+        "--tolerance",
+        default="6h",
+        help="an alert up to this long before the onset still counts (default 6h)",
+    )
+    ev.add_argument(
+        "--match-window",
+        default="7d",
+        help="alerts starting up to this long after the onset belong to the incident (default 7d)",
+    )
+    ev.add_argument(
+        "--detect-within",
+        default="24h",
+        help="an incident is detected when its first alert fired within this (default 24h)",
+    )
+    ev.add_argument("--json", action="store_true", help="one JSON object with the whole scorecard")
+    ev.set_defaults(func=alerts_evaluate)
 
     si = a_sub.add_parser("silence", help="silences: add | list | expire")
     s_sub = si.add_subparsers(dest="silence_command", metavar="ACTION", required=True)
@@ -78,6 +105,26 @@ def register(sub: Any) -> None:
     ex = s_sub.add_parser("expire", help="end a silence now")
     ex.add_argument("id", type=int)
     ex.set_defaults(func=silence_expire)
+
+
+def _backtest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", default=None, help="rules YAML (overrides FINSENT_RULES)")
+    parser.add_argument(
+        "--from", dest="start", required=True, help="first instant (ISO 8601, UTC if no offset)"
+    )
+    parser.add_argument("--to", dest="end", required=True, help="last instant (ISO 8601 or 'now')")
+    parser.add_argument(
+        "--step",
+        "--interval",
+        dest="step",
+        default=None,
+        help="evaluation step: a duration (30s, 5m) or seconds. Default: chosen from the rules "
+        "(a quarter of the shortest window or 'for', a multiple of FINSENT_ALERT_INTERVAL_S, "
+        "at most 15m); the live interval itself reproduces a live run exactly",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="do not print progress to stderr"
+    )
 
 
 def parse_time(value: str) -> datetime:
@@ -145,22 +192,77 @@ def alerts_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _duration_flag(flag: str, value: str) -> timedelta:
+    from alerts.rules import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise InputError(f"{flag} {value!r}: {exc}") from None
+
+
+def _backtest(args: argparse.Namespace, settings: Settings, ruleset: RuleSet) -> BacktestResult:
+    """Run the backtest the flags describe, reporting the step and progress on stderr."""
+    from alerts.backtest import choose_step, count_instants, run_backtest
+    from alerts.rules import format_duration
+
+    start, end = parse_time(args.start), parse_time(args.end)
+    if end < start:
+        raise InputError("--to is before --from; give the earlier time to --from")
+    if args.step is not None:
+        step = _duration_flag("--step", args.step).total_seconds()
+        if step <= 0:
+            raise InputError("--step must be positive, e.g. 30s or 5m")
+        why = "--step"
+    else:
+        choice = choose_step(ruleset, settings.alert_interval_s)
+        step, why = choice.step_s, choice.reason
+
+    def report(progress: Progress) -> None:
+        print(progress.line(), file=sys.stderr, flush=True)
+
+    if not args.no_progress:
+        print(
+            f"backtest: {len(ruleset.rules)} rules from {start.isoformat()} to {end.isoformat()}, "
+            f"{count_instants(start, end, step):,} instants every "
+            f"{format_duration(timedelta(seconds=step))} ({why})",
+            file=sys.stderr,
+            flush=True,
+        )
+    with _engine(settings) as services:
+        result = run_backtest(
+            services.engine,
+            ruleset,
+            start,
+            end,
+            step,
+            progress=None if args.no_progress else report,
+        )
+        if getattr(args, "store", False):
+            from alerts.backtest import store
+
+            store(services.engine, ruleset, result)
+    return result
+
+
+def _summary(result: BacktestResult, stored: bool) -> str:
+    from alerts.rules import format_duration
+
+    return (
+        f"backtest {result.run_id}: {result.instants:,} instants from {result.start.isoformat()} to "
+        f"{result.end.isoformat()} every {format_duration(timedelta(seconds=result.step_s))} "
+        f"({result.evaluations} rule evaluations, {result.elapsed_s:.1f}s); "
+        f"{len(result.fired)} alerts fired"
+        + (f"; stored in alert_backtests (run_id {result.run_id})" if stored else "")
+    )
+
+
 def alerts_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from alerts.backtest import run_backtest, store
     from alerts.service import rules_from_settings
 
     settings = _with_rules(args, settings)
     ruleset = rules_from_settings(settings, will_notify=False)
-    start, end = parse_time(args.start), parse_time(args.end)
-    if end < start:
-        raise InputError("--to is before --from; give the earlier time to --from")
-    interval = args.interval or settings.alert_interval_s
-    if interval <= 0:
-        raise InputError("--interval must be positive (seconds)")
-    with _engine(settings) as services:
-        result = run_backtest(services.engine, ruleset, start, end, interval)
-        if args.store:
-            store(services.engine, ruleset, result)
+    result = _backtest(args, settings, ruleset)
     for ep in result.episodes:
         row = {
             "rule": ep.rule_name,
@@ -180,13 +282,49 @@ def alerts_backtest(args: argparse.Namespace, settings: Settings) -> int:
                 f"{row['rule']:28} {ep.key:28} {ep.state:9} fired {row['fired_at'] or '-':32} "
                 f"resolved {row['resolved_at'] or '-'}"
             )
-    fired = len(result.fired)
-    summary = (
-        f"backtest {result.run_id}: {result.instants} evaluations from {start.isoformat()} to "
-        f"{end.isoformat()} every {interval:g}s; {fired} alerts fired"
-        + (f"; stored in alert_backtests (run_id {result.run_id})" if args.store else "")
-    )
+    summary = _summary(result, args.store)
     print(summary if not args.json else json.dumps({"summary": summary}))
+    return 0
+
+
+def alerts_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from alerts.incidents import format_report, load_incidents, score
+    from alerts.service import rules_from_settings
+
+    settings = _with_rules(args, settings)
+    ruleset = rules_from_settings(settings, will_notify=False)
+    incidents = load_incidents(args.incidents)  # before the backtest: fail fast
+    tolerance = _duration_flag("--tolerance", args.tolerance)
+    match_window = _duration_flag("--match-window", args.match_window)
+    detect_within = _duration_flag("--detect-within", args.detect_within)
+    result = _backtest(args, settings, ruleset)
+    card = score(
+        incidents,
+        result.episodes,
+        start=result.start,
+        end=result.end,
+        tolerance=tolerance,
+        match_window=match_window,
+        detect_within=detect_within,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "backtest": {
+                        "run_id": result.run_id,
+                        "instants": result.instants,
+                        "step_s": result.step_s,
+                        "evaluations": result.evaluations,
+                        "alerts_fired": len(result.fired),
+                    },
+                    **card.as_dict(),
+                }
+            )
+        )
+    else:
+        print(format_report(card))
+        print(_summary(result, stored=False))
     return 0
 
 
