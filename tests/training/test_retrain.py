@@ -291,3 +291,34 @@ def test_a_candidate_trained_elsewhere_passes_the_same_gate_and_is_promoted_over
 
     with pytest.raises(ModelError, match="registered already"):
         run_retraining(s, engine=engine, candidate=candidate, trigger="candidate")
+
+
+def test_gate_ignores_a_recall_drop_within_the_noise_of_a_small_class_but_not_a_real_loss() -> None:
+    def with_support(f1: float, n: int, **recall: float) -> dict[str, Any]:
+        return {**head(f1, **recall), "support": dict.fromkeys(recall, n)}
+
+    # one miss among 7 rows: recall 1.0 -> 0.857 is noise, not a lost class
+    small = decide(
+        {"topic": with_support(0.90, 7, gold=6 / 7)},
+        {"topic": with_support(0.90, 7, gold=1.0)},
+        margin=0.005,
+        max_recall_drop=0.05,
+    )
+    assert small.promote, small.reason
+    assert "within the noise of 7 rows" in small.reason
+    # the same drop on 600 rows is a lost class
+    large = decide(
+        {"topic": with_support(0.90, 600, gold=6 / 7)},
+        {"topic": with_support(0.90, 600, gold=1.0)},
+        margin=0.005,
+        max_recall_drop=0.05,
+    )
+    assert not large.promote and "recall of 'gold' drops" in large.reason
+    # a bearish class of 144 rows losing 0.15 of its recall still vetoes
+    bearish = decide(
+        {"sentiment": with_support(0.90, 144, bearish=0.57)},
+        {"sentiment": with_support(0.80, 144, bearish=0.72)},
+        margin=0.005,
+        max_recall_drop=0.05,
+    )
+    assert not bearish.promote and "noise" in bearish.reason
