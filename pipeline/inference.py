@@ -266,7 +266,10 @@ class Classifier:
                 and provider == CPU
                 and bool(manifest["classifier"].get("cpu_batch_independent"))
             )
-            run_batch = 1 if settings.batch_independent_inference and not independent else RUN_BATCH
+            # fp32 parts (heads, doc-vector projection) still move by ~1e-7 with the batch, so
+            # exact replays keep one call per document; batching is opt-in (setting off)
+            del independent
+            run_batch = 1 if settings.batch_independent_inference else RUN_BATCH
         return cls(session, tokenizer, manifest, provider, settings.max_text_chars, run_batch)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:

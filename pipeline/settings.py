@@ -379,7 +379,7 @@ class Settings(BaseSettings):
         "news dev set (training/news_dev), which the gate then compares too",
     )
     train_synthetic_news: bool = Field(
-        True,
+        False,
         description="retraining adds finsent's own synthetic news headlines "
         "(training/news_synth/headlines.csv)",
     )

@@ -161,36 +161,17 @@ def test_a_documents_int8_output_is_the_same_alone_in_any_batch_and_across_runs(
     )
     texts = [t for t, _ in rows.sentiment] + [t for t, _ in rows.topic]
     target = "Tour operator collapses, stranding 150,000 holidaymakers abroad"
-    first = Classifier.load(model_dir, CPU)
+    first = Classifier.load(
+        model_dir, CPU.model_copy(update={"batch_independent_inference": False})
+    )
     alone = first.logits(first.encode([target]))
     long_mates = [t + " and more words to pad the batch out further" * 3 for t in texts[:7]]
     batches = [texts[:15] + [target], [target] + long_mates, texts[::-1] + [target, target]]
-    assert first._run_batch > 1  # batched, because the model says it is batch-independent
-    second = Classifier.load(model_dir, CPU)  # a fresh session: across runs
+    second = Classifier.load(  # a fresh session: across runs
+        model_dir, CPU.model_copy(update={"batch_independent_inference": False})
+    )
     for clf in (first, second):
         for batch in batches:
             outs = clf.logits(clf.encode(batch))
             for k in (0, 1, 2):
                 np.testing.assert_allclose(outs[k][batch.index(target)], alone[k][0], atol=1e-5)
-
-
-def test_a_model_without_calibrated_scales_is_served_one_document_per_call(
-    trained: tuple, tmp_path: Path
-) -> None:
-    result, _ = trained
-    examples = build_examples(load_tokenizer(32), tiny_rows(), 32)
-    model_dir, _ = write_model_dir(
-        result.model,
-        tmp_path / "m",
-        examples,
-        version="t1",
-        max_tokens=32,
-        gpu_precision="fp32",
-        int8_min_agreement=0.0,
-    )
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    del manifest["classifier"]["cpu_batch_independent"]  # as in models exported before v3
-    (model_dir / "manifest.json").write_text(json.dumps(manifest))
-    assert Classifier.load(model_dir, CPU)._run_batch == 1
-    off = CPU.model_copy(update={"batch_independent_inference": False})
-    assert Classifier.load(model_dir, off)._run_batch > 1
