@@ -288,10 +288,15 @@ class SpikeRule(RuleBase):
 
 
 class MemorySurgeRule(RuleBase):
-    """The recurrent memory's surge score (newest trend point of the key inside the
-    window) compared with a value."""
+    """One of the recurrent memory's surge scores (newest trend point of the key inside the
+    window) compared with a value: ``score: negativity`` (the default, column
+    ``surge_score``: the key's bearish rate lifted against its own level, blind to how many
+    documents arrive) or ``score: volume`` (``volume_surge_score``: documents arriving at
+    least twice as fast as usual; NULL, so never breaching, under a cell from before the
+    split)."""
 
     kind: Literal["memory_surge"]
+    score: Literal["negativity", "volume"] = "negativity"
     op: Comparison = ">"
     value: float
     resolve: ValueResolve | None = None
@@ -300,6 +305,11 @@ class MemorySurgeRule(RuleBase):
     def _hysteresis(self) -> MemorySurgeRule:
         _check_band(self.op, self.value, self.resolve)
         return self
+
+    @property
+    def score_column(self) -> str:
+        """The trend_points column this rule reads."""
+        return "surge_score" if self.score == "negativity" else "volume_surge_score"
 
 
 class AnomalyResolve(_Strict):

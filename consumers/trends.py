@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -363,6 +364,7 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                     "document_id": item.document_id,
                     "expected_negative_rate": float(plan.outputs[i, 0]),
                     "surge_score": float(plan.outputs[i, 1]),
+                    "volume_surge_score": _score(plan.outputs[i, 2]),
                     "doc_count": doc_count,
                     "negative_count": negative_count,
                     "state": plan.states[i].tolist(),
@@ -398,6 +400,7 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                     "negative_count": negative_count,
                     "expected_negative_rate": float(plan.outputs[-1, 0]),
                     "surge_score": float(plan.outputs[-1, 1]),
+                    "volume_surge_score": _score(plan.outputs[-1, 2]),
                     "model_version": memory.version,
                 }
             )
@@ -407,13 +410,15 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
             conn.execute(
                 sa.text(
                     "INSERT INTO trend_points (key, event_at, document_id, sentiment, p_bearish, expected_negative_rate, "
-                    "surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, topic_confidence, "
-                    "doc_vector, state, model_version, time_precision) SELECT key, event_at, document_id, sentiment, "
-                    "p_bearish, expected_negative_rate, surge_score, doc_count, negative_count, order_at, p_neutral, "
+                    "surge_score, volume_surge_score, doc_count, negative_count, order_at, p_neutral, p_bullish, "
+                    "topic_confidence, doc_vector, state, model_version, time_precision) SELECT key, event_at, "
+                    "document_id, sentiment, p_bearish, expected_negative_rate, surge_score, volume_surge_score, "
+                    "doc_count, negative_count, order_at, p_neutral, "
                     "p_bullish, topic_confidence, doc_vector, state, model_version, time_precision "
                     "FROM jsonb_to_recordset(cast(:rows AS jsonb)) "
                     "AS r(key text, event_at timestamptz, document_id text, sentiment text, p_bearish real, "
-                    "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
+                    "expected_negative_rate real, surge_score real, volume_surge_score real, "
+                    "doc_count bigint, negative_count bigint, "
                     "order_at timestamptz, p_neutral real, p_bullish real, topic_confidence real, doc_vector real[], "
                     "state real[], model_version text, time_precision text)"
                 ),
@@ -423,10 +428,12 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
             conn.execute(
                 sa.text(
                     "UPDATE trend_points t SET expected_negative_rate = r.expected_negative_rate, "
-                    "surge_score = r.surge_score, doc_count = r.doc_count, negative_count = r.negative_count, "
+                    "surge_score = r.surge_score, volume_surge_score = r.volume_surge_score, "
+                    "doc_count = r.doc_count, negative_count = r.negative_count, "
                     "state = r.state, model_version = r.model_version "
                     "FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(key text, document_id text, "
-                    "expected_negative_rate real, surge_score real, doc_count bigint, negative_count bigint, "
+                    "expected_negative_rate real, surge_score real, volume_surge_score real, "
+                    "doc_count bigint, negative_count bigint, "
                     "state real[], model_version text) WHERE t.key = r.key AND t.document_id = r.document_id"
                 ),
                 {"rows": _json(updates)},
@@ -444,14 +451,21 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                 "UPDATE key_state k SET state = r.state, last_event_at = r.last_event_at, "
                 "last_order_at = r.last_order_at, last_document_id = r.last_document_id, doc_count = r.doc_count, "
                 "negative_count = r.negative_count, expected_negative_rate = r.expected_negative_rate, "
-                "surge_score = r.surge_score, model_version = r.model_version, updated_at = now() "
+                "surge_score = r.surge_score, volume_surge_score = r.volume_surge_score, "
+                "model_version = r.model_version, updated_at = now() "
                 "FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(key text, state real[], last_event_at timestamptz, "
                 "last_order_at timestamptz, last_document_id text, doc_count bigint, negative_count bigint, "
-                "expected_negative_rate real, surge_score real, model_version text) WHERE k.key = r.key"
+                "expected_negative_rate real, surge_score real, volume_surge_score real, model_version text) "
+                "WHERE k.key = r.key"
             ),
             {"rows": _json(key_updates)},
         )
         return len(ledger)
+
+
+def _score(value: float) -> float | None:
+    """A memory output for the database: None (NULL) where the cell has no such output (NaN)."""
+    return None if math.isnan(value) else float(value)
 
 
 def _json(rows: list[dict[str, Any]]) -> str:
@@ -526,7 +540,7 @@ def _step_all(cell: MemoryCell, plans: list[KeyPlan]) -> None:
             prev = item.order_at
         feats.append(np.stack(rows))
         plan.states = np.empty((len(plan.items), cell.state_dim), dtype=np.float32)
-        plan.outputs = np.empty((len(plan.items), 2), dtype=np.float32)
+        plan.outputs = np.empty((len(plan.items), cell.OUTPUTS), dtype=np.float32)
     current = np.stack([p.start_state for p in plans]).astype(np.float32)
     steps = max(len(p.items) for p in plans)
     for step in range(steps):

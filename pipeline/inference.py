@@ -11,6 +11,13 @@ imports it), so the model sees the same normalisation at serving time as when it
 Batches are length-bucketed: texts are sorted by token count and padded only to the
 longest of their bucket, because short tweets padded to a long neighbour waste about half
 of the compute. Results come back in the caller's order.
+
+Exact batching. A model directory whose manifest has ``classifier.cpu_exact_batching``
+(written by ``training.batch_exact``) gives bit-identical predictions in any batch: the int8
+graph's encoder is batch-exact, and the two fp32 steps that are not (mean pooling, the
+doc-vector projection) run here per document in numpy, with the quantized heads as their own
+small graph. Such models run ``Settings.inference_run_batch`` documents per call whatever
+``Settings.batch_independent_inference`` says.
 """
 
 from __future__ import annotations
@@ -39,11 +46,10 @@ log = logging.getLogger(__name__)
 REQUIRED_FILES = ("manifest.json",)
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
-#: Documents per onnxruntime call for a batch-independent model (or with
-#: ``Settings.batch_independent_inference`` off).
-#: Within one call every text is padded to the longest, so the runtime cuts its own
-#: length-sorted buckets whatever the caller's batch size.
-RUN_BATCH = 32
+#: Documents per onnxruntime call of a Classifier built directly (``load`` takes
+#: ``Settings.inference_run_batch``). Within one call every text is padded to the longest,
+#: so the runtime cuts its own length-sorted buckets whatever the caller's batch size.
+RUN_BATCH = 8
 
 
 def model_text(text: str, max_chars: int = 20_000) -> str:
@@ -192,6 +198,54 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+@dataclass(frozen=True)
+class ExactHeads:
+    """The per-document tail of an exact-batching model (see the module docstring): the
+    encoder output to read, the heads' graph and the doc-vector projection."""
+
+    hidden_output: str
+    heads: Any  # onnxruntime session: pooled [N,H] -> topic, sentiment logits
+    heads_input: str
+    projection: np.ndarray  # [H, D] float32
+    count_floor: float
+    norm_eps: float
+
+    @classmethod
+    def load(cls, model_dir: Path, entry: dict[str, Any], settings: Settings) -> ExactHeads:
+        path = model_dir / entry["doc_projection"]
+        try:
+            projection = np.load(path).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {path}: {exc}; re-export the model") from exc
+        return cls(
+            hidden_output=str(entry["hidden_output"]),
+            heads=_open_session(model_dir / entry["heads"], settings, [CPU]),
+            heads_input=str(entry["heads_input"]),
+            projection=projection,
+            count_floor=float(entry["pool_count_floor"]),
+            norm_eps=float(entry["norm_eps"]),
+        )
+
+    def outputs(
+        self, hidden: np.ndarray, lengths: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(topic logits, sentiment logits, doc vectors) from the encoder's last hidden
+        state ``[N, W, H]`` of documents with these token counts. Every sum runs over one
+        document's own rows in a fixed order, so the result does not depend on the batch."""
+        n, _, h = hidden.shape
+        pooled = np.empty((n, h), dtype=np.float32)
+        vectors = np.empty((n, self.projection.shape[1]), dtype=np.float32)
+        floor, eps = np.float32(self.count_floor), np.float32(self.norm_eps)
+        for row, length in enumerate(lengths):
+            tokens = np.array(hidden[row, :length], dtype=np.float32)  # a fresh contiguous copy
+            pooled[row] = tokens.sum(axis=0, dtype=np.float32) / max(np.float32(length), floor)
+            norm = np.sqrt(np.sum(pooled[row] * pooled[row], dtype=np.float32))
+            unit = pooled[row] / max(norm, eps)
+            vectors[row] = (unit[:, None] * self.projection).sum(axis=0, dtype=np.float32)
+        topic, sentiment = self.heads.run(None, {self.heads_input: pooled})
+        return topic, sentiment, vectors
+
+
 class Classifier:
     """Topic + sentiment classifier over onnxruntime. Thread-safe: ``classify`` keeps no state."""
 
@@ -203,8 +257,10 @@ class Classifier:
         provider: str,
         max_chars: int,
         run_batch: int = RUN_BATCH,
+        exact: ExactHeads | None = None,
     ) -> None:
         self._session = session
+        self._exact = exact
         self._tokenizer = tokenizer
         self.manifest = manifest
         self.version: str = str(manifest["version"])
@@ -226,8 +282,9 @@ class Classifier:
         """Open the classifier of ``model_dir``: the GPU file on the CUDA provider when the
         settings allow it and onnxruntime offers it, else the int8 file on the CPU.
         ``model_file`` forces a file (the benchmark compares precisions with it);
-        ``run_batch`` is the number of documents per onnxruntime call (default: 1 with
-        ``Settings.batch_independent_inference``, else :data:`RUN_BATCH`)."""
+        ``run_batch`` is the number of documents per onnxruntime call (default:
+        ``Settings.inference_run_batch`` for an exact-batching model or with
+        ``Settings.batch_independent_inference`` off, else 1)."""
         from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
@@ -258,19 +315,19 @@ class Classifier:
         log.info(
             "classifier %s loaded from %s (%s, %s)", manifest["version"], model_dir, name, provider
         )
+        exact = None
+        entry = manifest["classifier"].get("cpu_exact_batching")
+        if entry and name == manifest["classifier"]["cpu"] and provider == CPU:
+            exact = ExactHeads.load(model_dir, entry, settings)
         if run_batch is None:
-            # the CPU int8 file of a model with calibrated activation scales gives the same
-            # output in any batch; anything else is batch-independent only one call per document
-            independent = (
-                name == manifest["classifier"]["cpu"]
-                and provider == CPU
-                and bool(manifest["classifier"].get("cpu_batch_independent"))
-            )
-            # fp32 parts (heads, doc-vector projection) still move by ~1e-7 with the batch, so
-            # exact replays keep one call per document; batching is opt-in (setting off)
-            del independent
-            run_batch = 1 if settings.batch_independent_inference else RUN_BATCH
-        return cls(session, tokenizer, manifest, provider, settings.max_text_chars, run_batch)
+            # exact-batching models batch freely; any other model (and the GPU file) gives
+            # bit-identical outputs only one call per document (its fp32 pooling and
+            # projection move by ~1e-7 with the batch), which exact replays need
+            independent = exact is not None or not settings.batch_independent_inference
+            run_batch = settings.inference_run_batch if independent else 1
+        return cls(
+            session, tokenizer, manifest, provider, settings.max_text_chars, run_batch, exact
+        )
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text (normalised, truncated, unpadded)."""
@@ -291,7 +348,14 @@ class Classifier:
             for row, i in enumerate(chunk):
                 input_ids[row, : len(ids[i])] = ids[i]
                 mask[row, : len(ids[i])] = 1
-            t, s, v = self._session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+            feeds = {"input_ids": input_ids, "attention_mask": mask}
+            if self._exact is not None:
+                (hidden,) = self._session.run([self._exact.hidden_output], feeds)
+                t, s, v = self._exact.outputs(hidden, [len(ids[i]) for i in chunk])
+            else:
+                t, s, v = self._session.run(
+                    ["topic_logits", "sentiment_logits", "doc_vector"], feeds
+                )
             if topic is None:
                 topic = np.empty((n, t.shape[1]), dtype=np.float32)
                 sentiment = np.empty((n, s.shape[1]), dtype=np.float32)
@@ -339,8 +403,13 @@ class MemoryCell:
     """The per-key recurrent memory (a GRU cell in ONNX): state in, state out.
 
     The caller owns the states (the trends worker keeps them in PostgreSQL); this class
-    only computes. ``outputs[:, 0]`` is the key's expected negative rate in [0, 1] and
-    ``outputs[:, 1]`` its surge score."""
+    only computes. ``outputs[:, 0]`` is the key's expected negative rate in [0, 1],
+    ``outputs[:, 1]`` its (negativity) surge score and ``outputs[:, 2]`` its volume surge
+    score: NaN for a cell exported before the two were split (two outputs), so callers see
+    one shape whatever the model."""
+
+    #: columns of the outputs :meth:`update` returns
+    OUTPUTS = 3
 
     def __init__(self, session: Any, state_dim: int, feature_dim: int) -> None:
         self._session = session
@@ -383,15 +452,19 @@ class MemoryCell:
         return feats
 
     def update(self, states: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Step N keys at once: states [N,H], features [N,F] -> (new_states [N,H], outputs [N,2])."""
+        """Step N keys at once: states [N,H], features [N,F] -> (new_states [N,H], outputs [N,3])."""
         states = np.ascontiguousarray(states, dtype=np.float32).reshape(-1, self.state_dim)
         features = np.ascontiguousarray(features, dtype=np.float32).reshape(-1, self.feature_dim)
         if states.shape[0] != features.shape[0]:
             raise ValueError(f"{states.shape[0]} states but {features.shape[0]} feature rows")
         if states.shape[0] == 0:
-            return states.copy(), np.zeros((0, 2), dtype=np.float32)
+            return states.copy(), np.zeros((0, self.OUTPUTS), dtype=np.float32)
         new_state, outputs = self._session.run(None, {"state": states, "features": features})
-        return new_state.astype(np.float32, copy=False), outputs.astype(np.float32, copy=False)
+        outputs = outputs.astype(np.float32, copy=False)
+        if outputs.shape[1] < self.OUTPUTS:  # a two-output cell: no volume score
+            pad = np.full((outputs.shape[0], self.OUTPUTS - outputs.shape[1]), np.nan, np.float32)
+            outputs = np.concatenate([outputs, pad], axis=1)
+        return new_state.astype(np.float32, copy=False), outputs
 
 
 @dataclass(frozen=True)

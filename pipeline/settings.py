@@ -283,12 +283,19 @@ class Settings(BaseSettings):
     max_tokens: int = Field(128, ge=8, le=512, description="tokenizer truncation length")
     batch_independent_inference: bool = Field(
         True,
-        description="a document's prediction never depends on the other documents of its batch. Models "
-        "whose manifest says cpu_batch_independent (int8 with calibrated, fixed activation scales: every "
-        "model exported since v3) are batch-independent by construction and run in length-bucketed batches "
-        "of 32; older (dynamically quantized) models and the GPU file then get one onnxruntime call per "
-        "document. Off: always batches of 32 (dynamic int8 then moves probabilities by up to ~0.1 and "
-        "flips a few labels with the batch mates)",
+        description="a document's prediction never depends on the other documents of its batch (exact "
+        "replays). Models whose manifest has classifier.cpu_exact_batching (written by training.batch_exact; "
+        "the shipped model has it) are bit-exact in any batch and run inference_run_batch documents per "
+        "onnxruntime call; any other model (and the GPU file) then gets one call per document. Off: "
+        "batches for every model (their fp32 pooling then moves outputs by ~1e-7 with the batch mates, "
+        "dynamically quantized int8 by up to ~0.1)",
+    )
+    inference_run_batch: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="documents per onnxruntime call when batching (texts sorted by length, each call padded "
+        "to its longest): 4-8 measured fastest on a 2-core AVX2 machine at one ORT thread (bench/model.py)",
     )
 
     rules: Path | None = Field(None, description="alert rules YAML")

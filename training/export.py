@@ -33,7 +33,7 @@ import torch
 from pipeline.memory_features import feature_dim
 from training.data import IGNORE, Example
 from training.errors import ExportParityError
-from training.memory import MemoryNet
+from training.memory import OUTPUT_COLUMNS, MemoryNet
 from training.memory_export import export_memory_onnx
 from training.model import MultiTaskClassifier
 from training.train import predict
@@ -465,5 +465,6 @@ def export_memory(
         "file": "memory.onnx",
         "state_dim": int(memory_net.state_dim),
         "feature_dim": int(memory_net.feature_dim),
+        "outputs": list(OUTPUT_COLUMNS),
         "parity_max_abs_diff": info["max_abs_diff"],
     }

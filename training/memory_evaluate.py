@@ -32,8 +32,12 @@ from training.memory_train import MemoryTrainConfig, selection_delay
 from training.simulate import Stream, stack
 
 
-def onnx_memory_outputs(path: Path, streams: Sequence[Stream]) -> tuple[np.ndarray, np.ndarray]:
-    """Same as :func:`training.memory_train.memory_outputs` through onnxruntime: what the trends worker computes."""
+def onnx_memory_outputs(
+    path: Path, streams: Sequence[Stream]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Same as :func:`training.memory_train.memory_outputs` through onnxruntime: what the
+    trends worker computes. The volume score is None for a cell exported before the split
+    (two outputs)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -43,13 +47,77 @@ def onnx_memory_outputs(path: Path, streams: Sequence[Stream]) -> tuple[np.ndarr
     state = np.zeros((b, h), dtype=np.float32)
     surge = np.empty((b, t), dtype=np.float32)
     rate = np.empty((b, t), dtype=np.float32)
+    volume: np.ndarray | None = None
     for i in range(t):
         state, out = session.run(
             list(OUTPUT_NAMES), {"state": state, "features": np.ascontiguousarray(feats[:, i])}
         )
         rate[:, i] = out[:, 0]
         surge[:, i] = out[:, 1]
-    return surge, rate
+        if out.shape[1] > 2:
+            if volume is None:
+                volume = np.empty((b, t), dtype=np.float32)
+            volume[:, i] = out[:, 2]
+    return surge, rate, volume
+
+
+def burst_false_alarms(streams: Sequence[Stream], scores: np.ndarray, threshold: float) -> dict:
+    """Alarms of a *negativity* detector that start inside quiet volume bursts (arrivals at
+    least ``volume_surge_multiplier`` times usual, no negative surge): per 1000 such
+    documents, and the share of all its false alarms they are. What "tracks volume, not
+    negativity" looks like in numbers."""
+    alarm = np.asarray(scores) > threshold
+    rising = alarm.copy()
+    rising[:, 1:] &= ~alarm[:, :-1]
+    quiet = stack(streams, "quiet")
+    in_burst = np.zeros_like(quiet)
+    for b, st in enumerate(streams):
+        for e in st.volume_surges:
+            in_burst[b, e.onset : e.end] = True
+    burst_quiet = quiet & in_burst
+    n_burst = int(burst_quiet.sum())
+    total = int((rising & quiet).sum())
+    inside = int((rising & burst_quiet).sum())
+    return {
+        "burst_documents": n_burst,
+        "alarms_in_bursts_per_1000": inside * 1000.0 / max(n_burst, 1),
+        "alarms_elsewhere_per_1000": (total - inside) * 1000.0 / max(int(quiet.sum()) - n_burst, 1),
+        "share_of_false_alarms_in_bursts": inside / total if total else 0.0,
+    }
+
+
+def volume_comparison(
+    streams: Sequence[Stream], volume_scores: np.ndarray | None, config: MemoryTrainConfig
+) -> dict | None:
+    """How the volume output detects volume episodes (arrivals >= the multiplier): delay
+    and detection at each false-alarm budget, against a plain detector on the same
+    statistic (fast minus slow EWMA of the log gap, decays 0.1 / 0.01)."""
+    if volume_scores is None:
+        return None
+    tasks = [st.as_volume_task() for st in streams]
+    gaps = stack(streams, "features")[..., 4].astype(np.float64)
+    fast = np.empty_like(gaps)
+    slow = np.empty_like(gaps)
+    f = s_ = np.full(gaps.shape[0], float(gaps[:, 1:50].mean()))
+    for i in range(gaps.shape[1]):
+        g = gaps[:, i] if i else f
+        f = f + 0.1 * (g - f)
+        s_ = s_ + 0.01 * (g - s_)
+        fast[:, i], slow[:, i] = f, s_
+    curves = {
+        "memory volume": detection_curve(tasks, volume_scores),
+        "log-gap EWMA difference": detection_curve(tasks, slow - fast),
+    }
+    return {
+        "episodes": sum(len(t.surges) for t in tasks),
+        "table": [
+            {
+                "false_alarms_per_1000": fa,
+                **{n: point_dict(delay_at_false_alarm(c, fa)) for n, c in curves.items()},
+            }
+            for fa in config.report_false_alarms
+        ],
+    }
 
 
 def _tune_baselines(
@@ -168,16 +236,40 @@ def evaluate_memory(
     train: Sequence[Stream],
     eval_sets: dict[str, list[Stream]],
     config: MemoryTrainConfig,
+    *,
+    reference_onnx: Path | None = None,
 ) -> dict:
     """Run the exported ``memory.onnx`` (what the trends worker runs) over the held-out sets
-    and compare it with the baselines tuned on ``train``."""
+    and compare it with the baselines tuned on ``train``; with ``reference_onnx`` (e.g. the
+    champion's cell) that cell's false alarms in quiet volume bursts beside the new one's."""
     scores: dict[str, np.ndarray] = {}
     rates: dict[str, np.ndarray] = {}
+    volumes: dict[str, np.ndarray | None] = {}
     for name, streams in eval_sets.items():
-        scores[name], rates[name] = onnx_memory_outputs(Path(onnx_path), streams)
+        scores[name], rates[name], volumes[name] = onnx_memory_outputs(Path(onnx_path), streams)
     result = compare_detectors(train, eval_sets, scores, config)
     first = next(iter(eval_sets))
     result["rate_error"] = rate_error(eval_sets[first], rates[first])
+    result["volume"] = volume_comparison(eval_sets[first], volumes[first], config)
+    cells = {"memory": scores[first]}
+    if reference_onnx is not None and Path(reference_onnx).exists():
+        cells["reference cell"] = onnx_memory_outputs(Path(reference_onnx), eval_sets[first])[0]
+    bursts: dict[str, dict] = {}
+    for cell, cell_scores in cells.items():
+        point = delay_at_false_alarm(
+            detection_curve(eval_sets[first], cell_scores), config.selection_false_alarms
+        )
+        if point is not None:
+            bursts[cell] = {
+                "threshold": point.threshold,
+                "mean_delay_docs": point.mean_delay_docs,
+                **burst_false_alarms(eval_sets[first], cell_scores, point.threshold),
+            }
+    result["false_alarms_in_volume_bursts"] = {
+        "at_false_alarms_per_1000": config.selection_false_alarms,
+        "reference_onnx": str(reference_onnx) if reference_onnx else None,
+        "cells": bursts,
+    }
     result["surge_score_thresholds"] = {
         str(row["false_alarms_per_1000"]): row["memory"]["threshold"]
         for row in result["sets"][first]["table"]

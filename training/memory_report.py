@@ -93,6 +93,7 @@ def report_markdown(result: dict) -> str:
                     + " | ".join(f"{row.get(k, float('nan')):.1f}" for k in kinds)
                     + " |"
                 )
+    lines += _burst_lines(result) + _volume_lines(result)
     lines += [
         "",
         "Expected negative rate, mean absolute error vs the true rate: "
@@ -101,6 +102,59 @@ def report_markdown(result: dict) -> str:
     ]
     lines.append(f"Verdict: {result['verdict']}")
     return "\n".join(lines) + "\n"
+
+
+def _burst_lines(result: dict) -> list[str]:
+    """Negativity alarms inside quiet volume bursts: the memory vs the reference cell."""
+    info = result.get("false_alarms_in_volume_bursts") or {}
+    cells = info.get("cells") or {}
+    if not cells:
+        return []
+    out = [
+        "",
+        "## Negativity alarms in quiet volume bursts (first held-out set)",
+        "",
+        f"Each cell's negativity score at its threshold for {info['at_false_alarms_per_1000']:g} "
+        "false alarms per 1000 quiet documents; bursts = quiet documents arriving at >= 2x the "
+        "key's usual rate with no negative surge"
+        + (f"; reference cell: `{info['reference_onnx']}`" if info.get("reference_onnx") else "")
+        + ".",
+        "",
+        "| cell | mean delay docs | alarms per 1000 burst docs | alarms per 1000 other quiet docs | share of false alarms in bursts |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in cells.items():
+        out.append(
+            f"| {name} | {row['mean_delay_docs']:.1f} | {row['alarms_in_bursts_per_1000']:.2f} | "
+            f"{row['alarms_elsewhere_per_1000']:.2f} | {100 * row['share_of_false_alarms_in_bursts']:.0f}% |"
+        )
+    return out
+
+
+def _volume_lines(result: dict) -> list[str]:
+    """The volume output on volume episodes, beside a log-gap EWMA detector."""
+    vol = result.get("volume")
+    if not vol:
+        return []
+    names = [n for n in vol["table"][0] if n != "false_alarms_per_1000"]
+    out = [
+        "",
+        f"## Volume surge score (first held-out set, {vol['episodes']} episodes of >= 2x arrivals)",
+        "",
+        "| FA / 1000 usual-volume docs | "
+        + " | ".join(f"{n} delay docs / detected" for n in names)
+        + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for row in vol["table"]:
+        cells = [f"{row['false_alarms_per_1000']:g}"]
+        for n in names:
+            p = row[n]
+            cells.append(
+                "—" if p is None else f"{p['mean_delay_docs']:.1f} / {100 * p['detected']:.0f}%"
+            )
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def plot_curves(result: dict, path: Path) -> None:

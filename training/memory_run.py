@@ -9,6 +9,8 @@ classifier is exported).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from pipeline.inference import read_manifest
 from pipeline.memory_features import feature_dim
 from training.data import fixed_dev_split
 from training.errors import MemoryExportError
+from training.memory import OUTPUT_COLUMNS
 from training.memory_evaluate import evaluate_memory
 from training.memory_export import export_memory_onnx, update_manifest_memory
 from training.memory_report import jsonable, write_report
@@ -58,17 +61,19 @@ def train_and_evaluate(
     config: MemoryTrainConfig,
     *,
     progress: bool = False,
+    reference_onnx: Path | None = None,
 ) -> dict:
     """Simulate, train, export ``out_dir/memory.onnx``, evaluate the exported graph against
     the baselines on held-out streams (other seeds, other documents), write
-    ``memory_report.md/.json`` and ``memory_detection.png``. Returns the result dict."""
+    ``memory_report.md/.json`` and ``memory_detection.png``. Returns the result dict.
+    ``reference_onnx``: an earlier cell compared on false alarms in volume bursts."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, val, eval_sets = stream_sets(train_bank, eval_bank, config)
     net, history = train_memory(train, val, config, progress=progress)
     onnx_path = out_dir / "memory.onnx"
     export = export_memory_onnx(net, onnx_path, net.feature_dim)
-    result = evaluate_memory(onnx_path, train, eval_sets, config)
+    result = evaluate_memory(onnx_path, train, eval_sets, config, reference_onnx=reference_onnx)
     result.update(
         {
             "feature_source": train_bank.source,
@@ -132,13 +137,23 @@ def train_memory_into(
             f"the manifest's doc_vector_dim implies {expected}; re-export the classifier"
         )
     train_bank, eval_bank = bank.halves(seed)
-    result = train_and_evaluate(train_bank, eval_bank, model_dir, config, progress=progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = None
+        if (model_dir / "memory.onnx").exists():  # the cell being replaced, for the report
+            reference = Path(tmp) / "previous_memory.onnx"
+            shutil.copyfile(model_dir / "memory.onnx", reference)
+        result = train_and_evaluate(
+            train_bank, eval_bank, model_dir, config, progress=progress, reference_onnx=reference
+        )
     result["documents"] = note
     write_report(result, model_dir)
     update_manifest_memory(
         model_dir,
         state_dim=result["state_dim"],
         feature_dim=result["feature_dim"],
-        extra={"surge_score_thresholds": result["surge_score_thresholds"]},
+        extra={
+            "outputs": list(OUTPUT_COLUMNS),
+            "surge_score_thresholds": result["surge_score_thresholds"],
+        },
     )
     return result

@@ -1,9 +1,11 @@
 """Training of the memory cell: truncated back-propagation through time over simulated
 streams (:mod:`training.simulate`), with the checkpoint kept by validation detection delay.
 
-The loss is BCE on "the key is in a surge" plus BCE on the true negative rate (a soft
-target), but the checkpoint is chosen by what the alerts need: the shortest mean delay at
-a fixed false-alarm budget (:func:`selection_delay`, also how the baselines are tuned).
+The loss is BCE on "the key is in a negative surge" plus BCE on the true negative rate (a
+soft target) plus BCE on "the key is in a volume surge" (arrivals at least
+``SimConfig.volume_surge_multiplier`` times the usual rate), but the checkpoint is chosen by
+what the alerts need: the negativity score's shortest mean delay at a fixed false-alarm
+budget (:func:`selection_delay`, also how the baselines are tuned).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class MemoryTrainConfig:
     tbptt: int = 100
     lr: float = 3e-3
     rate_weight: float = 1.0
+    volume_weight: float = 0.5
     # Share of documents whose doc vector is replaced by the training mean. 1.0 (the default)
     # ignores it: on the real classifier's features it overfit the few hundred training
     # documents (held-out delay ratios vs the baselines 0.83-1.04 at 0.5, 0.82-1.00 at 1.0).
@@ -65,29 +68,33 @@ class MemoryTrainConfig:
         )
 
 
-def _stream_tensors(streams: Sequence[Stream]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """features [B,T,F], in_surge [B,T], true_rate [B,T] as float32 tensors."""
+def _stream_tensors(
+    streams: Sequence[Stream], volume_multiplier: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """features [B,T,F], in_surge [B,T], true_rate [B,T], in_volume_surge [B,T] as float32."""
     return (
         torch.from_numpy(stack(streams, "features")),
         torch.from_numpy(stack(streams, "in_surge").astype(np.float32)),
         torch.from_numpy(stack(streams, "true_rate").astype(np.float32)),
+        torch.from_numpy((stack(streams, "volume") >= volume_multiplier).astype(np.float32)),
     )
 
 
-def memory_outputs(net: MemoryNet, streams: Sequence[Stream]) -> tuple[np.ndarray, np.ndarray]:
-    """(surge_score [B,T], expected_negative_rate [B,T]) of ``net`` run over whole streams."""
+def memory_outputs(
+    net: MemoryNet, streams: Sequence[Stream]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(negativity surge score, expected negative rate, volume surge score), each [B,T], of
+    ``net`` run over whole streams."""
     feats = torch.from_numpy(stack(streams, "features"))
     b, t, _ = feats.shape
     state = net.initial_state(b)
-    surge = np.empty((b, t), dtype=np.float32)
-    rate = np.empty((b, t), dtype=np.float32)
+    out_all = np.empty((3, b, t), dtype=np.float32)
     net.eval()
     with torch.no_grad():
         for i in range(t):
             state, out = net(state, feats[:, i])
-            rate[:, i] = out[:, 0].numpy()
-            surge[:, i] = out[:, 1].numpy()
-    return surge, rate
+            out_all[:, :, i] = out.numpy().T
+    return out_all[1], out_all[0], out_all[2]
 
 
 def selection_delay(streams: Sequence[Stream], scores: np.ndarray, fa: float) -> float:
@@ -127,7 +134,9 @@ def _train_memory(
 ) -> tuple[MemoryNet, dict]:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    feats, surge_y, rate_y = _stream_tensors(train_streams)
+    feats, surge_y, rate_y, volume_y = _stream_tensors(
+        train_streams, config.sim.volume_surge_multiplier
+    )
     n, t, f = feats.shape
     net = MemoryNet(f, config.state_dim, stats=config.stats)
     flat = feats.reshape(-1, f)
@@ -158,7 +167,7 @@ def _train_memory(
     for it in bar:
         net.train()
         idx = torch.from_numpy(rng.choice(n, size=min(config.batch, n), replace=False))
-        x, ys, yr = feats[idx], surge_y[idx], rate_y[idx]
+        x, ys, yr, yv = feats[idx], surge_y[idx], rate_y[idx], volume_y[idx]
         if config.doc_vector_dropout > 0 and n_doc > 0:
             keep = (torch.rand(x.shape[0], x.shape[1], 1) >= config.doc_vector_dropout).float()
             # a dropped doc vector reads as the training mean (0 after standardisation)
@@ -169,11 +178,12 @@ def _train_memory(
         for c0 in range(0, t, config.tbptt):
             loss = torch.zeros(())
             for i in range(c0, min(c0 + config.tbptt, t)):
-                state, rate_logit, surge_logit = net.step(state, x[:, i])
+                state, rate_logit, surge_logit, volume_logit = net.step(state, x[:, i])
                 loss = (
                     loss
                     + bce(surge_logit, ys[:, i])
                     + config.rate_weight * bce(rate_logit, yr[:, i])
+                    + config.volume_weight * bce(volume_logit, yv[:, i])
                 )
             loss = loss / min(config.tbptt, t - c0)
             opt.zero_grad()
@@ -185,7 +195,7 @@ def _train_memory(
         sched.step()
         history["loss"].append(total / max(1, -(-t // config.tbptt)))
         if it % config.eval_every == 0 or it == config.iterations:
-            scores, _ = memory_outputs(net, val_streams)
+            scores, _, _ = memory_outputs(net, val_streams)
             delay = selection_delay(val_streams, scores, config.selection_false_alarms)
             history["val_delay"].append((it, delay))
             if delay < best[0]:

@@ -20,6 +20,7 @@ from typing import Any
 from pipeline.inference import Classifier
 from pipeline.records import SENTIMENTS, TOPICS
 from pipeline.settings import load_settings
+from training.batch_exact import make_batch_exact
 from training.card import write_model_card
 from training.data import DATA_TO_MODEL_SENTIMENT, Example, HeadRows
 from training.evaluate import classification_report, plot_confusion
@@ -77,8 +78,9 @@ def write_model_dir(
             "cpu": "classifier.int8.onnx",
             "gpu": "classifier.onnx",
             "gpu_precision": gpu_precision,
-            # int8 activation scales are calibrated and fixed (training.export): a document's
-            # output does not depend on its batch, so the runtime may batch it
+            # int8 activation scales are calibrated and fixed (training.export): the encoder
+            # and the quantized heads do not depend on the batch (training.batch_exact adds
+            # cpu_exact_batching for the fp32 pooling and projection)
             "cpu_batch_independent": True,
         },
         "memory": memory,
@@ -88,6 +90,8 @@ def write_model_dir(
     }
     manifest.update(extra_manifest or {})
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    # pooling and doc-vector projection per document in the runtime: bit-exact in any batch
+    report["exact_batching"] = make_batch_exact(out_dir)
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     return out_dir, report
 

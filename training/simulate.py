@@ -225,7 +225,13 @@ class SimConfig:
     burst_enter: float = 0.01  # per document, quiet bursts of volume
     burst_leave: float = 0.06
     burst_multiplier: tuple[float, float] = (3.0, 10.0)
+    # Bearish share added during a quiet burst (busy news days are a little more negative):
+    # below the smallest surge lift, so a burst is "more news", not a negative surge.
+    burst_rate_lift: tuple[float, float] = (0.0, 0.06)
     surge_volume: tuple[float, float] = (1.0, 3.0)  # arrival-rate multiplier at a surge's peak
+    # A document is in a *volume* surge while the arrival rate is at least this multiple of
+    # the stream's usual rate (quiet bursts, and surges that bring more coverage).
+    volume_surge_multiplier: float = 2.0
 
 
 @dataclass
@@ -251,6 +257,22 @@ class Stream:
     quiet: np.ndarray  # [T] bool: counts toward false alarms
     base_rate: float
     surges: list[Surge] = field(default_factory=list)
+    #: [T] arrival-rate multiplier of the regime each document was drawn in (1 = usual)
+    volume: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: episodes of volume >= SimConfig.volume_surge_multiplier (``lift`` = their multiplier)
+    volume_surges: list[Surge] = field(default_factory=list)
+    #: [T] bool: counts toward a volume detector's false alarms (usual volume, not just after an episode)
+    volume_quiet: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def as_volume_task(self) -> Stream:
+        """The same stream with the volume episodes as its "surges": what the volume output
+        is scored on by the same delay / false-alarm machinery."""
+        return replace(
+            self,
+            in_surge=self.volume >= 0,  # unused by the detection curve; kept the right shape
+            surges=list(self.volume_surges),
+            quiet=self.volume_quiet,
+        )
 
 
 def _rate_profile(
@@ -306,6 +328,23 @@ def simulate_stream(bank: FeatureBank, config: SimConfig, rng: np.random.Generat
     rate, in_surge = _rate_profile(n, base, surges, config.max_rate)
     rate = np.minimum(rate, config.max_rate)
 
+    # When: Poisson arrivals whose rate is modulated by quiet bursts and by the surge.
+    lam0 = float(np.exp(rng.uniform(*np.log(config.arrival_per_hour))))
+    volume = float(rng.uniform(*config.surge_volume))
+    burst = np.ones(n)
+    burst_lift = np.zeros(n)
+    in_burst, mult, lift = False, 1.0, 0.0
+    for i in range(n):
+        if in_burst and rng.random() < config.burst_leave:
+            in_burst = False
+        elif not in_burst and rng.random() < config.burst_enter:
+            in_burst, mult = True, float(rng.uniform(*config.burst_multiplier))
+            lift = float(rng.uniform(*config.burst_rate_lift))
+        burst[i] = mult if in_burst else 1.0
+        burst_lift[i] = lift if in_burst else 0.0
+    # a busy quiet day is a little more negative, never a surge (outside the surges only)
+    rate = np.where(in_surge, rate, np.minimum(rate + burst_lift, config.max_rate))
+
     # Which documents: bearish with the regime's rate, else bullish/neutral at the stream's mix.
     u = rng.random(n)
     labels = np.where(
@@ -317,27 +356,18 @@ def simulate_stream(bank: FeatureBank, config: SimConfig, rng: np.random.Generat
         mask = labels == lab
         rows[mask] = pool[rng.integers(0, len(pool), int(mask.sum()))]
 
-    # When: Poisson arrivals whose rate is modulated by quiet bursts and by the surge.
-    lam0 = float(np.exp(rng.uniform(*np.log(config.arrival_per_hour))))
-    volume = float(rng.uniform(*config.surge_volume))
-    burst = np.ones(n)
-    in_burst, mult = False, 1.0
-    for i in range(n):
-        if in_burst and rng.random() < config.burst_leave:
-            in_burst = False
-        elif not in_burst and rng.random() < config.burst_enter:
-            in_burst, mult = True, float(rng.uniform(*config.burst_multiplier))
-        burst[i] = mult if in_burst else 1.0
     lift_frac = np.zeros(n)
     for s in surges:
         peak = min(base + s.lift, config.max_rate)
         if peak > base:
             seg = slice(s.onset, min(s.end + s.ramp_down, n))
             lift_frac[seg] = np.maximum(lift_frac[seg], (rate[seg] - base) / (peak - base))
-    lam = lam0 * burst * (1.0 + (volume - 1.0) * lift_frac)
+    multiplier = burst * (1.0 + (volume - 1.0) * lift_frac)
+    lam = lam0 * multiplier
     gaps_h = rng.exponential(1.0 / lam)
     gaps_h[0] = 0.0
     hours = np.cumsum(gaps_h)
+    volume_surges, volume_quiet = _volume_episodes(multiplier, config)
 
     probs = bank.probs[rows]
     feats = np.stack(
@@ -370,7 +400,35 @@ def simulate_stream(bank: FeatureBank, config: SimConfig, rng: np.random.Generat
         quiet=quiet,
         base_rate=base,
         surges=surges,
+        volume=multiplier.astype(np.float32),
+        volume_surges=volume_surges,
+        volume_quiet=volume_quiet,
     )
+
+
+def _volume_episodes(multiplier: np.ndarray, config: SimConfig) -> tuple[list[Surge], np.ndarray]:
+    """The volume episodes of a stream (runs of documents at ``>= volume_surge_multiplier``
+    times the usual arrival rate) and the documents a volume detector's false alarms count
+    on: usual volume, outside the warm-up and the 20 documents after an episode."""
+    n = len(multiplier)
+    high = multiplier >= config.volume_surge_multiplier
+    episodes: list[Surge] = []
+    i = 0
+    while i < n:
+        if high[i]:
+            j = i
+            while j < n and high[j]:
+                j += 1
+            if i >= config.warmup:
+                episodes.append(Surge(i, j, float(multiplier[i:j].max()), 0, 0))
+            i = j
+        else:
+            i += 1
+    quiet = multiplier < 1.0 + 1e-9
+    quiet[: config.warmup] = False
+    for e in episodes:
+        quiet[e.end : min(e.end + 20, n)] = False
+    return episodes, quiet
 
 
 def simulate_streams(

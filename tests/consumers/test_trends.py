@@ -94,6 +94,14 @@ def test_any_arrival_order_gives_the_canonical_state_and_counts_each_document_on
     assert (count, points) == (60, 60)
     assert trends.rewinds > 0
     assert float(np.max(np.abs(got - expected))) < 1e-5
+    with engine.connect() as conn:  # both surge scores of a three-output cell are stored
+        nulls = conn.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE volume_surge_score IS NULL), "
+                "(SELECT count(*) FROM key_state WHERE volume_surge_score IS NULL) FROM trend_points"
+            )
+        ).one()
+    assert tuple(nulls) == (0, 0)
 
 
 def test_a_document_older_than_the_horizon_is_applied_at_the_current_position(

@@ -117,12 +117,39 @@ def test_memory_state_round_trips_through_onnx(tiny_model_dir: Path, tmp_path: P
             t_states, t_out = net(t_states, torch.from_numpy(feats))
         np.testing.assert_allclose(states, t_states.numpy(), atol=1e-5)
         np.testing.assert_allclose(outputs, t_out.numpy(), atol=1e-5)
-    assert outputs.shape == (2, 2) and np.all((outputs[:, 0] >= 0) & (outputs[:, 0] <= 1))
+    assert outputs.shape == (2, 3) and np.all((outputs[:, 0] >= 0) & (outputs[:, 0] <= 1))
     new, out = cell.update(np.zeros((0, cell.state_dim)), np.zeros((0, cell.feature_dim)))
-    assert new.shape == (0, cell.state_dim) and out.shape == (0, 2)
+    assert new.shape == (0, cell.state_dim) and out.shape == (0, 3)
 
 
 def test_memory_features_of_wrong_size_are_refused(tiny_model_dir: Path) -> None:
     cell = MemoryCell.load(tiny_model_dir, CPU)
     with pytest.raises(ModelError, match="doc_vector_dim"):
         cell.features(0.1, 0.8, 0.1, 0.5, [0.0] * 3, None)
+
+
+def test_a_two_output_memory_cell_from_before_the_split_serves_no_volume_score(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Cells exported before the negativity / volume split have outputs [N,2]: the runtime
+    still returns [N,3], the volume column NaN (stored as NULL by the trends worker)."""
+    torch = pytest.importorskip("torch")
+    from training.memory import MemoryNet
+    from training.memory_export import export_memory_onnx
+
+    class TwoOutputs(MemoryNet):
+        def forward(self, state, features):  # type: ignore[no-untyped-def, override]
+            new_state, outputs = super().forward(state, features)
+            return new_state, outputs[:, :2]
+
+    torch.manual_seed(1)
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    net = TwoOutputs(int(manifest["memory"]["feature_dim"]), int(manifest["memory"]["state_dim"]))
+    export_memory_onnx(net, model_dir / "memory.onnx")
+    cell = MemoryCell.load(model_dir, CPU)
+    feats = np.stack([cell.features(0.2, 0.5, 0.3, 0.9, [0.0] * 16, None)] * 2)
+    _, outputs = cell.update(np.zeros((2, cell.state_dim)), feats)
+    assert outputs.shape == (2, 3)
+    assert np.all(np.isfinite(outputs[:, :2])) and np.all(np.isnan(outputs[:, 2]))

@@ -48,7 +48,7 @@ def test_memory_state_round_trips_through_onnx_like_torch(tmp_path: Path) -> Non
             t_state, t_out = net(t_state, torch.from_numpy(feats))
         np.testing.assert_allclose(o_state, t_state.numpy(), atol=1e-5)
         np.testing.assert_allclose(o_out, t_out.numpy(), atol=1e-5)
-        assert o_out.shape == (n, 2)
+        assert o_out.shape == (n, 3)
         assert np.all((o_out[:, 0] >= 0) & (o_out[:, 0] <= 1)), (
             "expected negative rate is a probability"
         )
@@ -102,3 +102,29 @@ def test_memory_training_is_deterministic_for_a_seed() -> None:
     b, _ = train_memory(streams, val, config)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+
+
+def _run_net(net: MemoryNet, p_bearish: list[float], gaps_s: list[float | None]) -> np.ndarray:
+    """outputs [T, 3] of ``net`` over one key's documents with these bearish probabilities
+    and gaps (seconds; None = the key's first document)."""
+    state = net.initial_state(1)
+    rows = []
+    with torch.no_grad():
+        for p, gap in zip(p_bearish, gaps_s, strict=True):
+            feats = memory_features(p, (1 - p) / 2, (1 - p) / 2, 0.8, np.zeros(4), gap)
+            state, out = net(state, torch.from_numpy(feats).unsqueeze(0))
+            rows.append(out[0].numpy())
+    return np.stack(rows)
+
+
+def test_negativity_surge_ignores_arrival_times_and_volume_surge_reads_them() -> None:
+    """The same documents a week apart or a minute apart: identical negativity scores and
+    expected rates (volume-normalised by construction), different volume scores."""
+    torch.manual_seed(0)
+    net = MemoryNet(feature_dim(4)).eval()
+    rng = np.random.default_rng(2)
+    p = [float(x) for x in rng.beta(1, 4, 60)]
+    slow = _run_net(net, p, [None] + [7 * 86400.0] * 59)
+    fast = _run_net(net, p, [None] + [60.0] * 59)
+    np.testing.assert_array_equal(slow[:, :2], fast[:, :2])
+    assert np.abs(slow[:, 2] - fast[:, 2]).max() > 1e-3

@@ -54,5 +54,5 @@ def test_memory_trained_on_the_model_dirs_classifier_is_installed_and_served(
         [cell.features(0.9, 0.05, 0.05, 0.8, np.zeros(int(manifest["doc_vector_dim"])), None)] * 2
     )
     new_states, outputs = cell.update(states, feats)
-    assert new_states.shape == (2, 32) and outputs.shape == (2, 2)
+    assert new_states.shape == (2, 32) and outputs.shape == (2, 3)
     assert 0.0 <= float(outputs[0, 0]) <= 1.0

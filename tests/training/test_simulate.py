@@ -44,7 +44,11 @@ def test_surges_are_where_the_labels_say_and_raise_the_bearish_share() -> None:
             assert s.true_rate[surge.onset : surge.end].max() > s.base_rate + 0.1
         assert np.array_equal(s.in_surge, expected)
         assert not (s.quiet & s.in_surge).any()
-        assert np.allclose(s.true_rate[s.quiet], s.base_rate)
+        # quiet documents keep the base rate, raised a little (never to a surge) in bursts
+        usual = s.quiet & (s.volume < 1.0 + 1e-9)
+        assert np.allclose(s.true_rate[usual], s.base_rate)
+        lift = s.true_rate[s.quiet] - s.base_rate
+        assert lift.min() > -1e-6 and lift.max() <= CONFIG.burst_rate_lift[1] + 1e-6
         in_bear.append((s.labels[s.in_surge] == BEARISH).sum() / max(1, s.in_surge.sum()))
         quiet_bear.append((s.labels[s.quiet] == BEARISH).mean())
     assert sum(len(s.surges) for s in streams) >= 40
@@ -78,3 +82,21 @@ def test_feature_bank_halves_are_disjoint_and_keep_every_class(tmp_path) -> None
     again = FeatureBank.load(tmp_path / "bank.npz")
     assert np.array_equal(again.probs, bank.probs) and again.source == bank.source
     assert not math.isnan(float(again.topic_confidence.mean()))
+
+
+def test_volume_episodes_are_the_runs_of_doubled_arrivals_and_score_like_surges() -> None:
+    bank = synthetic_feature_bank(n=300, seed=0)
+    streams = simulate_streams(bank, 30, seed=7, config=CONFIG)
+    assert sum(len(s.volume_surges) for s in streams) >= 10
+    for s in streams:
+        high = s.volume >= CONFIG.volume_surge_multiplier
+        for e in s.volume_surges:
+            assert high[e.onset : e.end].all() and e.onset >= CONFIG.warmup
+            assert e.end == len(high) or not high[e.end]
+        assert not (s.volume_quiet & high).any()
+        task = s.as_volume_task()
+        assert task.surges == s.volume_surges and task.quiet is s.volume_quiet
+        # arrivals really are faster inside an episode than in usual-volume stretches
+        if s.volume_surges and s.volume_quiet.sum() > 20:
+            inside = np.concatenate([s.features[e.onset : e.end, 4] for e in s.volume_surges])
+            assert inside.mean() < s.features[s.volume_quiet, 4].mean()
