@@ -69,10 +69,12 @@ MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 # Rows travel as one JSON document per statement: executemany costs a round trip per row.
 INSERT_DOCUMENTS = sa.text("""
     INSERT INTO documents (id, source, kind, published_at, title, text, url, author, language, entities,
-                           time_precision)
-    SELECT id, source, kind, published_at, title, text, url, author, language, entities, time_precision
+                           time_precision, story_id)
+    SELECT id, source, kind, published_at, title, text, url, author, language, entities, time_precision,
+           story_id
     FROM jsonb_to_recordset(cast(:rows AS jsonb)) AS r(id text, source text, kind text, published_at timestamptz,
-         title text, text text, url text, author text, language text, entities text[], time_precision text)
+         title text, text text, url text, author text, language text, entities text[], time_precision text,
+         story_id text)
     ON CONFLICT (id) DO NOTHING
 """)
 INSERT_PREDICTIONS = sa.text("""
@@ -331,6 +333,9 @@ def _write_batch(
     *,
     stories: bool = False,
 ) -> dict[str, Any]:
+    # Stories first, in the same transaction: a new document's row is written once, with its
+    # story id (no UPDATE, so no dead tuple per document), and commits with it (exactly once).
+    story_of = assign_stories(conn, [item.document for item, _ in batch]) if stories else {}
     conn.execute(
         INSERT_DOCUMENTS,
         {
@@ -348,6 +353,7 @@ def _write_batch(
                         "language": d.language,
                         "entities": [str(e).strip().upper() for e in d.entities],
                         "time_precision": d.time_precision,
+                        "story_id": story_of.get(d.id),
                     }
                     for d in (item.document for item, _ in batch)
                 ]
@@ -384,7 +390,4 @@ def _write_batch(
     if missing:
         rows = conn.execute(STORED_PREDICTIONS, {"model_version": version, "ids": missing}).all()
         stored.update({row.document_id: row for row in rows})
-    # Last, in the same transaction: story ids commit with their documents (exactly once).
-    if stories:
-        assign_stories(conn, [item.document for item, _ in batch])
     return stored

@@ -539,8 +539,11 @@ def assign_stories(
     """Give each stored document of the batch its ``story_id`` (in batch order), inside the
     caller's transaction; returns ``{document id: story id}``.
 
-    Call it after the documents are inserted, as the transaction's last step: it takes the
-    transaction-level advisory lock :data:`STORY_LOCK_KEY`, held until commit.
+    The scorer calls it *before* inserting the batch's documents and writes each new row
+    with its story id, so a row is never rewritten (no dead tuple per document; autovacuum
+    is off on some hosts). Rows already stored without a story (before grouping was turned
+    on) are updated. It takes the transaction-level advisory lock :data:`STORY_LOCK_KEY`,
+    held until commit, so the documents insert after it runs under the lock too.
 
     * Exactly once: a document whose row already has a ``story_id`` (a redelivery, a re-score
       by a new model) keeps it; the assignment, the band rows and the document rows commit
@@ -564,7 +567,8 @@ def assign_stories(
         row.id: row.story_id for row in conn.execute(_STORED, {"ids": [d.id for d in unique]})
     }
     result = {doc_id: story for doc_id, story in stored.items() if story is not None}
-    todo = [d for d in unique if d.id in stored and stored[d.id] is None]
+    # new documents (no row yet) and rows stored without a story
+    todo = [d for d in unique if stored.get(d.id) is None]
     if not todo:
         return result
 

@@ -55,3 +55,66 @@ def test_scorer_switches_to_a_new_champion_between_batches(
             ).all()
         )
     assert versions == {"before": "tiny-0", "after": "tiny-champion"}
+
+
+def test_with_story_grouping_each_document_row_is_written_once_with_its_story(
+    settings: Settings, engine: sa.engine.Engine, tiny_model_dir: Path
+) -> None:
+    """Story ids are assigned before the documents are inserted: every row carries its
+    story from the start (no UPDATE per document, so no dead tuples), and one headline told
+    by three outlets is one story."""
+    import time
+    from datetime import timedelta
+
+    s = settings.model_copy(update={"model_dir": tiny_model_dir, "story_grouping": True})
+    docs = make_documents(30, seed=21, prefix="st")
+    headline = "Acme Corp recalls two million cars over faulty brakes"
+    copies = [
+        docs[0].model_copy(
+            update={
+                "id": f"st-copy-{n}",
+                "source": outlet,
+                "title": headline if n == 0 else f"{headline}, regulator says",
+                "entities": (),
+                "published_at": docs[0].published_at + timedelta(minutes=n),
+            }
+        )
+        for n, outlet in enumerate(("wire", "paper", "blog"))
+    ]
+    with engine.connect() as conn:
+        ins_before, before = conn.execute(
+            sa.text(
+                "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'documents'"
+            )
+        ).one()
+    scorer = RoleThread(Scorer(s, s.kafka_bootstrap or "", engine)).start()
+    try:
+        produce(s, docs + copies)
+        wait_for(lambda: count(engine, "SELECT count(*) FROM predictions") == 33, 60, "33 rows")
+    finally:
+        scorer.close()
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM documents WHERE story_id IS NULL")
+            ).scalar_one()
+            == 0
+        )
+        stories = conn.execute(
+            sa.text("SELECT DISTINCT story_id FROM documents WHERE id LIKE 'st-copy-%'")
+        ).all()
+        assert len(stories) == 1
+    deadline = time.monotonic() + 10  # the scorer's backend flushes its statistics within ~1 s
+    while True:
+        with engine.connect() as conn:
+            ins, upd = conn.execute(
+                sa.text(
+                    "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'documents'"
+                )
+            ).one()
+        if ins >= ins_before + 33 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # the inserts' statistics arrived, and the same transactions' updates with them
+    assert ins >= ins_before + 33, "the scorer's table statistics never arrived"
+    assert upd == before, "document rows were rewritten after their insert"
