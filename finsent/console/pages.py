@@ -292,7 +292,7 @@ less than a broad turn on a busy one.</p>
 <td class="num">{{ pct(k.expected_share) }}<br><span class="small">{{ k.baseline_bearish }} of {{ k.baseline_documents }} before</span></td>
 <td class="num">{{ odds(k.evidence) }}<br><span class="small">evidence {{ '%.1f' % k.evidence }}</span></td>
 <td>{{ sparks[k.key] }}</td>
-<td class="num">{{ '%.2f' % k.surge_score if k.surge_score is not none else '–' }}</td>
+<td class="num">{{ '%.2f' % k.surge_score if k.surge_score is not none else '–' }}{% if k.volume_surge_score is not none %}<br><span class="small">volume {{ '%.2f' % k.volume_surge_score }}</span>{% endif %}</td>
 <td>{% for a in k.open_alerts %}<span class="pill {{ a.state }}">{{ a.state }}</span> {{ a.rule_name }}{% if a.silenced %} (silenced){% endif %}<br>{% else %}<span class="small">none</span>{% endfor %}</td>
 <td class="headline">{% for h in k.headlines %}<div>{{ h.headline }} <span class="small">{{ when(h.published_at) }} · p(bearish) {{ '%.2f' % h.p_bearish }}</span></div>{% else %}<span class="small">no bearish document</span>{% endfor %}</td>
 </tr>
@@ -305,7 +305,7 @@ less than a broad turn on a busy one.</p>
 <dt>usual</dt><dd>the key's usual bearish share, estimated from its previous {{ baseline }} (pulled towards the all-keys average, {{ pct(ranking.prior_share) }}, when it has few documents).</dd>
 <dt>how unusual</dt><dd>the chance of seeing this many bearish documents or more if the key's usual share still held ("1 in 1,000"); the ranking sorts by it. Evidence is the same number as -log10 of that chance.</dd>
 <dt>negative share</dt><dd>the share of bearish documents per time bucket, oldest at the left; gaps had no documents.</dd>
-<dt>surge score</dt><dd>the recurrent memory's score after the key's newest document (higher: more likely inside a negative surge; above about 1 is unusual).</dd>
+<dt>surge score</dt><dd>the recurrent memory's negativity score after the key's newest document (higher: more likely inside a negative surge, whatever the volume; above about 1 is unusual); below it, its volume score (higher: much more news than the key usually gets, whatever its tone).</dd>
 <dt>alerts</dt><dd>pending or firing alerts on the key now.</dd>
 <dt>order</dt><dd>a topic whose bearish documents are mostly about one name that ranks too is listed right under that name: the name is the news, the topic its echo.</dd>
 </dl>

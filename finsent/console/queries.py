@@ -292,8 +292,10 @@ class RankedKey:
     driver_bearish: int = 0
     """how many of the window's bearish documents are about ``driver``"""
     surge_score: float | None = None
-    """the memory's surge score as of ``now`` (its newest trend point at or before it)"""
+    """the memory's (negativity) surge score as of ``now`` (its newest trend point at or before it)"""
     surge_at: datetime | None = None
+    volume_surge_score: float | None = None
+    """the memory's volume surge score at the same point (None under a two-output cell)"""
     open_alerts: tuple[OpenAlert, ...] = ()
     headlines: tuple[Headline, ...] = ()
 
@@ -376,11 +378,13 @@ GROUP BY 1, 2
 
 _SURGE = sa.text("""
 SELECT k.key, coalesce(s.surge_score, CASE WHEN ks.last_event_at <= :now THEN ks.surge_score END) AS surge_score,
-       coalesce(s.event_at, CASE WHEN ks.last_event_at <= :now THEN ks.last_event_at END) AS surge_at
+       coalesce(s.event_at, CASE WHEN ks.last_event_at <= :now THEN ks.last_event_at END) AS surge_at,
+       CASE WHEN s.event_at IS NOT NULL THEN s.volume_surge_score
+            WHEN ks.last_event_at <= :now THEN ks.volume_surge_score END AS volume_surge_score
 FROM unnest(CAST(:keys AS text[])) AS k(key)
 LEFT JOIN key_state ks ON ks.key = k.key
 LEFT JOIN LATERAL (
-    SELECT tp.surge_score, tp.event_at FROM trend_points tp
+    SELECT tp.surge_score, tp.volume_surge_score, tp.event_at FROM trend_points tp
     WHERE tp.key = k.key AND tp.event_at <= :now
     ORDER BY tp.event_at DESC, tp.id DESC LIMIT 1
 ) s ON true
@@ -567,6 +571,9 @@ def top_keys(
                     if s is not None and s.surge_score is not None
                     else None,
                     "surge_at": _utc(s.surge_at) if s is not None and s.surge_at else None,
+                    "volume_surge_score": float(s.volume_surge_score)
+                    if s is not None and s.volume_surge_score is not None
+                    else None,
                     "open_alerts": tuple(alerts.get(k.key, ())),
                     "headlines": tuple(lines.get(k.key, ())),
                 }
