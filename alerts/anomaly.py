@@ -26,6 +26,27 @@ Window, baseline, exposure
     in the baseline. The **population** is every key of the same kind (``topic`` or
     ``entity``) with a document in the baseline or the window, whatever the rule selects.
 
+Counts are weights: time precision and stories
+    Window and baseline count as every rule does (``alerts/windows.py``): a day-stamped
+    document is spread over its day (1/24 of it in each hourly window), and a story
+    repeated by several outlets counts once, at and as its first copy on the key -- in the
+    window and in the baseline alike, so the two stay comparable and a story is never in
+    both. ``k_ref`` and ``n_ref`` may therefore be fractional; they enter the posteriors
+    below as they are (a Beta or Gamma parameter need not be whole).
+
+    The window's ``k`` and ``n`` are the outcomes of a *count* test, whose distributions
+    live on whole numbers. They enter it as their **integer parts** (``floor``, exact: the
+    weights are integers of ``alerts.windows.UNIT``): the test weighs only whole documents'
+    worth of evidence, so it never fires on a fraction of one document -- 2.96 bearish
+    documents' worth are 2 documents' evidence, one day-stamped bearish headline weighs 0
+    in an hourly window's test (and 1 in a daily one), 72 of them in a day give 3 an hour.
+    Rounding half up would let 2.5 documents pass ``min_count: 3``; a continuous
+    generalisation of the tails (real ``k`` through ``lgamma``) would weigh half a
+    document as half an event, which neither predictive models. ``min_count`` applies to
+    the same whole count. The figures ``tested_negative`` and ``tested_documents`` show
+    the whole counts the test saw; ``observed``, ``lift`` and ``share_lift`` are computed
+    from them, ``documents`` and ``negative`` show the weights (2 decimals).
+
 metric negative_share: a beta-binomial test
     The key's bearish share before the window gets the posterior
     ``Beta(a, b) = Beta(a0 + k_ref, b0 + n_ref - k_ref)``. The prior is centred on the
@@ -72,8 +93,8 @@ Firing (all must hold)
       "significant" and uninteresting). Keys whose baseline share is already above
       ``1 / min_lift`` (67 %) cannot fire a share rule, nor above ``1 / min_share_lift``
       (80 %) a count rule: names that bearish are better watched by a threshold;
-    * ``k >= rule.min_count`` (default 3): one headline is an anecdote, and two are often
-      one story told by two outlets (documents are not yet grouped into stories);
+    * ``k >= rule.min_count`` (default 3): one headline is an anecdote (and with story
+      grouping off, two are often one story told by two outlets);
     * negative_count only: ``share_lift >= rule.min_share_lift`` (default 1.25), where
       ``share_lift`` is the window's share over the key's baseline share (the beta posterior
       above): a burst of coverage whose bearish share did not move (an earnings day) is
@@ -90,7 +111,8 @@ Numbers
     a few thousand terms. (scipy would do, but the runtime does not depend on it.)
 
 Figures (window figures, usable as ``{name}`` in annotations)
-    ``documents``, ``negative``, ``negative_share``, ``metric``, ``baseline``,
+    ``documents``, ``negative``, ``tested_documents``, ``tested_negative``,
+    ``negative_share``, ``metric``, ``baseline``,
     ``seasonality``, ``exposure_windows``, ``baseline_documents``, ``baseline_negative``,
     ``baseline_share`` (the posterior mean share), ``baseline_rate`` (bearish documents per
     hour, posterior mean; counts only), ``population_share``, ``expected``, ``observed``,
@@ -108,7 +130,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from alerts import windows
 from alerts.rules import AnomalyRule, format_duration, key_kind_of
+from alerts.windows import DocumentCount
 
 #: weight of the population prior on a key's bearish share, in documents
 SHARE_PRIOR_DOCUMENTS = 4.0
@@ -300,14 +324,18 @@ class Population:
 
 
 def population(
-    baselines: Iterable[tuple[int, int]], exposure: float, keys: int | None = None
+    baselines: Iterable[tuple[int, int]], exposure: float, keys: int | None = None, unit: int = 1
 ) -> Population:
-    """The population of ``(baseline_negative, baseline_documents)`` pairs, one per key.
+    """The population of ``(baseline_negative, baseline_documents)`` pairs, one per key,
+    in ``1 / unit`` documents (integers, so that the sums are exact in any order).
 
     >>> population([(2, 10), (8, 40)], exposure=30).share
     0.2
     >>> round(population([(0, 10)], exposure=30).rate, 6)  # half an event, never zero
     0.016667
+    >>> pop = population([(1, 4), (3, 16)], exposure=30, unit=2)  # in halves of documents
+    >>> pop.share, round(pop.rate, 6)
+    (0.2, 0.033333)
     """
     pairs = list(baselines)
     negative = sum(k for k, _ in pairs)
@@ -315,7 +343,8 @@ def population(
     share = negative / documents if documents else DEFAULT_PRIOR_SHARE
     share = min(max(share, PRIOR_SHARE_CLAMP), 1.0 - PRIOR_SHARE_CLAMP)
     count = keys if keys is not None else len(pairs)
-    rate = max(negative, 0.5) / (max(count, 1) * exposure) if exposure > 0 else math.inf
+    events = negative / unit
+    rate = max(events, 0.5) / (max(count, 1) * exposure) if exposure > 0 else math.inf
     return Population(share=share, rate=rate)
 
 
@@ -350,7 +379,7 @@ class Evidence:
 
 
 def share_posterior(
-    baseline_negative: int, baseline_documents: int, prior_share: float
+    baseline_negative: float, baseline_documents: float, prior_share: float
 ) -> tuple[float, float]:
     """(a, b) of the Beta posterior of the key's bearish share."""
     p = min(max(prior_share, PRIOR_SHARE_CLAMP), 1.0 - PRIOR_SHARE_CLAMP)
@@ -364,14 +393,16 @@ def evaluate(
     metric: str,
     negative: int,
     documents: int,
-    baseline_negative: int,
-    baseline_documents: int,
+    baseline_negative: float,
+    baseline_documents: float,
     *,
     exposure: float,
     pop: Population,
 ) -> Evidence:
-    """The evidence of one key: ``negative`` bearish of ``documents`` in the window,
-    ``baseline_negative`` of ``baseline_documents`` over ``exposure`` windows of baseline.
+    """The evidence of one key: ``negative`` bearish of ``documents`` in the window
+    (whole documents: the outcomes of the count test), ``baseline_negative`` of
+    ``baseline_documents`` (weights, may be fractional) over ``exposure`` windows of
+    baseline.
 
     >>> pop = Population(share=0.2, rate=0.2)
     >>> evaluate("negative_count", 3, 3, 0, 0, exposure=30, pop=pop).p_value < 1e-4
@@ -437,6 +468,12 @@ def _sig(value: float | None, digits: int = 6) -> float | None:
     return float(f"{value:.{digits}g}")
 
 
+def p_value_figure(log_p: float) -> float:
+    """The ``p_value`` figure of a log tail probability (0.0 below the smallest double)."""
+    value = _sig(math.exp(log_p)) if log_p > -745 else 0.0
+    return 0.0 if value is None else value
+
+
 def figures(
     rule: AnomalyRule,
     negative: int,
@@ -445,18 +482,23 @@ def figures(
     baseline_documents: int,
     exposure: float,
     pop: Population,
+    unit: int = 1,
 ) -> dict[str, Any]:
-    """A key's window figures (JSON-ready; ``p_value`` None: no verdict possible)."""
+    """A key's window figures (JSON-ready; ``p_value`` None: no verdict possible), from
+    its counts in ``1 / unit`` documents (``alerts.windows.UNIT`` for the weights the
+    queries sum; 1 for whole documents)."""
     out: dict[str, Any] = {
-        "documents": documents,
-        "negative": negative,
+        "documents": DocumentCount(round(documents / unit, 2)),
+        "negative": DocumentCount(round(negative / unit, 2)),
+        "tested_documents": documents // unit,
+        "tested_negative": negative // unit,
         "negative_share": _sig(negative / documents) if documents else None,
         "metric": rule.metric,
         "baseline": format_duration(rule.baseline),
         "seasonality": rule.seasonality,
         "exposure_windows": _sig(exposure, 4),
-        "baseline_documents": baseline_documents,
-        "baseline_negative": baseline_negative,
+        "baseline_documents": DocumentCount(round(baseline_documents / unit, 2)),
+        "baseline_negative": DocumentCount(round(baseline_negative / unit, 2)),
         "population_share": _sig(pop.share),
     }
     if exposure < 1.0:  # less than one window of history in the database: no verdict
@@ -464,10 +506,10 @@ def figures(
         return out
     ev = evaluate(
         rule.metric,
-        negative,
-        documents,
-        baseline_negative,
-        baseline_documents,
+        negative // unit,
+        documents // unit,
+        baseline_negative / unit,
+        baseline_documents / unit,
         exposure=exposure,
         pop=pop,
     )
@@ -481,7 +523,7 @@ def figures(
         observed=_sig(ev.observed),
         lift=_sig(ev.lift),
         share_lift=_sig(ev.share_lift),
-        p_value=_sig(ev.p_value) if ev.log_p > -745 else 0.0,
+        p_value=p_value_figure(ev.log_p),
         evidence=round(ev.evidence, 3),
     )
     return out
@@ -489,33 +531,40 @@ def figures(
 
 # --- the window in PostgreSQL --------------------------------------------------------------
 
-_CONTINUOUS = sa.text("""
-SELECT key,
-       count(*) FILTER (WHERE event_at > :cur_start) AS documents,
-       count(*) FILTER (WHERE event_at > :cur_start AND sentiment = 'bearish') AS negative,
-       count(*) FILTER (WHERE event_at <= :cur_start) AS baseline_documents,
-       count(*) FILTER (WHERE event_at <= :cur_start AND sentiment = 'bearish') AS baseline_negative
-FROM trend_points
-WHERE event_at > :base_start AND event_at <= :end AND key LIKE :prefix
-GROUP BY key""")
+_POINTS = windows.points_sql(
+    "", "tp.event_at > :reach AND tp.event_at <= :end AND tp.key LIKE :prefix"
+)
+
+# the window (cur) and the baseline right before it (base), in weight units of first copies
+_CONTINUOUS = sa.text(f"""
+SELECT p.key,
+       sum(p.cur) AS documents, sum(p.cur) FILTER (WHERE p.bearish) AS negative,
+       sum(p.base) AS baseline_documents, sum(p.base) FILTER (WHERE p.bearish) AS baseline_negative
+FROM (SELECT q.*, {windows.units_sql(":cur", ":end", "q")} AS cur,
+             {windows.units_sql(":lo", ":cur", "q")} AS base
+      FROM ({_POINTS}) q) p
+WHERE p.cur + p.base > 0 AND {windows.first_copy_sql()}
+GROUP BY p.key""")
 
 # slot 0 is the window, slots 1..weeks the same window whole weeks (168 h, not calendar
 # days: no daylight-saving shift) earlier
-_WEEKLY = sa.text("""
+_WEEKLY = sa.text(f"""
 WITH slots AS (
     SELECT j, CAST(:end AS timestamptz) - j * INTERVAL '168 hours' AS slot_end
     FROM generate_series(0, :weeks) AS j
 )
-SELECT tp.key,
-       count(*) FILTER (WHERE s.j = 0) AS documents,
-       count(*) FILTER (WHERE s.j = 0 AND tp.sentiment = 'bearish') AS negative,
-       count(*) FILTER (WHERE s.j > 0) AS baseline_documents,
-       count(*) FILTER (WHERE s.j > 0 AND tp.sentiment = 'bearish') AS baseline_negative
-FROM slots s
-JOIN trend_points tp
-  ON tp.event_at > s.slot_end - CAST(:window AS interval) AND tp.event_at <= s.slot_end
-WHERE tp.key LIKE :prefix
-GROUP BY tp.key""")
+SELECT p.key,
+       sum(p.u) FILTER (WHERE p.j = 0) AS documents,
+       sum(p.u) FILTER (WHERE p.j = 0 AND p.bearish) AS negative,
+       sum(p.u) FILTER (WHERE p.j > 0) AS baseline_documents,
+       sum(p.u) FILTER (WHERE p.j > 0 AND p.bearish) AS baseline_negative
+FROM (SELECT q.*, s.j,
+             {windows.units_sql("(s.slot_end - CAST(:window AS interval))", "s.slot_end", "q")} AS u
+      FROM slots s
+      JOIN ({_POINTS}) q
+        ON q.event_at > s.slot_end - CAST(:reach_back AS interval) AND q.event_at <= s.slot_end) p
+WHERE p.u > 0 AND {windows.first_copy_sql()}
+GROUP BY p.key""")
 
 
 def exposure_windows(rule: AnomalyRule, at: datetime, data_start: datetime | None) -> float:
@@ -544,33 +593,44 @@ def window_stats(
     The population behind the priors is every key of the kind, selected or not."""
     params: dict[str, Any] = {"end": at, "prefix": rule.select.sql_prefix()}
     if rule.seasonality == "weekly":
-        params.update(weeks=rule.baseline // WEEK, window=rule.window)
+        weeks = rule.baseline // WEEK
+        params.update(
+            weeks=weeks,
+            window=rule.window,
+            reach_back=rule.window + windows.MAX_SPAN,
+            reach=at - weeks * WEEK - rule.window - windows.MAX_SPAN,
+        )
         rows = conn.execute(_WEEKLY, params).all()
     else:
         cur_start = at - rule.window
-        params.update(cur_start=cur_start, base_start=cur_start - rule.baseline)
+        params.update(
+            cur=cur_start,
+            lo=cur_start - rule.baseline,
+            reach=cur_start - rule.baseline - windows.MAX_SPAN,
+        )
         rows = conn.execute(_CONTINUOUS, params).all()
     data_start = conn.execute(sa.text("SELECT min(event_at) FROM trend_points")).scalar()
     exposure = exposure_windows(rule, at, data_start.astimezone(UTC) if data_start else None)
-    by_kind: dict[str, list[tuple[int, int]]] = {}
-    for row in rows:
-        by_kind.setdefault(key_kind_of(row.key), []).append(
-            (int(row.baseline_negative), int(row.baseline_documents))
+    counts = {
+        row.key: (
+            windows.as_units(row.negative),
+            windows.as_units(row.documents),
+            windows.as_units(row.baseline_negative),
+            windows.as_units(row.baseline_documents),
         )
-    pops = {kind: population(pairs, exposure) for kind, pairs in by_kind.items()}
+        for row in rows
+    }
+    by_kind: dict[str, list[tuple[int, int]]] = {}
+    for key, (_, _, bneg, bdocs) in sorted(counts.items()):
+        by_kind.setdefault(key_kind_of(key), []).append((bneg, bdocs))
+    pops = {kind: population(pairs, exposure, unit=windows.UNIT) for kind, pairs in by_kind.items()}
     wanted = set(open_keys)
     out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row.key not in wanted and not (row.documents and rule.select.matches(row.key)):
+    for key, (neg, docs, bneg, bdocs) in counts.items():
+        if key not in wanted and not (docs and rule.select.matches(key)):
             continue  # the population counts it, nobody reads its figures
-        out[row.key] = figures(
-            rule,
-            int(row.negative),
-            int(row.documents),
-            int(row.baseline_negative),
-            int(row.baseline_documents),
-            exposure,
-            pops[key_kind_of(row.key)],
+        out[key] = figures(
+            rule, neg, docs, bneg, bdocs, exposure, pops[key_kind_of(key)], unit=windows.UNIT
         )
     return out
 
@@ -579,7 +639,8 @@ def judge(rule: AnomalyRule, fig: dict[str, Any]) -> tuple[float | None, bool, b
     """(value, breach, calm) of a key's figures (those of :func:`figures`). ``value`` is
     the observed metric; with no verdict (no documents, no history yet) the key is calm."""
     p_value = fig.get("p_value")
-    negative = int(fig.get("negative") or 0)
+    tested = fig.get("tested_negative")
+    negative = int(tested if tested is not None else math.floor(fig.get("negative") or 0))
     if p_value is None or not fig.get("documents"):
         return fig.get("observed"), False, True
     lift = fig.get("lift")

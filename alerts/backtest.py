@@ -7,24 +7,35 @@ episodes in memory. With ``store`` the result goes to ``alert_backtests`` (never
 ``alerts``, so a replay neither notifies nor blocks a live episode).
 
 **Only the instants that can change something are evaluated.** Rules and keys are
-independent state machines (one per fingerprint), and a key's observation changes only
-when a trend point enters or leaves one of the rule's windows: at the first grid instant
-at or after ``e``, ``e + window`` and, for spike rules, ``e + window + reference_window``
-of each point ``e`` (anomaly rules: of every point of the key's kind, whose population
-and exposure the test reads, and at every instant while the exposure still grows). So
+independent state machines (one per fingerprint). The window sums of a key (weights of
+``alerts.windows``: a day-stamped point spread over its day, a story counted at its first
+copy) are piecewise affine in the instant ``T``: they change slope only where a point's
+span starts or ends at a window boundary (``e + o`` and ``e + o + span`` for each boundary
+``o``: 0, ``window``, a spike's ``window + reference_window``, an anomaly's baseline or
+weekly slots; anomaly rules: of every point of the key's kind, whose population and
+exposure the test reads, and where the exposure's growth starts or ends). Between two such
+instants a *segment* is either **constant** (only instants in its windows: the observation
+is the same throughout, one evaluation covers it) or a **ramp** (a spread point partly in a
+window, or the exposure growing: the figures move with ``T``). In a ramp the verdict is
+found over a range of instants at once -- threshold, memory_surge and spike-count verdicts
+are monotone in ``T`` there, so equal verdicts at both ends settle the range; the anomaly
+tails are bounded from the range's ends (each is monotone in each of its inputs); others
+(spike shares) go instant by instant -- and ranges that are not settled are halved. So
 each key asks for the next instant at which its episode (or the absence of one) *may*
-change: a data change where, from the key's window counts, it may breach (no episode),
-may stop breaching (pending) or may be calm (firing); ``pending_since + for``;
-``resolved_at + cooldown``; ``last_notified + renotify``; the next instant after a change
-of state when the same observation may move it again; the last instant while an episode
-is open (its figures are the last instant's, as in a live run). The rule is evaluated
-with the SQL evaluator (``alerts.evaluator.observe``, as live) at the earliest instant
-some key asks for. The counts only rule instants out: they mirror the evaluator's
-figures conservatively (for anomaly rules they feed ``alerts.anomaly``'s own functions),
-so the result is exactly that of evaluating every grid instant -- ``exhaustive=True``
-does that, and the tests compare the two. The cost follows the data and the alerts, not
-the length of the grid. A rule kind this module has no mirror for is evaluated at every
-grid instant: exact, only slower.
+change: an instant where, from the key's window sums, it may breach (no episode; anomaly
+rules only where ``min_count`` whole bearish documents can be in the window), may stop
+breaching (pending) or may be calm (firing); ``pending_since + for``; ``resolved_at +
+cooldown``; ``last_notified + renotify``; the next instant after a change of state when the
+same observation may move it again; the last instant while an episode is open (its figures
+are the last instant's, as in a live run). The rule is evaluated with the SQL evaluator
+(``alerts.evaluator.observe``, as live) at the earliest instant some key asks for. The
+mirror only rules instants out: it computes the evaluator's figures from the same integer
+weight units through the same figure functions (``alerts.evaluator.threshold_figures``,
+``spike_figures``, ``verdict``; ``alerts.anomaly.figures`` and ``judge``), exact but for the
+mean sentiment and the surge score, which it brackets, so the result is exactly that of
+evaluating every grid instant -- ``exhaustive=True`` does that, and the tests compare the
+two. The cost follows the data and the alerts, not the length of the grid. A rule kind
+this module has no mirror for is evaluated at every grid instant: exact, only slower.
 
 All reads happen in one ``REPEATABLE READ`` transaction: a backtest sees one snapshot even
 while the trends worker keeps writing.
@@ -44,6 +55,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import json
 import math
 import time
@@ -55,8 +67,9 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from alerts import anomaly
-from alerts.evaluator import AnyRule, grid_instant, observe
+from alerts import anomaly, windows
+from alerts.evaluator import AnyRule, grid_instant, observe, spike_figures, threshold_figures
+from alerts.evaluator import verdict as evaluator_verdict
 from alerts.lifecycle import Episode, apply, decide
 from alerts.rules import (
     WEEK,
@@ -69,6 +82,7 @@ from alerts.rules import (
     format_duration,
     key_kind_of,
 )
+from alerts.windows import UNIT, DocumentCount
 
 SAMPLES_PER_DURATION = 4
 STEP_CAP_S = 900.0
@@ -253,32 +267,198 @@ def count_instants(start: datetime, end: datetime, step_s: float) -> int:
     return _Grid.over(start, end, step_s).count
 
 
-def _change_offsets(rule: AnyRule) -> tuple[timedelta, ...] | None:
-    """How long after a point's event time the rule's view of it changes (it enters a
-    window at +0, leaves it at +window, ...), or None for a kind whose windows this
-    module does not know (evaluated at every instant). Exact types on purpose: a new kind
-    deriving from one of these may read other windows."""
+def _window_offsets(rule: AnyRule) -> tuple[int, ...] | None:
+    """The boundaries of the rule's windows in microseconds before ``T`` (a window
+    ``(T - a, T - b]`` has the boundaries ``a`` and ``b``), or None for a kind whose windows
+    this module does not know (evaluated at every instant). Exact types on purpose: a new
+    kind deriving from one of these may read other windows."""
+    window = rule.window // _US
     if type(rule) is SpikeRule:
-        return (timedelta(0), rule.window, rule.window + rule.reference)
+        return (0, window, window + rule.reference // _US)
     if type(rule) in (ThresholdRule, MemorySurgeRule):
-        return (timedelta(0), rule.window)
-    if type(rule) is AnomalyRule:  # per population, see _anomaly_plan
+        return (0, window)
+    if type(rule) is AnomalyRule:
         ends, baseline = _anomaly_slots(rule)
-        return (timedelta(0), rule.window + timedelta(microseconds=max(ends) + baseline))
+        if baseline:
+            return (0, window, window + baseline)
+        return tuple(sorted({e for e in ends} | {e + window for e in ends}))
     return None
+
+
+def _change_offsets(rule: AnyRule) -> tuple[timedelta, ...] | None:
+    """How long before ``T`` the rule's windows reach (their boundaries), or None for a
+    kind evaluated at every instant."""
+    offsets = _window_offsets(rule)
+    return None if offsets is None else tuple(timedelta(microseconds=o) for o in offsets)
+
+
+# --- window sums over the loaded points (the mirror of alerts.windows) ------------------------
+
+#: fixed-point scale of the mean_sentiment terms (exact integer sums; 5e-10 per term)
+_SENTIMENT_SCALE = 1 << 30
+
+
+class _SpanClass:
+    """Points of one span (microseconds; 0: instants): sorted event times and prefix sums,
+    so that the weight units of all of them in a window cost four bisections. For a span
+    ``s``, ``G(x) = sum clamp(x - e, 0, s)`` and a window ``(lo, hi]`` holds
+    ``(UNIT / s) * (G(hi) - G(lo))`` units (``alerts.windows.units`` summed)."""
+
+    __slots__ = ("span", "scale", "events", "esum", "ssum", "sesum")
+
+    def __init__(self, span: int, events: list[int], sentiments: list[int] | None) -> None:
+        self.span = span
+        self.scale = UNIT // span if span else UNIT
+        self.events = events
+        self.esum = list(itertools.accumulate(events, initial=0)) if span else []
+        self.ssum: list[int] = []
+        self.sesum: list[int] = []
+        if sentiments is not None:
+            self.ssum = list(itertools.accumulate(sentiments, initial=0))
+            if span:
+                self.sesum = list(
+                    itertools.accumulate(
+                        (s * e for s, e in zip(sentiments, events, strict=True)), initial=0
+                    )
+                )
+
+    def _g(self, x: int) -> int:
+        events, span = self.events, self.span
+        if not span:
+            return bisect.bisect_right(events, x)
+        i = bisect.bisect_right(events, x - span)
+        j = bisect.bisect_left(events, x)
+        return span * i + x * (j - i) - (self.esum[j] - self.esum[i])
+
+    def units(self, lo: int, hi: int) -> int:
+        return self.scale * (self._g(hi) - self._g(lo))
+
+    def _h(self, x: int) -> int:
+        events, span, ssum = self.events, self.span, self.ssum
+        if not span:
+            return ssum[bisect.bisect_right(events, x)]
+        i = bisect.bisect_right(events, x - span)
+        j = bisect.bisect_left(events, x)
+        return span * ssum[i] + x * (ssum[j] - ssum[i]) - (self.sesum[j] - self.sesum[i])
+
+    def sentiment(self, lo: int, hi: int) -> int:
+        """Sum of units times fixed-point sentiment over the window."""
+        return self.scale * (self._h(hi) - self._h(lo))
+
+    def partial(self, x: int) -> bool:
+        """Whether a boundary at ``x`` cuts a point's span (``e <= x < e + s``): the
+        window sums then change with ``T``."""
+        if not self.span:
+            return False
+        events = self.events
+        return bisect.bisect_right(events, x) > bisect.bisect_right(events, x - self.span)
+
+    def meets(self, lo: int, hi: int) -> bool:
+        """Whether a point has positive weight in ``(lo, hi]``."""
+        events = self.events
+        if not self.span:
+            return bisect.bisect_right(events, hi) > bisect.bisect_right(events, lo)
+        return bisect.bisect_left(events, hi) > bisect.bisect_right(events, lo - self.span)
+
+
+class _Points:
+    """A set of points (event time, span[, fixed-point sentiment]) by span class."""
+
+    def __init__(self, points: list[tuple[int, int, int]], sentiment: bool = False) -> None:
+        by_span: dict[int, list[tuple[int, int]]] = {}
+        for e, s, v in points:
+            by_span.setdefault(s, []).append((e, v))
+        self.classes = [
+            _SpanClass(
+                s,
+                [e for e, _ in sorted(items)],
+                [v for _, v in sorted(items)] if sentiment else None,
+            )
+            for s, items in sorted(by_span.items())
+        ]
+        self.spread = [c for c in self.classes if c.span]
+        if len(self.classes) == 1:  # the usual case: one precision per key
+            self.units = self.classes[0].units  # type: ignore[method-assign]
+
+    def units(self, lo: int, hi: int) -> int:
+        total = 0
+        for c in self.classes:
+            total += c.units(lo, hi)
+        return total
+
+    def sentiment(self, lo: int, hi: int) -> int:
+        return sum(c.sentiment(lo, hi) for c in self.classes)
+
+    def partial(self, x: int) -> bool:
+        for c in self.spread:
+            if c.partial(x):
+                return True
+        return False
+
+    def meets(self, lo: int, hi: int) -> bool:
+        return any(c.meets(lo, hi) for c in self.classes)
 
 
 @dataclass
 class _KeyData:
-    """One key's trend points in the backtest's span, in event order: event times
-    (microseconds from the first grid instant), running sums for window counts, and
-    whether the evaluator's "newest point" (by order_at, document id) is the last one."""
+    """One key's trend points in the backtest's span, in the evaluator's event order:
+    event times (microseconds from the first grid instant), spans, whether each is its
+    story's first copy on the key (what the window counts), and whether the evaluator's
+    "newest point" (by order_at, document id) is the last one."""
 
     events: list[int] = field(default_factory=list)
-    negative: list[int] = field(default_factory=lambda: [0])  # bearish among events[:j]
-    sentiment: list[float] = field(default_factory=lambda: [0.0])  # sum of mean_sentiment terms
-    surge: list[float] = field(default_factory=list)
+    spans: list[int] = field(default_factory=list)
+    bearish: list[bool] = field(default_factory=list)
+    first: list[bool] = field(default_factory=list)
+    sentiment: list[int] = field(default_factory=list)  # fixed-point mean_sentiment terms
+    surge: list[float | None] = field(default_factory=list)
+    volume: list[float | None] = field(default_factory=list)
     newest_is_last: bool = True
+    _sums: tuple[_Points, _Points] | None = None
+
+    def sums(self) -> tuple[_Points, _Points]:
+        """(every first copy, the bearish first copies): window sums in units."""
+        if self._sums is None:
+            firsts = [
+                (e, s, v)
+                for e, s, v, f in zip(
+                    self.events,
+                    self.spans,
+                    self.sentiment or [0] * len(self.events),
+                    self.first,
+                    strict=True,
+                )
+                if f
+            ]
+            bearish = [
+                (e, s, 0)
+                for e, s, b, f in zip(
+                    self.events, self.spans, self.bearish, self.first, strict=True
+                )
+                if f and b
+            ]
+            self._sums = (_Points(firsts, sentiment=bool(self.sentiment)), _Points(bearish))
+        return self._sums
+
+    def counted(self) -> list[tuple[int, int]]:
+        """(event, span) of the first copies."""
+        return [(e, s) for e, s, f in zip(self.events, self.spans, self.first, strict=True) if f]
+
+
+def _breakpoints(points: list[tuple[int, int]], offsets: tuple[int, ...], grid: _Grid) -> set[int]:
+    """Grid indices where a window sum of ``points`` may stop being affine in ``T``: where
+    a point enters, leaves, or stops being cut by a window boundary (``e + o`` and
+    ``e + o + s`` for each boundary ``o``), and right after a spread point's weight leaves
+    or reaches zero (so that which points a window *meets* is the same across a segment)."""
+    out = {0}
+    index = grid.index_from_us
+    for e, s in points:
+        for o in offsets:
+            k = e + o
+            out.add(index(k))
+            if s:
+                out.update((index(k + 1), index(k + s), index(k + s + 1)))
+    return out
 
 
 # A verdict on (breach, calm): for each, whether it may be True and whether it may be False.
@@ -304,91 +484,140 @@ def _value_verdict(op: str, value: float, level: float, resolve: float | None) -
     return b_true, b_false, s_false, s_true
 
 
+def _exact(breach: bool, calm: bool) -> Verdict:
+    return breach, not breach, calm, not calm
+
+
+def _union(a: Verdict, b: Verdict) -> Verdict:
+    return a[0] or b[0], a[1] or b[1], a[2] or b[2], a[3] or b[3]
+
+
 VerdictAt = Callable[[int], Verdict]  # of a grid index
+# a verdict and its signature: booleans that are monotone in T across a segment and
+# determine the verdict there (None: not monotone, the verdict must be found instant by
+# instant)
+Signed = tuple[Verdict, tuple[bool, ...] | None]
+# over grid indices [lo, hi) of one segment, for a state: a verdict holding at every one of
+# them (a superset of what they may give) and whether it is the same at all of them
+RangeVerdict = Callable[[int, int, str], tuple[Verdict, bool]]
 
 
-def _verdicts(rule: AnyRule, d: _KeyData, step_us: int) -> VerdictAt | None:
-    """What ``alerts.evaluator.judge`` may find for the key at a grid index, from the
-    key's window counts: a conservative mirror of
-    the evaluator's figures (the SQL evaluator stays the judge: this only tells which
-    instants cannot change anything). Keep it in step with ``alerts.evaluator``; the tests
-    compare the scheduled backtest with the exhaustive one. None: no mirror for the kind."""
-    events, negative = d.events, d.negative
-    volume = rule.select.min_volume
+def _signed(rule: AnyRule, d: _KeyData, step_us: int) -> Callable[[int], Signed] | None:
+    """What ``alerts.evaluator.verdict`` finds for the key at a grid index, from the same
+    weight units the SQL sums (``alerts.windows``): exact for counts, shares and spike
+    ratios (the same integers through the same figure functions), within a tolerance for
+    mean sentiment (floats summed in another order) and the memory's surge score (rounded
+    by the evaluator). None: no mirror for the kind."""
+    firsts, bearish = d.sums()
     window = rule.window // _US
-    right = bisect.bisect_right
     if type(rule) is ThresholdRule:
         threshold = rule
-        resolve = threshold.resolve.value if threshold.resolve else None
+        volume = threshold.select.min_volume
 
-        def threshold_verdict(index: int) -> Verdict:
+        def threshold_at(index: int) -> Signed:
             t = index * step_us
-            a, b = right(events, t - window), right(events, t)
-            documents = b - a
-            if documents < volume:
-                return _QUIET
-            if threshold.metric == "mean_sentiment":
-                value = (d.sentiment[b] - d.sentiment[a]) / documents
-            elif threshold.metric == "negative_share":
-                value = (negative[b] - negative[a]) / documents
-            else:
-                value = float(negative[b] - negative[a])
-            return _value_verdict(threshold.op, value, threshold.value, resolve)
+            docs = firsts.units(t - window, t)
+            if not DocumentCount.of_units(docs) >= volume:  # the evaluator's min_volume
+                return _QUIET, (False,)
+            neg = bearish.units(t - window, t)
+            enough = True
+            if threshold.metric != "mean_sentiment":
+                fig = threshold_figures(threshold, docs, neg)
+                _, breach, calm = evaluator_verdict(threshold, fig)
+                return _exact(breach, calm), (enough,)
+            mean = firsts.sentiment(t - window, t) / (docs * _SENTIMENT_SCALE)
+            out: Verdict = (False, False, False, False)
+            for m in (mean - 1e-8, mean + 1e-8):  # each flag is monotone in the mean
+                _, breach, calm = evaluator_verdict(
+                    threshold, threshold_figures(threshold, docs, neg, m)
+                )
+                out = _union(out, _exact(breach, calm))
+            return out, (enough,)
 
-        return threshold_verdict
+        return threshold_at
     if type(rule) is SpikeRule:
         spike = rule
         reference = spike.reference // _US
-        cur_h = spike.window.total_seconds() / 3600
-        ref_h = spike.reference.total_seconds() / 3600
+        volume = spike.select.min_volume
+        share = spike.metric == "negative_share"
 
-        def spike_verdict(index: int) -> Verdict:
+        def spike_at(index: int) -> Signed:
             t = index * step_us
-            a = right(events, t - window - reference)
-            m, b = right(events, t - window), right(events, t)
-            documents = b - m
-            if documents < volume:
-                return _QUIET
-            neg, rdocs, rneg = negative[b] - negative[m], m - a, negative[m] - negative[a]
-            if spike.metric == "negative_count":
-                current, ref_rate, ref_events, floor = neg / cur_h, rneg / ref_h, rneg, 0.5 / ref_h
-            else:
-                if not rdocs:
-                    return _QUIET  # no reference: no ratio
-                current, ref_rate, ref_events = neg / documents, rneg / rdocs, rdocs
-                floor = 0.5 / rdocs
-            if ref_events < spike.min_reference_count:
-                return _QUIET
-            ratio = current / max(ref_rate, floor)
-            b_true, b_false = _may(">=", ratio, spike.ratio)
-            if spike.resolve is None:
-                return b_true, b_false, b_false, b_true
-            c_true, c_false = _may("<=", ratio, spike.resolve.ratio)
-            return b_true, b_false, c_true, c_false
+            m = t - window
+            fig = spike_figures(
+                spike,
+                firsts.units(m, t),
+                bearish.units(m, t),
+                firsts.units(m - reference, m),
+                rneg := bearish.units(m - reference, m),
+            )
+            _, breach, calm = evaluator_verdict(spike, fig)
+            if share:  # a product of ratios of the four sums: not monotone, no signature
+                return _exact(breach, calm), None
+            return _exact(breach, calm), (
+                fig["documents"] >= volume,
+                fig["reference_events"] >= spike.min_reference_count,
+                2 * rneg >= UNIT,  # the reference rate above its floor of half an event
+            )
 
-        return spike_verdict
+        return spike_at
     if type(rule) is MemorySurgeRule:
         memory = rule
+        volume = memory.select.min_volume
         resolve = memory.resolve.value if memory.resolve else None
-        point = [_value_verdict(memory.op, s, memory.value, resolve) for s in d.surge]
-        # counts of points whose verdict may be ... (the newest point is one of them)
-        sums = [[0] * (len(point) + 1) for _ in range(4)]
-        for j, verdict in enumerate(point):
-            for n in range(4):
-                sums[n][j + 1] = sums[n][j] + verdict[n]
+        scores = d.surge if memory.score == "negativity" else d.volume
+        point = [
+            _QUIET if s is None else _value_verdict(memory.op, s, memory.value, resolve)
+            for s in scores
+        ]
+        # per span class: load positions and running counts of points whose verdict may be ...
+        classes: list[tuple[int, list[int], list[int], list[list[int]]]] = []
+        for span in sorted(set(d.spans)):
+            at = [j for j, s in enumerate(d.spans) if s == span]
+            sums = [
+                list(itertools.accumulate((point[j][n] for j in at), initial=0)) for n in range(4)
+            ]
+            classes.append((span, [d.events[j] for j in at], at, sums))
 
-        def memory_verdict(index: int) -> Verdict:
+        def memory_at(index: int) -> Signed:
             t = index * step_us
-            a, b = right(events, t - window), right(events, t)
-            if b - a < volume:
-                return _QUIET
-            if d.newest_is_last:
-                return point[b - 1]
-            b_true, b_false, c_true, c_false = (sums[n][b] > sums[n][a] for n in range(4))
-            return b_true, b_false, c_true, c_false
+            docs = firsts.units(t - window, t)
+            enough = DocumentCount.of_units(docs) >= volume
+            if not enough:
+                return _QUIET, (False,)
+            newest = -1
+            verdict: Verdict = (False, False, False, False)
+            for span, events, at, sums in classes:  # the points whose span meets the window
+                if span:
+                    a = bisect.bisect_right(events, t - window - span)
+                    b = bisect.bisect_left(events, t)
+                else:
+                    a, b = bisect.bisect_right(events, t - window), bisect.bisect_right(events, t)
+                if b > a:
+                    newest = max(newest, at[b - 1])
+                    b_true, b_false, c_true, c_false = (sums[n][b] > sums[n][a] for n in range(4))
+                    verdict = _union(verdict, (b_true, b_false, c_true, c_false))
+            if d.newest_is_last and newest >= 0:
+                return point[newest], (True,)
+            return verdict, (True,)
 
-        return memory_verdict
+        return memory_at
     return None
+
+
+def _monotone_range(signed_at: Callable[[int], Signed]) -> RangeVerdict:
+    """Over a segment every window sum is affine in ``T``, so each component of a
+    signature is monotone there: equal signatures at both ends mean the same verdict
+    throughout."""
+
+    def range_verdict(lo: int, hi: int, state: str) -> tuple[Verdict, bool]:
+        first, sig_a = signed_at(lo)
+        last, sig_b = signed_at(hi - 1)
+        if sig_a is not None and sig_a == sig_b and first == last:
+            return first, True
+        return _UNKNOWN, False
+
+    return range_verdict
 
 
 def _matters(state: str, verdict: Verdict) -> bool:
@@ -402,17 +631,49 @@ def _matters(state: str, verdict: Verdict) -> bool:
 
 
 @dataclass
+class _Segments:
+    """Grid indices split where any window sum of the keys involved may stop being affine
+    in ``T``: between two ``bounds`` the observation is either the same at every instant
+    (a *constant* segment, which one evaluation covers) or it moves with ``T`` (a *ramp*:
+    a day-stamped point partly in a window, the anomaly's exposure growing), where it is
+    judged instant by instant, or over a range at once when the verdict is monotone."""
+
+    bounds: list[int]
+    count: int
+    is_ramp: Callable[[int], bool]  # of a grid index that starts a segment
+    ramps: dict[int, bool] = field(default_factory=dict)
+
+    def of(self, index: int) -> int:
+        """The segment holding ``index``."""
+        return bisect.bisect_right(self.bounds, index) - 1
+
+    def end(self, k: int) -> int:
+        return self.bounds[k + 1] if k + 1 < len(self.bounds) else self.count
+
+    def ramp(self, k: int) -> bool:
+        found = self.ramps.get(k)
+        if found is None:
+            found = self.ramps[k] = self.is_ramp(self.bounds[k])
+        return found
+
+
+@dataclass
 class _KeyPlan:
-    """One key's instants for one rule. ``changes``: every instant its observation may
-    change at (it is the same until the next one); ``may_breach``: those where it may
-    breach, the only ones that matter while it has no episode. Instants that may move an
-    open episode are found by scanning ``changes`` (episodes are few), verdicts cached."""
+    """One key's instants for one rule: its segments, its (mirrored) verdicts, and where a
+    breach is possible at all (``candidates``: sorted disjoint index ranges; None:
+    anywhere). Scans for the next instant that may move an episode go forward, segment by
+    segment, and are cached per state (episodes move forward in time)."""
 
     verdict_of: VerdictAt
-    changes: list[int]
-    may_breach: list[int]
+    segments: _Segments
+    range_verdict: RangeVerdict | None = None
+    candidates: list[tuple[int, int]] | None = None
     cache: dict[int, Verdict] = field(default_factory=dict)
     scans: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    _ends: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._ends = [hi for _, hi in self.candidates or ()]
 
     def verdict(self, index: int) -> Verdict:
         found = self.cache.get(index)
@@ -421,10 +682,8 @@ class _KeyPlan:
         return found
 
     def next_mattering(self, state: str, index: int) -> int | None:
-        """The first data change after ``index`` that may move a key in ``state``."""
-        if state == "none":
-            j = bisect.bisect_right(self.may_breach, index)
-            return self.may_breach[j] if j < len(self.may_breach) else None
+        """The first instant after ``index`` that may move a key in ``state``, the key
+        having been judged at ``index`` (the rest of a constant segment is the same)."""
         scanned = self.scans.get(state)  # answers every later index up to its result
         if (
             scanned is not None
@@ -432,13 +691,56 @@ class _KeyPlan:
             and (scanned[1] is None or scanned[1] > index)
         ):
             return scanned[1]
-        changes = self.changes
-        j = bisect.bisect_right(changes, index)
-        while j < len(changes) and not _matters(state, self.verdict(changes[j])):
-            j += 1
-        result = changes[j] if j < len(changes) else None
+        segments = self.segments
+        k = segments.of(index)
+        start = index + 1 if k < 0 or segments.ramp(k) else segments.end(k)
+        result = self.first_mattering(state, start)
         self.scans[state] = (index, result)
         return result
+
+    def first_mattering(self, state: str, pos: int) -> int | None:
+        """The first instant at or after ``pos`` that may move a key in ``state``."""
+        segments, count = self.segments, self.segments.count
+        candidates = self.candidates if state == "none" else None
+        c = bisect.bisect_right(self._ends, pos) if candidates is not None else 0
+        while pos < count:
+            limit = count
+            if candidates is not None:
+                while c < len(candidates) and candidates[c][1] <= pos:
+                    c += 1
+                if c >= len(candidates):
+                    return None
+                pos = max(pos, candidates[c][0])
+                limit = candidates[c][1]
+                if pos >= count:
+                    return None
+            k = segments.of(pos)
+            hi = min(segments.end(k), limit)
+            if not segments.ramp(k):
+                if _matters(state, self.verdict(segments.bounds[k])):
+                    return pos
+            else:
+                found = self._search(state, pos, hi)
+                if found is not None:
+                    return found
+            pos = hi
+        return None
+
+    def _search(self, state: str, lo: int, hi: int) -> int | None:
+        """The first instant in ``[lo, hi)`` (within one ramp segment) that may move a key
+        in ``state``: ranges whose verdict is settled are decided at once, the others
+        halved."""
+        if hi - lo == 1:
+            return lo if _matters(state, self.verdict(lo)) else None
+        if self.range_verdict is not None:
+            verdict, settled = self.range_verdict(lo, hi, state)
+            if not _matters(state, verdict):
+                return None
+            if settled:
+                return lo
+        mid = (lo + hi) // 2
+        found = self._search(state, lo, mid)
+        return found if found is not None else self._search(state, mid, hi)
 
 
 @dataclass
@@ -537,35 +839,46 @@ class _Plan:
 def _load_data(
     conn: Connection, grid: _Grid, lookback: timedelta, end: datetime, mean_sentiment: bool
 ) -> dict[str, _KeyData]:
-    """Every trend point that can fall in a rule's window, per key. ``mean_sentiment``:
-    also each point's term of the evaluator's mean (the newest prediction's p_bullish -
-    p_bearish, else -p_bearish)."""
+    """Every trend point that can fall in a rule's window, per key, with its span and
+    whether it is its story's first copy on the key (``alerts.windows``: the same SQL as
+    the evaluator's). ``mean_sentiment``: also each point's term of the evaluator's mean
+    (the newest prediction's p_bullish - p_bearish, else -p_bearish)."""
     mean_join, mean_col = "", "0.0"
     if mean_sentiment:
         mean_join = """LEFT JOIN LATERAL (
-                SELECT p.p_bullish - p.p_bearish AS s FROM predictions p
-                WHERE p.document_id = tp.document_id ORDER BY p.scored_at DESC LIMIT 1) lp ON true"""
-        mean_col = "coalesce(lp.s, -tp.p_bearish)"
+                SELECT pr.p_bullish - pr.p_bearish AS s FROM predictions pr
+                WHERE pr.document_id = p.document_id ORDER BY pr.scored_at DESC LIMIT 1) lp ON true"""
+        mean_col = "coalesce(lp.s, -p.p_bearish)"
+    points = windows.points_sql(
+        "tp.surge_score, tp.volume_surge_score, tp.p_bearish, "
+        "coalesce(tp.order_at, tp.event_at) AS order_at",
+        "tp.event_at > :lo AND tp.event_at <= :hi",
+    )
     rows = conn.execute(
         sa.text(f"""
-        SELECT tp.key, tp.event_at, tp.sentiment = 'bearish' AS bearish, tp.surge_score,
-               coalesce(tp.order_at, tp.event_at) AS order_at, tp.document_id, {mean_col} AS s
-        FROM trend_points tp {mean_join}
-        WHERE tp.event_at > :lo AND tp.event_at <= :hi
-        ORDER BY tp.key, tp.event_at, coalesce(tp.order_at, tp.event_at), tp.document_id COLLATE "C"
+        SELECT p.key, p.event_at, p.s_us, p.bearish, p.surge_score, p.volume_surge_score,
+               p.order_at, p.document_id,
+               {windows.first_copy_sql()} AS first, {mean_col} AS s
+        FROM ({points}) p {mean_join}
+        ORDER BY p.key, p.event_at, p.order_at, p.document_id COLLATE "C"
         """),
-        {"lo": grid.first - lookback, "hi": end},
+        {"lo": grid.first - lookback - windows.MAX_SPAN, "hi": end},
     )
+    origin = windows.epoch_us(grid.first)
     data: dict[str, _KeyData] = {}
     last: dict[str, tuple[datetime, str]] = {}
-    for key, event_at, bearish, surge, order_at, document_id, s in rows:
+    for key, event_at, s_us, bearish, surge, volume, order_at, document_id, first, s in rows:
         d = data.get(key)
         if d is None:
             d = data[key] = _KeyData()
-        d.events.append(grid.us(event_at))
-        d.negative.append(d.negative[-1] + bool(bearish))
-        d.sentiment.append(d.sentiment[-1] + float(s))
-        d.surge.append(float(surge))
+        d.events.append(windows.epoch_us(event_at) - origin)
+        d.spans.append(int(s_us))
+        d.bearish.append(bool(bearish))
+        d.first.append(bool(first))
+        d.surge.append(None if surge is None else float(surge))
+        d.volume.append(None if volume is None else float(volume))
+        if mean_sentiment:
+            d.sentiment.append(round(float(s) * _SENTIMENT_SCALE))
         # the evaluator's newest point sorts by (order_at, document id); when that order
         # agrees with event order, it is the last point of any window
         order = (order_at, document_id)
@@ -575,17 +888,18 @@ def _load_data(
     return data
 
 
-def _key_plan(
-    verdict_of: VerdictAt, changes: list[int], candidates: list[int] | None = None
-) -> _KeyPlan:
-    """``candidates``: the changes where a breach is possible at all (a cheap test), when
-    the verdicts are dear; default: every change."""
-    plan = _KeyPlan(verdict_of, changes, [])
-    plan.may_breach = [
-        i for i in (changes if candidates is None else candidates) if plan.verdict(i)[0]
-    ]
-    plan.cache.clear()  # keep only what the scans of open episodes ask for
-    return plan
+class _Cached:
+    """A function of a grid index, remembered."""
+
+    def __init__(self, fn: Callable[[int], Signed]) -> None:
+        self.fn = fn
+        self.seen: dict[int, Signed] = {}
+
+    def __call__(self, index: int) -> Signed:
+        found = self.seen.get(index)
+        if found is None:
+            found = self.seen[index] = self.fn(index)
+        return found
 
 
 def _plan(
@@ -595,26 +909,42 @@ def _plan(
     exhaustive: bool,
     data_start: datetime | None = None,
 ) -> _Plan:
-    offsets = None if exhaustive else _change_offsets(rule)
+    offsets = None if exhaustive else _window_offsets(rule)
     if offsets is None:
         return _Plan(rule, grid, dense=True)
     if type(rule) is AnomalyRule:
         return _anomaly_plan(rule, grid, data, data_start)
     plan = _Plan(rule, grid, dense=False)
-    offsets_us = [o // _US for o in offsets]
+    step_us = grid.step_us
     for key, d in data.items():
         if not rule.select.matches(key):
             continue
-        verdict_at = _verdicts(rule, d, grid.step_us)
-        if verdict_at is None:
+        signed = _signed(rule, d, step_us)
+        if signed is None:
             return _Plan(rule, grid, dense=True)
-        indices = {0}
-        for off in offsets_us:
-            indices.update(grid.index_from_us(e + off) for e in d.events)
-        key_plan = _key_plan(verdict_at, sorted(i for i in indices if i < grid.count))
+        signed_at = _Cached(signed)
+        # the newest point of a memory_surge rule may be any copy; the counts are stories'
+        points = (
+            list(zip(d.events, d.spans, strict=True))
+            if type(rule) is MemorySurgeRule
+            else d.counted()
+        )
+        bounds = sorted(i for i in _breakpoints(points, offsets, grid) if i < grid.count)
+        firsts, _ = d.sums()
+
+        def is_ramp(index: int, firsts: _Points = firsts) -> bool:
+            if not firsts.spread:
+                return False
+            t = index * step_us
+            return any(firsts.partial(t - o) for o in offsets)
+
+        key_plan = _KeyPlan(
+            lambda i, s=signed_at: s(i)[0],  # type: ignore[misc]
+            _Segments(bounds, grid.count, is_ramp),
+            _monotone_range(signed_at),
+        )
         plan.keys[key] = key_plan
-        if key_plan.may_breach:
-            plan.want(key, key_plan.may_breach[0])
+        plan.want(key, key_plan.first_mattering("none", 0))
     return plan
 
 
@@ -627,40 +957,55 @@ def _anomaly_slots(rule: AnomalyRule) -> tuple[list[int], int]:
     return [0], rule.baseline // _US  # the window, then the baseline right before it
 
 
+_EPS = 1e-9  # relative margin of the anomaly bounds against rounding in their inputs
+
+
 def _anomaly_plan(
     rule: AnomalyRule, grid: _Grid, data: dict[str, _KeyData], data_start: datetime | None
 ) -> _Plan:
     """An anomaly rule judges a key against the population of its kind and an exposure
     that grows with the data's age, so a key's observation changes whenever any key of
-    its kind changes, and at every instant while the exposure grows. Its verdicts are the
-    evaluator's own (``alerts.anomaly.figures`` and ``judge`` on the same counts), exact."""
+    its kind changes, and at every instant while the exposure grows or a day-stamped
+    point is partly in a window. Its verdicts at an instant are the evaluator's own
+    (``alerts.anomaly.figures`` and ``judge`` on the same weight units), exact. Over a
+    range of instants of one segment (where every sum is affine in ``T``) the tails are
+    bounded from the ends of the range (each tail is monotone in each of its inputs), so a
+    ramp is searched by halving, not instant by instant."""
     plan = _Plan(rule, grid, dense=False)
     window = rule.window // _US
     ends, baseline = _anomaly_slots(rule)
     weekly = rule.seasonality == "weekly"
+    offsets = _window_offsets(rule)
+    assert offsets is not None
     prefix = rule.select.sql_prefix()
     population = {
         k: d for k, d in data.items() if prefix == "%" or k.startswith(prefix.rstrip("%"))
     }
-    right = bisect.bisect_right
     step_us = grid.step_us
+    m = rule.min_count
+    origin_ds = grid.us(data_start) if data_start is not None else None
 
-    def counts(d: _KeyData, t: int) -> tuple[int, int, int, int]:
-        """(documents, negative, baseline documents, baseline negative) at ``t``."""
-        ev, neg = d.events, d.negative
+    def counts(sums: tuple[_Points, _Points], t: int) -> tuple[int, int, int, int]:
+        """(documents, negative, baseline documents, baseline negative) units at ``t``."""
+        firsts, bearish = sums
+        lo = t - window
+        docs, neg = firsts.units(lo, t), bearish.units(lo, t)
         if weekly:
-            a, b = right(ev, t - window), right(ev, t)
             bdocs = bneg = 0
-            for end in ends[1:]:
-                lo, hi = right(ev, t - end - window), right(ev, t - end)
-                bdocs += hi - lo
-                bneg += neg[hi] - neg[lo]
-            return b - a, neg[b] - neg[a], bdocs, bneg
-        lo, m, b = right(ev, t - window - baseline), right(ev, t - window), right(ev, t)
-        return b - m, neg[b] - neg[m], m - lo, neg[m] - neg[lo]
+            for e in ends[1:]:
+                bdocs += firsts.units(lo - e, t - e)
+                bneg += bearish.units(lo - e, t - e)
+            return docs, neg, bdocs, bneg
+        return docs, neg, firsts.units(lo - baseline, lo), bearish.units(lo - baseline, lo)
+
+    def present(sums: tuple[_Points, _Points], t: int) -> bool:
+        """Whether the key has weight in the window or the baseline (is in the population)."""
+        firsts = sums[0]
+        if weekly:
+            return any(firsts.meets(t - e - window, t - e) for e in ends)
+        return firsts.meets(t - window - baseline, t)
 
     exposures: dict[int, float] = {}
-    populations: dict[tuple[str, int], anomaly.Population] = {}
 
     def exposure_at(index: int) -> float:
         found = exposures.get(index)
@@ -668,70 +1013,278 @@ def _anomaly_plan(
             found = exposures[index] = anomaly.exposure_windows(rule, grid.at(index), data_start)
         return found
 
-    def population_at(kind: str, index: int, exposure: float) -> anomaly.Population:
-        found = populations.get((kind, index))
-        if found is None:
+    def growing(t: int) -> bool:
+        if origin_ds is None:
+            return False
+        if weekly:
+            return any(origin_ds + e <= t < origin_ds + e + window for e in ends[1:])
+        return origin_ds + window <= t < origin_ds + window + baseline
+
+    growth_kinks: list[int] = []
+    if origin_ds is not None:
+        if weekly:
+            growth_kinks = [origin_ds + e + x for e in ends[1:] for x in (0, window)]
+        else:
+            growth_kinks = [origin_ds + window, origin_ds + window + baseline]
+
+    kinds: dict[str, list[str]] = {}
+    for key in population:
+        kinds.setdefault(key_kind_of(key), []).append(key)
+    for keys in kinds.values():
+        sums = {key: population[key].sums() for key in keys}
+        counted = [p for key in keys for p in population[key].counted()]
+        every = _Points([(e, s, 0) for e, s in counted])
+        every_bearish = _Points(
+            [
+                (e, s, 0)
+                for key in keys
+                for e, s, b, f in zip(
+                    population[key].events,
+                    population[key].spans,
+                    population[key].bearish,
+                    population[key].first,
+                    strict=True,
+                )
+                if f and b
+            ]
+        )
+        bounds_set = _breakpoints(counted, offsets, grid)
+        bounds_set.update(grid.index_from_us(k) for k in growth_kinks)
+        bounds = sorted(i for i in bounds_set if i < grid.count)
+
+        def is_ramp(index: int, every: _Points = every) -> bool:
             t = index * step_us
-            pairs = []
-            for key, d in population.items():
-                if key_kind_of(key) == kind:
-                    docs, neg, bdocs, bneg = counts(d, t)
-                    if docs or bdocs:
-                        pairs.append((bneg, bdocs))
-            found = populations[(kind, index)] = anomaly.population(pairs, exposure)
-        return found
+            return growing(t) or (bool(every.spread) and any(every.partial(t - o) for o in offsets))
 
-    def verdict_of(key: str, d: _KeyData) -> VerdictAt:
-        kind = key_kind_of(key)
+        segments = _Segments(bounds, grid.count, is_ramp)
+        members: dict[int, int] = {}  # segment -> keys of the kind in the population there
+        populations: dict[int, anomaly.Population] = {}
 
-        def anomaly_verdict(index: int) -> Verdict:
-            exposure = exposure_at(index)
-            if exposure < 1.0:
-                return _QUIET  # no verdict yet: calm
-            docs, neg, bdocs, bneg = counts(d, index * step_us)
-            if not docs or (neg < rule.min_count and (rule.resolve is None or neg == 0)):
-                return _QUIET  # cannot fire; p = 1 (or no resolve level): calm
-            if neg < rule.min_count:
-                return False, True, True, True  # cannot fire; calm unless the p-value says
-            pop = population_at(kind, index, exposure)
-            fig = anomaly.figures(rule, neg, docs, bneg, bdocs, exposure, pop)
-            _, breach, calm = anomaly.judge(rule, fig)
-            return breach, not breach, calm, not calm
+        def members_at(
+            index: int,
+            segments: _Segments = segments,
+            members: dict[int, int] = members,
+            sums: dict[str, tuple[_Points, _Points]] = sums,
+        ) -> int:
+            k = segments.of(index)
+            found = members.get(k)
+            if found is None:
+                t = segments.bounds[k] * step_us
+                found = members[k] = sum(present(s, t) for s in sums.values())
+            return found
 
-        return anomaly_verdict
+        def pop_sums(
+            t: int, every: _Points = every, bearish: _Points = every_bearish
+        ) -> tuple[int, int]:
+            """(bearish, documents) units of the kind's baselines at ``t``."""
+            lo = t - window
+            if weekly:
+                return (
+                    sum(bearish.units(lo - e, t - e) for e in ends[1:]),
+                    sum(every.units(lo - e, t - e) for e in ends[1:]),
+                )
+            return bearish.units(lo - baseline, lo), every.units(lo - baseline, lo)
 
-    offsets = sorted({e for e in ends} | {e + window for e in ends} | {window + baseline})
-    kinds: dict[str, set[int]] = {}
-    for key, d in population.items():
-        indices = kinds.setdefault(key_kind_of(key), {0})
-        for off in offsets:
-            indices.update(grid.index_from_us(e + off) for e in d.events)
-    if data_start is not None:  # the exposure grows until the baseline is all history
-        grows_until = max(ends) + window + baseline
-        first = grid.index_at_or_after(data_start)
-        last = min(grid.count, grid.index_from_us(grid.us(data_start) + grows_until) + 1)
-        for indices in kinds.values():
-            indices.update(range(first, last))
-    for key, d in population.items():
-        if not rule.select.matches(key):
-            continue
-        changes = sorted(i for i in kinds[key_kind_of(key)] if i < grid.count)
-        # it can fire only with min_count bearish documents in the window: m consecutive
-        # bearish points b_j .. b_{j+m-1} are all in it exactly for b_{j+m-1} <= t < b_j + W
-        bearish = [e for j, e in enumerate(d.events) if d.negative[j + 1] > d.negative[j]]
-        m = rule.min_count
-        candidates: list[int] = []
-        for j in range(len(bearish) - m + 1):
-            lo = bisect.bisect_left(changes, grid.index_from_us(bearish[j + m - 1]))
-            hi = bisect.bisect_left(changes, grid.index_from_us(bearish[j] + window))
-            if candidates:
-                lo = max(lo, bisect.bisect_right(changes, candidates[-1]))
-            candidates.extend(changes[lo:hi])
-        key_plan = _key_plan(verdict_of(key, d), changes, candidates)
-        plan.keys[key] = key_plan
-        if key_plan.may_breach:
-            plan.want(key, key_plan.may_breach[0])
+        def population_at(
+            index: int,
+            exposure: float,
+            populations: dict[int, anomaly.Population] = populations,
+            pop_sums: Callable[[int], tuple[int, int]] = pop_sums,
+            members_at: Callable[[int], int] = members_at,
+        ) -> anomaly.Population:
+            found = populations.get(index)
+            if found is None:
+                neg, docs = pop_sums(index * step_us)
+                found = populations[index] = anomaly.population(
+                    [(neg, docs)], exposure, keys=members_at(index), unit=UNIT
+                )
+            return found
+
+        for key in keys:
+            if not rule.select.matches(key):
+                continue
+            key_sums = sums[key]
+            plan.keys[key] = key_plan = _KeyPlan(
+                _anomaly_verdict(rule, key_sums, counts, exposure_at, population_at, step_us),
+                segments,
+                _anomaly_range(
+                    rule,
+                    key_sums,
+                    counts,
+                    exposure_at,
+                    pop_sums,
+                    members_at,
+                    step_us,
+                ),
+                _anomaly_candidates(population[key], window, m, grid),
+            )
+            plan.want(key, key_plan.first_mattering("none", 0))
     return plan
+
+
+def _anomaly_candidates(d: _KeyData, window: int, m: int, grid: _Grid) -> list[tuple[int, int]]:
+    """Index ranges where the window may hold ``m`` whole bearish documents: ``m`` points
+    whose spans meet the window, the earliest ``b_j`` and the latest ``b_{j+m-1}``, are all
+    in it only for ``b_{j+m-1} <= T < b_j + window + span``."""
+    bearish = sorted(
+        (e, s) for e, s, b, f in zip(d.events, d.spans, d.bearish, d.first, strict=True) if f and b
+    )
+    widest = max((s for _, s in bearish), default=0)
+    out: list[tuple[int, int]] = []
+    for j in range(len(bearish) - m + 1):
+        lo = grid.index_from_us(bearish[j + m - 1][0])
+        hi = min(grid.count, grid.index_from_us(bearish[j][0] + window + widest))
+        if lo >= hi:
+            continue
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+Counts = Callable[[tuple[_Points, _Points], int], tuple[int, int, int, int]]
+
+
+def _anomaly_verdict(
+    rule: AnomalyRule,
+    sums: tuple[_Points, _Points],
+    counts: Counts,
+    exposure_at: Callable[[int], float],
+    population_at: Callable[[int, float], anomaly.Population],
+    step_us: int,
+) -> VerdictAt:
+    def anomaly_verdict(index: int) -> Verdict:
+        exposure = exposure_at(index)
+        if exposure < 1.0:
+            return _QUIET  # no verdict yet: calm
+        docs, neg, bdocs, bneg = counts(sums, index * step_us)
+        k = neg // UNIT
+        if not DocumentCount.of_units(docs) or (
+            k < rule.min_count and (rule.resolve is None or k == 0)
+        ):
+            return _QUIET  # cannot fire; p = 1 (or no resolve level): calm
+        pop = population_at(index, exposure)
+        fig = anomaly.figures(rule, neg, docs, bneg, bdocs, exposure, pop, unit=UNIT)
+        _, breach, calm = anomaly.judge(rule, fig)
+        return _exact(breach, calm)
+
+    return anomaly_verdict
+
+
+def _clamp_share(share: float) -> float:
+    return min(max(share, anomaly.PRIOR_SHARE_CLAMP), 1.0 - anomaly.PRIOR_SHARE_CLAMP)
+
+
+def _anomaly_range(
+    rule: AnomalyRule,
+    sums: tuple[_Points, _Points],
+    counts: Counts,
+    exposure_at: Callable[[int], float],
+    pop_sums: Callable[[int], tuple[int, int]],
+    members_at: Callable[[int], int],
+    step_us: int,
+) -> RangeVerdict:
+    """Bounds of the anomaly verdict over the instants ``[lo, hi)`` of one segment. There
+    every weight sum is affine in ``T`` (so between its values at the two ends), the
+    exposure grows, and the keys in the population stay the same. Both tails fall with
+    the window's count and rise with the baseline's (gamma-Poisson: with the shape
+    ``1 + k_ref``, falling with the rate ``beta0 + E``; beta-binomial: rising with ``n``
+    and ``a``, falling with ``b``), and the figures round monotonically, so the extreme
+    inputs bound every figure the evaluator can compute in between."""
+    m = rule.min_count
+    window = rule.window // _US
+    share_metric = rule.metric == "negative_share"
+    sig = anomaly._sig
+    pvf = anomaly.p_value_figure
+    lo_f, hi_f = 1.0 - _EPS, 1.0 + _EPS
+
+    def span(a: int, b: int) -> tuple[float, float]:
+        return (a / UNIT, b / UNIT) if a <= b else (b / UNIT, a / UNIT)
+
+    def range_verdict(lo: int, hi: int, state: str) -> tuple[Verdict, bool]:
+        ia, ib = lo, hi - 1
+        ea, eb = exposure_at(ia), exposure_at(ib)
+        if eb < 1.0:
+            return _QUIET, True
+        if ea < 1.0:
+            return _UNKNOWN, False
+        ta, tb = ia * step_us, ib * step_us
+        bearish = sums[1]
+        k_a = bearish.units(ta - window, ta) // UNIT
+        k_b = bearish.units(tb - window, tb) // UNIT
+        if max(k_a, k_b) < m and state != "firing":  # cannot fire (cheap: one sum per end)
+            return (False, True, True, True), True
+        ca, cb = counts(sums, ta), counts(sums, tb)
+        zero_a, zero_b = not DocumentCount.of_units(ca[0]), not DocumentCount.of_units(cb[0])
+        if zero_a and zero_b:
+            return _QUIET, True
+        if zero_a or zero_b:
+            return _UNKNOWN, False
+        k_lo, k_hi = sorted((ca[1] // UNIT, cb[1] // UNIT))
+        n_lo, n_hi = sorted((ca[0] // UNIT, cb[0] // UNIT))
+        if k_hi < m and (rule.resolve is None or k_hi == 0):
+            return _QUIET, True
+        bdocs_lo, bdocs_hi = span(ca[2], cb[2])
+        bneg_lo, bneg_hi = span(ca[3], cb[3])
+        nb_lo, nb_hi = span(ca[2] - ca[3], cb[2] - cb[3])
+        (sn_a, sd_a), (sn_b, sd_b) = pop_sums(ta), pop_sums(tb)
+        keys = max(members_at(ia), 1)
+        if sd_a and sd_b:  # a ratio of affine sums is monotone
+            p0_lo, p0_hi = sorted((_clamp_share(sn_a / sd_a), _clamp_share(sn_b / sd_b)))
+        elif not sd_a and not sd_b:
+            p0_lo = p0_hi = _clamp_share(anomaly.DEFAULT_PRIOR_SHARE)
+        else:
+            p0_lo, p0_hi = _clamp_share(0.0), _clamp_share(1.0)
+        prior = anomaly.SHARE_PRIOR_DOCUMENTS
+        bs_lo = (prior * p0_lo + bneg_lo) / (prior + bdocs_hi) * lo_f
+        bs_hi = (prior * p0_hi + bneg_hi) / (prior + bdocs_lo) * hi_f
+        share_lo = k_lo / n_hi if n_hi else 0.0
+        share_hi = k_hi / max(n_lo, 1)
+        if share_metric:
+            a_lo, a_hi = (prior * p0_lo + bneg_lo) * lo_f, (prior * p0_hi + bneg_hi) * hi_f
+            b_lo = (prior * (1 - p0_hi) + nb_lo) * lo_f
+            b_hi = (prior * (1 - p0_lo) + nb_hi) * hi_f
+            lp_lo = anomaly.beta_binomial_log_sf(k_hi, n_lo, a_lo, b_hi)
+            lp_hi = anomaly.beta_binomial_log_sf(k_lo, n_hi, a_hi, b_lo)
+            lift_lo, lift_hi = share_lo / bs_hi, share_hi / bs_lo
+            sl_ok_lo = sl_ok_hi = True
+        else:
+            events = [max(x / UNIT, 0.5) for x in (sn_a, sn_b)]
+            rate_lo = ea * (keys / max(events) + 1.0) * lo_f
+            rate_hi = eb * (keys / min(events) + 1.0) * hi_f
+            shape_lo, shape_hi = (1.0 + bneg_lo) * lo_f, (1.0 + bneg_hi) * hi_f
+            lp_lo = anomaly.gamma_poisson_log_sf(k_hi, shape_lo, rate_hi)
+            lp_hi = anomaly.gamma_poisson_log_sf(k_lo, shape_hi, rate_lo)
+            lift_lo, lift_hi = k_lo * rate_lo / shape_hi, k_hi * rate_hi / shape_lo
+            sl_lo, sl_hi = share_lo / bs_hi, share_hi / bs_lo
+            sl_ok_hi = n_hi >= 1 and (sig(sl_hi) or 0.0) >= rule.min_share_lift
+            sl_ok_lo = n_lo >= 1 and (sig(sl_lo) or 0.0) >= rule.min_share_lift
+        lp_lo -= 1e-9 * (1.0 + abs(lp_lo)) if math.isfinite(lp_lo) else 0.0
+        lp_hi = min(0.0, lp_hi + 1e-9 * (1.0 + abs(lp_hi)))
+        p_lo, p_hi = pvf(lp_lo), pvf(lp_hi)
+        can_breach = (
+            k_hi >= m
+            and p_lo < rule.p_value
+            and (sig(lift_hi) or 0.0) >= rule.min_lift
+            and sl_ok_hi
+        )
+        must_breach = (
+            k_lo >= m
+            and p_hi < rule.p_value
+            and (sig(lift_lo) or 0.0) >= rule.min_lift
+            and sl_ok_lo
+        )
+        if rule.resolve is not None:
+            can_calm, must_calm = p_hi > rule.resolve.p_value, p_lo > rule.resolve.p_value
+        else:
+            can_calm, must_calm = not must_breach, not can_breach
+        verdict = (can_breach, not must_breach, can_calm, not must_calm)
+        if state == "firing":
+            return verdict, can_calm == must_calm
+        return verdict, can_breach == must_breach
+
+    return range_verdict
 
 
 def _evaluate(conn: Connection, plan: _Plan, index: int, at: datetime) -> None:

@@ -23,7 +23,8 @@ and ``detect_within`` (24 h):
   the alert that detected an incident (an episode that began just before the tolerance
   but fired inside it is a detection, never also a false alert);
 * false alerts are reported per key and per 30 days of the backtest's span, and the
-  totals give the worst key of each kind (entity, topic).
+  totals give the worst key of each kind (entity, topic) and the median and longest
+  delay of the incidents an alert caught (detected or late).
 """
 
 from __future__ import annotations
@@ -248,6 +249,19 @@ class Scorecard:
     def count(self, status: Status) -> int:
         return sum(d.status == status for d in self.detections)
 
+    def delays(self) -> list[timedelta]:
+        """The delays of the counted incidents an alert caught (detected or late), in
+        order."""
+        return sorted(d.delay for d in self.counted if d.delay is not None)
+
+    def median_delay(self) -> timedelta | None:
+        """The median of :meth:`delays` (the mean of the middle two for an even count)."""
+        found = self.delays()
+        if not found:
+            return None
+        mid = len(found) // 2
+        return found[mid] if len(found) % 2 else (found[mid - 1] + found[mid]) / 2
+
     def worst(self, kind: str) -> KeyScore | None:
         """The key of ``kind`` (entity / topic) with the most false alerts per 30 days."""
         of_kind = [k for k in self.keys if k.kind == kind]
@@ -265,6 +279,7 @@ class Scorecard:
                 "per_30d": found.false_per_30d,
             }
 
+        delays, median = self.delays(), self.median_delay()
         return {
             "start": self.start.isoformat(),
             "end": self.end.isoformat(),
@@ -306,6 +321,8 @@ class Scorecard:
                 "missed": self.count("missed"),
                 "outside": self.count("outside"),
                 "false_alerts": sum(k.false_alerts for k in self.keys),
+                "median_delay_s": median.total_seconds() if median is not None else None,
+                "max_delay_s": delays[-1].total_seconds() if delays else None,
                 "worst_false_per_30d": {"entity": worst("entity"), "topic": worst("topic")},
             },
         }
@@ -527,11 +544,17 @@ def format_report(card: Scorecard) -> str:
         else:
             worst.append(f"{kind} {found.false_per_30d:.2f} ({found.key})")
     outside = card.count("outside")
+    delays = card.delays()
+    delay = (
+        f"; delay median {format_delay(card.median_delay())}, max {format_delay(delays[-1])}"
+        if delays
+        else ""
+    )
     lines.append("")
     lines.append(
         f"totals: {card.count('detected')}/{len(card.counted)} incidents detected within {within} "
         f"({card.count('late')} late, {card.count('missed')} missed"
         + (f"; {outside} outside the backtest's span, not counted" if outside else "")
-        + f"); worst false alerts per 30 days: {', '.join(worst)}"
+        + f"){delay}; worst false alerts per 30 days: {', '.join(worst)}"
     )
     return "\n".join(lines)

@@ -23,12 +23,16 @@ _ids = itertools.count()
 @dataclass(frozen=True)
 class Point:
     """One document on one key: when it was published, its sentiment, the memory's
-    surge score after it."""
+    surge score after it; its time precision (a ``day`` document's ``at`` is the start of
+    its day) and its story (documents sharing a ``story`` label are copies of one story:
+    ``documents.story_id`` = ``story:<label>``; None: no story id)."""
 
     at: datetime
     sentiment: str = "neutral"
     surge: float = 0.0
     p_bearish: float | None = None
+    precision: str = "second"
+    story: str | None = None
 
 
 def insert_points(engine: sa.engine.Engine, key: str, points: Iterable[Point]) -> int:
@@ -61,6 +65,8 @@ def insert_points(engine: sa.engine.Engine, key: str, points: Iterable[Point]) -
                 "title": f"{name} headline {n} ({p.sentiment})",
                 "text": f"{name} story {n}",
                 "url": f"https://news.example/{n}",
+                "story": None if p.story is None else f"story:{p.story}",
+                "precision": p.precision,
             }
         )
         rows_pred.append(
@@ -83,14 +89,16 @@ def insert_points(engine: sa.engine.Engine, key: str, points: Iterable[Point]) -
                 "surge": p.surge,
                 "docs": docs,
                 "negs": negs,
+                "precision": p.precision,
             }
         )
     with engine.begin() as conn:
         if rows_doc:
             conn.execute(
                 sa.text(
-                    "INSERT INTO documents (id, source, published_at, title, text, url) "
-                    "VALUES (:id, 'test', :published_at, :title, :text, :url)"
+                    "INSERT INTO documents (id, source, published_at, title, text, url, story_id, "
+                    "time_precision) VALUES (:id, 'test', :published_at, :title, :text, :url, :story, "
+                    ":precision)"
                 ),
                 rows_doc,
             )
@@ -104,8 +112,8 @@ def insert_points(engine: sa.engine.Engine, key: str, points: Iterable[Point]) -
             conn.execute(
                 sa.text(
                     "INSERT INTO trend_points (key, event_at, document_id, sentiment, p_bearish, expected_negative_rate, "
-                    "surge_score, doc_count, negative_count) "
-                    "VALUES (:key, :at, :id, :sentiment, :pb, 0.2, :surge, :docs, :negs)"
+                    "surge_score, doc_count, negative_count, time_precision) "
+                    "VALUES (:key, :at, :id, :sentiment, :pb, 0.2, :surge, :docs, :negs, :precision)"
                 ),
                 rows_tp,
             )

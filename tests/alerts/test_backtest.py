@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import json
 import random
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -522,3 +523,137 @@ def test_an_anomaly_can_fire_without_a_new_document_as_the_history_grows(engine)
     # exposure (T - 30 m of history, in windows) changed
     assert T0 + timedelta(minutes=60) < alert.fired_at < T0 + timedelta(minutes=70)
     assert run_backtest(engine, ruleset, T0, end, 60).episodes == exhaustive.episodes
+
+
+# --- the schedule with time precision and stories ---------------------------------------------
+
+_PRECISION = {"topic:Earnings": "day", "entity:ACME": "hour", "topic:Markets": "minute"}
+
+
+def _stamp(at, precision: str):
+    if precision == "day":
+        return at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if precision == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    if precision == "minute":
+        return at.replace(second=0, microsecond=0)
+    return at
+
+
+def _storied(history: dict[str, list[Point]], seed: int) -> dict[str, list[Point]]:
+    """``history`` with day-, hour- and minute-stamped keys (each point at the start of its
+    day, hour or minute) and stories: a third of them repeated by 1-3 other outlets up to
+    90 minutes later, one copy in five read differently."""
+    rng = random.Random(seed)
+    out: dict[str, list[Point]] = {}
+    for key, points in history.items():
+        precision = _PRECISION.get(key, "second")
+        storied: list[Point] = []
+        for i, p in enumerate(points):
+            story = f"{key}-{i}"
+            storied.append(replace(p, at=_stamp(p.at, precision), precision=precision, story=story))
+            if rng.random() < 0.33:
+                for _ in range(rng.randint(1, 3)):
+                    later = p.at + timedelta(minutes=rng.randint(1, 90))
+                    sentiment = (
+                        rng.choice(("bearish", "neutral")) if rng.random() < 0.2 else p.sentiment
+                    )
+                    storied.append(
+                        replace(
+                            p,
+                            at=_stamp(later, precision),
+                            sentiment=sentiment,
+                            precision=precision,
+                            story=story,
+                        )
+                    )
+        storied.sort(key=lambda p: p.at)
+        out[key] = storied
+    return out
+
+
+@pytest.mark.parametrize("step_s", [120, 300])
+def test_the_scheduled_backtest_equals_every_instant_with_day_stamps_and_stories(
+    engine, step_s: int
+) -> None:
+    # nine hours from 20:00: the day-stamped key's documents change day at midnight
+    shift = timedelta(hours=11)
+    history = {
+        key: [replace(p, at=p.at + shift) for p in points]
+        for key, points in _noisy_history(seed=11, hours=9).items()
+    }
+    _load(engine, _storied(history, seed=5))
+    ruleset = parse_rules(EVERY_KIND)
+    start, end = T0 + shift, T0 + shift + timedelta(hours=9, minutes=30)
+    exhaustive = run_backtest(engine, ruleset, start, end, step_s, exhaustive=True)
+    scheduled = run_backtest(engine, ruleset, start, end, step_s)
+    assert scheduled.episodes == exhaustive.episodes
+    # the stream exercises the spread keys and most rules
+    fired = {(e.rule_name, e.key) for e in exhaustive.fired}
+    assert {k for _, k in fired} >= {"topic:Earnings", "entity:ACME", "topic:Markets"}, fired
+    assert len({r for r, _ in fired}) >= 6, fired
+    assert scheduled.evaluations < exhaustive.evaluations / 2
+
+
+def test_the_scheduled_backtest_equals_every_instant_for_anomalies_over_day_stamped_weeks(
+    engine,
+) -> None:
+    rng = random.Random(4)
+    history: dict[str, list[Point]] = {}
+    for key in ("entity:ACME", "entity:GLOBEX", "entity:INITECH", "topic:Markets"):
+        points, t = [], T0
+        while t < T0 + timedelta(days=17):
+            hot = key in ("entity:ACME", "entity:GLOBEX") and T0 + timedelta(
+                days=15 if key == "entity:ACME" else 12
+            ) <= t < T0 + timedelta(days=15 if key == "entity:ACME" else 12, hours=10)
+            bearish = rng.random() < (0.8 if hot else 0.15)
+            points.append(Point(t, "bearish" if bearish else "neutral"))
+            t += timedelta(minutes=rng.randint(5, 30) if hot else rng.randint(30, 240))
+        history[key] = points
+    _PRECISION.update({"entity:GLOBEX": "day", "entity:INITECH": "day"})
+    try:
+        _load(engine, _storied(history, seed=9))
+    finally:
+        for key in ("entity:GLOBEX", "entity:INITECH"):
+            _PRECISION.pop(key)
+    rules = [
+        {
+            "name": "weekly",
+            "kind": "anomaly",
+            "seasonality": "weekly",
+            "window": "12h",
+            "baseline": "2w",
+            "min_count": 2,
+            "p_value": 0.01,
+            "resolve": {"p_value": 0.05},
+            "notifiers": ["log"],
+        },
+        {
+            "name": "daily",
+            "kind": "anomaly",
+            "select": {"key_kind": "entity"},
+            "window": "1d",
+            "baseline": "7d",
+            "p_value": 0.01,
+            "resolve": {"p_value": 0.05},
+            "cooldown": "6h",
+            "notifiers": ["log"],
+        },
+        {
+            "name": "share",
+            "kind": "anomaly",
+            "metric": "negative_share",
+            "window": "6h",
+            "baseline": "5d",
+            "p_value": 0.02,
+            "min_lift": 1.2,
+            "notifiers": ["log"],
+        },
+    ]
+    ruleset = parse_rules({"rules": rules})
+    start, end = T0, T0 + timedelta(days=17)
+    exhaustive = run_backtest(engine, ruleset, start, end, 1800, exhaustive=True)
+    scheduled = run_backtest(engine, ruleset, start, end, 1800)
+    assert scheduled.episodes == exhaustive.episodes
+    assert {e.key for e in exhaustive.fired} >= {"entity:ACME", "entity:GLOBEX"}
+    assert scheduled.evaluations < exhaustive.evaluations / 2

@@ -199,3 +199,24 @@ def test_sql_windows_match_a_python_reference(engine, points, window_min, ref_mi
             f["reference_documents"],
             f["reference_negative"],
         ) == (docs, neg, ref_docs, ref_neg)
+
+
+def test_memory_surge_with_score_volume_reads_the_volume_column(stream) -> None:
+    """``score: volume`` thresholds ``volume_surge_score``; NULL (a cell from before the
+    split) never breaches, and the default negativity rule is untouched by it."""
+    engine, at = stream
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE trend_points SET volume_surge_score = -surge_score"))
+        conn.execute(
+            sa.text("UPDATE trend_points SET volume_surge_score = NULL WHERE key = 'entity:ACME'")
+        )
+    volume = _rule(
+        kind="memory_surge", score="volume", op="<", value=-0.5, select={"globs": ["earn*", "AC*"]}
+    )
+    negativity = _rule(kind="memory_surge", value=0.5, select={"globs": ["earn*", "AC*"]})
+    with engine.connect() as conn:
+        vol = {o.key: o for o in observe(conn, volume, at)}
+        neg = {o.key: o for o in observe(conn, negativity, at)}
+    assert vol["topic:Earnings"].value == -1.0 and vol["topic:Earnings"].breach
+    assert vol["entity:ACME"].value is None and not vol["entity:ACME"].breach
+    assert neg["topic:Earnings"].value == 1.0 and neg["topic:Earnings"].breach
