@@ -17,6 +17,7 @@ from alerts.backtest import choose_step, count_instants, run_backtest, store
 from alerts.lifecycle import LiveEvaluator
 from alerts.rules import parse_rules
 from finsent.cli import main
+from pipeline.producers.base import start_of_period
 from tests.alerts.conftest import T0, Point, alert_settings, insert_points, instants, surge_stream
 
 STEP_S = 120
@@ -531,13 +532,7 @@ _PRECISION = {"topic:Earnings": "day", "entity:ACME": "hour", "topic:Markets": "
 
 
 def _stamp(at, precision: str):
-    if precision == "day":
-        return at.replace(hour=0, minute=0, second=0, microsecond=0)
-    if precision == "hour":
-        return at.replace(minute=0, second=0, microsecond=0)
-    if precision == "minute":
-        return at.replace(second=0, microsecond=0)
-    return at
+    return start_of_period(at, precision)  # what the producers store for such a source
 
 
 def _storied(history: dict[str, list[Point]], seed: int) -> dict[str, list[Point]]:
