@@ -95,7 +95,9 @@ def test_exported_model_in_runtime_matches_pytorch(trained: tuple, tmp_path: Pat
         "gpu_precision": "fp32",
         "cpu_batch_independent": True,
     }
-    assert (model_dir / exact["heads"]).is_file() and (model_dir / exact["doc_projection"]).is_file()
+    assert (model_dir / exact["heads"]).is_file() and (
+        model_dir / exact["doc_projection"]
+    ).is_file()
     assert manifest["memory"]["feature_dim"] == 6 + manifest["doc_vector_dim"]
 
 
