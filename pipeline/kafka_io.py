@@ -17,8 +17,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import codec as codecs
 from kafka.errors import Cancelled
 
+from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
 
@@ -83,10 +85,32 @@ def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> Kafka
         "batch_size": 256 * 1024,
         "max_in_flight_requests_per_connection": 1,
         "request_timeout_ms": settings.kafka.request_timeout_ms,
-        "compression_type": "gzip",
+        "compression_type": None
+        if settings.kafka_compression == "none"
+        else settings.kafka_compression,
     }
     config.update(overrides)
+    codec = config["compression_type"]
+    if codec is not None and not _codec_installed(codec):
+        raise ConfigurationError(
+            f"FINSENT_KAFKA_COMPRESSION={codec} needs its Python library, which is not installed "
+            f"(pip install {_CODEC_PACKAGES.get(codec, codec)}); or choose lz4 or none"
+        )
     return KafkaProducer(**config)
+
+
+#: The package kafka-python needs for each codec it does not have built in.
+_CODEC_PACKAGES = {"snappy": "python-snappy", "zstd": "zstandard", "lz4": "lz4"}
+
+
+def _codec_installed(codec: str) -> bool:
+    checks = {
+        "gzip": codecs.has_gzip,
+        "snappy": codecs.has_snappy,
+        "lz4": codecs.has_lz4,
+        "zstd": codecs.has_zstd,
+    }
+    return bool(checks.get(codec, lambda: False)())
 
 
 def make_consumer(

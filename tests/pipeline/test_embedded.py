@@ -16,8 +16,11 @@ from pipeline.settings import load_settings
 from tests.conftest import TEST_KAFKA
 
 
-def test_message_produced_is_consumed_by_a_consumer_group(kafka_broker: EmbeddedBroker) -> None:
-    settings = load_settings(kafka=TEST_KAFKA)
+@pytest.mark.parametrize("compression", ["lz4", "gzip", "none"])
+def test_message_produced_is_consumed_by_a_consumer_group(
+    kafka_broker: EmbeddedBroker, compression: str
+) -> None:
+    settings = load_settings(kafka=TEST_KAFKA, kafka_compression=compression)
     kafka_topic = f"finsent.test.{uuid.uuid4().hex[:8]}"
     ensure_kafka_topics(kafka_broker.bootstrap, [kafka_topic], partitions=2)
     producer = make_producer(settings, kafka_broker.bootstrap)
