@@ -53,6 +53,7 @@ from pipeline.db import retry_db
 from pipeline.documents import Document
 from pipeline.errors import InputError
 from pipeline.inference import Classifier, Prediction
+from pipeline.json_codec import rows_text
 from pipeline.records import ScoredRecord, keys_of
 from pipeline.roles import Stage
 from pipeline.stories import assign_stories
@@ -305,14 +306,6 @@ def _event_time_key(record: Any) -> str:
         return ""
 
 
-def json_text(rows: list[dict[str, Any]]) -> str:
-    """Rows for ``jsonb_to_recordset`` (floats print exactly; ``real`` rounds them as an
-    executemany parameter would). ASCII escapes, so a lone surrogate reaches PostgreSQL as
-    an escape it refuses (DataError: the row goes to the DLQ) instead of failing to encode;
-    NUL never reaches here (removed or dead-lettered first)."""
-    return json.dumps(rows)
-
-
 def _without_nul(document: Document) -> Document:
     """PostgreSQL text cannot hold NUL: drop it from the free-text fields the document
     model does not normalise (author, url, language, entities)."""
@@ -339,7 +332,7 @@ def _write_batch(
     conn.execute(
         INSERT_DOCUMENTS,
         {
-            "rows": json_text(
+            "rows": rows_text(
                 [
                     {
                         "id": d.id,
@@ -363,7 +356,7 @@ def _write_batch(
     inserted = conn.execute(
         INSERT_PREDICTIONS,
         {
-            "rows": json_text(
+            "rows": rows_text(
                 [
                     {
                         "document_id": item.document.id,

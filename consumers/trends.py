@@ -39,7 +39,6 @@ prefix: a rewind replays the same gaps.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -58,6 +57,7 @@ from pipeline import metrics
 from pipeline.db import retry_db
 from pipeline.errors import InputError
 from pipeline.inference import MemoryCell, read_manifest
+from pipeline.json_codec import rows_text
 from pipeline.memory_features import memory_gap_seconds
 from pipeline.records import ScoredRecord
 from pipeline.roles import Stage
@@ -422,7 +422,7 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                     "order_at timestamptz, p_neutral real, p_bullish real, topic_confidence real, doc_vector real[], "
                     "state real[], model_version text, time_precision text)"
                 ),
-                {"rows": _json(inserts)},
+                {"rows": rows_text(inserts)},
             )
         if updates:
             conn.execute(
@@ -436,7 +436,7 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                     "doc_count bigint, negative_count bigint, "
                     "state real[], model_version text) WHERE t.key = r.key AND t.document_id = r.document_id"
                 ),
-                {"rows": _json(updates)},
+                {"rows": rows_text(updates)},
             )
         if ledger:
             conn.execute(
@@ -458,7 +458,7 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
                 "expected_negative_rate real, surge_score real, volume_surge_score real, model_version text) "
                 "WHERE k.key = r.key"
             ),
-            {"rows": _json(key_updates)},
+            {"rows": rows_text(key_updates)},
         )
         return len(ledger)
 
@@ -466,12 +466,6 @@ class Trends(StreamWorker[Memory, TrendsBatch]):
 def _score(value: float) -> float | None:
     """A memory output for the database: None (NULL) where the cell has no such output (NaN)."""
     return None if math.isnan(value) else float(value)
-
-
-def _json(rows: list[dict[str, Any]]) -> str:
-    """Rows for ``jsonb_to_recordset``: floats print exactly (float32 values round-trip
-    through ``real``), datetimes as ISO 8601 with their offset."""
-    return json.dumps(rows, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
 
 
 def _state_or_initial(stored: Any, cell: MemoryCell, key: str) -> np.ndarray:

@@ -232,16 +232,25 @@ class ExactHeads:
         """(topic logits, sentiment logits, doc vectors) from the encoder's last hidden
         state ``[N, W, H]`` of documents with these token counts. Every sum runs over one
         document's own rows in a fixed order, so the result does not depend on the batch."""
-        n, _, h = hidden.shape
-        pooled = np.empty((n, h), dtype=np.float32)
-        vectors = np.empty((n, self.projection.shape[1]), dtype=np.float32)
+        counts = np.asarray(lengths)
+        # Rows past a document's length become -0.0, the exact additive identity (x + -0.0
+        # == x for every x, signed zeros included), and numpy reduces a middle axis one row
+        # after the other: each document's sum is the sequential sum of its own rows, as if
+        # it were alone. The norm reduces the contiguous last axis, pairwise per row exactly
+        # as for one vector. One vectorised pass instead of a Python loop per document (it
+        # was 6 % of the scorer thread, on the serial path).
+        inside = np.arange(hidden.shape[1])[None, :] < counts[:, None]
+        tokens = np.where(inside[:, :, None], hidden, np.float32(-0.0)).astype(
+            np.float32, copy=False
+        )
         floor, eps = np.float32(self.count_floor), np.float32(self.norm_eps)
-        for row, length in enumerate(lengths):
-            tokens = np.array(hidden[row, :length], dtype=np.float32)  # a fresh contiguous copy
-            pooled[row] = tokens.sum(axis=0, dtype=np.float32) / max(np.float32(length), floor)
-            norm = np.sqrt(np.sum(pooled[row] * pooled[row], dtype=np.float32))
-            unit = pooled[row] / max(norm, eps)
-            vectors[row] = (unit[:, None] * self.projection).sum(axis=0, dtype=np.float32)
+        pooled = (
+            tokens.sum(axis=1, dtype=np.float32)
+            / np.maximum(counts.astype(np.float32), floor)[:, None]
+        )
+        norms = np.sqrt(np.sum(pooled * pooled, axis=1, dtype=np.float32))
+        units = pooled / np.maximum(norms, eps)[:, None]
+        vectors = (units[:, :, None] * self.projection[None, :, :]).sum(axis=1, dtype=np.float32)
         topic, sentiment = self.heads.run(None, {self.heads_input: pooled})
         return topic, sentiment, vectors
 

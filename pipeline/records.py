@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import InputError
+from pipeline.json_codec import record_bytes
 
 Sentiment = Literal["bearish", "neutral", "bullish"]
 SENTIMENTS: tuple[Sentiment, ...] = ("bearish", "neutral", "bullish")
@@ -114,7 +115,7 @@ class ScoredRecord(BaseModel):
         """The wire format: compact JSON, UTF-8, floats as stored (exactly representable)."""
         data = self.model_dump(mode="json")
         data["event_at"] = self.event_at.isoformat()
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return record_bytes(data)
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> ScoredRecord:
