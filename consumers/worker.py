@@ -17,7 +17,8 @@ static member, dead letters (:meth:`dead_letter`, with the record's Kafka coordi
 flushing what a batch produced (:meth:`flush`), and the loop. The loop keeps **the resume
 rule** of :mod:`consumers.batching`: it reads through a :class:`PartitionReader`, and it
 commits a batch's offsets only after ``finish`` returned, naming explicit offsets one
-past the records processed. With ``pipelined`` (the scorer) ``prepare`` of batch n+1 runs
+past the records processed (sent without waiting for the answer, which the next commit
+and every idle poll await first: :meth:`PartitionReader.commit_soon`). With ``pipelined`` (the scorer) ``prepare`` of batch n+1 runs
 while a helper thread finishes batch n; batch n is still committed, on the loop's thread
 (the consumer is not thread-safe), before batch n+1 is finished, so commits stay in order.
 """
@@ -250,6 +251,9 @@ class StreamWorker(ABC, Generic[M, B]):
                         if pending is not None:
                             self._complete(pending, reader, stop)
                             pending = None
+                        reader.settle_commits(
+                            self._commit_timeout_s()
+                        )  # idle: the group's offsets are current
                         lag.maybe_update(reader.consumer)
                         stop.idle()
                         continue
@@ -268,6 +272,8 @@ class StreamWorker(ABC, Generic[M, B]):
                     self._complete(pending, reader, stop)
             except StoppedUnstored:
                 return
+            finally:
+                reader.settle_commits(self._commit_timeout_s())
 
     def _complete(
         self, in_flight: _InFlight[B], reader: PartitionReader, stop: threading.Event
@@ -288,11 +294,14 @@ class StreamWorker(ABC, Generic[M, B]):
                 )
                 raise StoppedUnstored() from exc
             raise
-        reader.commit(in_flight.records, self.name)
+        reader.commit_soon(in_flight.records, self.name)
         metrics.BATCHES.labels(role=self.name).inc()
         metrics.BATCH_LATENCY.labels(role=self.name).observe(
             time.perf_counter() - in_flight.started
         )
+
+    def _commit_timeout_s(self) -> float:
+        return self.settings.kafka.request_timeout_ms / 1000.0
 
     def _between_batches(self) -> None:
         old = self.watcher.model

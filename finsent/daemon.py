@@ -24,6 +24,7 @@ committed Kafka offsets and PostgreSQL state.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -48,8 +49,14 @@ class _Running:
 def tune_interpreter(settings: Settings) -> None:
     """Process-wide interpreter settings for a process that runs stream roles: a short GIL
     switch interval (``FINSENT_GIL_SWITCH_INTERVAL_S``), so the scorer's thread gets the GIL
-    back soon after each onnxruntime call instead of waiting out other threads' 5 ms."""
+    back soon after each onnxruntime call instead of waiting out other threads' 5 ms; and
+    tokenisation in the calling thread (``TOKENIZERS_PARALLELISM=false`` unless the
+    environment says otherwise): the tokenizers library's own thread pool saved nothing on
+    a 32-document batch but competed with trends, the broker and PostgreSQL for the cores,
+    and the scorer waited for it (0.09 ms of wall time per document in ``bench/pipeline.py``
+    against 0.03 in the thread)."""
     sys.setswitchinterval(settings.gil_switch_interval_s)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class Daemon:

@@ -63,11 +63,12 @@ def test_a_partition_nobody_publishes_holds_the_group_only_for_the_wait(engine, 
 
 def test_a_revoked_partition_keeps_its_row_for_the_new_owner(engine) -> None:
     group = f"g-{uuid.uuid4().hex[:8]}"
-    old, new = _clock(engine, group), _clock(engine, group)
-    old.limit({0: T0, 1: T0 + timedelta(days=2)}, {0, 1})
+    old, new, third = _clock(engine, group), _clock(engine, group), _clock(engine, group)
+    third.limit({2: None}, {0, 1, 2})
+    old.limit({0: T0, 1: T0 + timedelta(days=2)}, {0, 1, 2})
     old.forget({1})
     # the dead member's row is a lower bound: the new owner of 0 is held by partition 1's row
-    assert new.limit({0: T0 + timedelta(days=5)}, {0, 1}) == T0 + timedelta(days=3)
+    assert new.limit({0: T0 + timedelta(days=5)}, {0, 1, 2}) == T0 + timedelta(days=3)
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
@@ -79,7 +80,26 @@ def test_a_revoked_partition_keeps_its_row_for_the_new_owner(engine) -> None:
     assert [(r.partition, r.next_event_at) for r in rows] == [
         (0, T0 + timedelta(days=5)),
         (1, T0 + timedelta(days=2)),
+        (2, None),
     ]
+
+
+def test_a_member_owning_every_partition_exchanges_nothing(engine) -> None:
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    alone = _clock(engine, group)
+    assert alone.limit({0: T0, 1: T0 + timedelta(days=3)}, {0, 1}) == T0 + timedelta(days=1)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT count(*) FROM partition_watermarks WHERE group_id = :g"), {"g": group}
+        ).scalar()
+    assert rows == 0  # no transaction on its serial path; a member that joins rebalances first
+    # once it shares the topic, it publishes again
+    assert alone.limit({0: T0}, {0, 1}) is UNKNOWN
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT count(*) FROM partition_watermarks WHERE group_id = :g"), {"g": group}
+        ).scalar()
+    assert rows == 1
 
 
 def test_an_unreachable_database_never_blocks_the_poll_loop(
