@@ -18,9 +18,10 @@ flushing what a batch produced (:meth:`flush`), and the loop. The loop keeps **t
 rule** of :mod:`consumers.batching`: it reads through a :class:`PartitionReader`, and it
 commits a batch's offsets only after ``finish`` returned, naming explicit offsets one
 past the records processed (sent without waiting for the answer, which the next commit
-and every idle poll await first: :meth:`PartitionReader.commit_soon`). With ``pipelined`` (the scorer) ``prepare`` of batch n+1 runs
-while a helper thread finishes batch n; batch n is still committed, on the loop's thread
-(the consumer is not thread-safe), before batch n+1 is finished, so commits stay in order.
+and every idle poll await first: :meth:`PartitionReader.commit_soon`). With ``pipelined``
+(the scorer) ``prepare`` of batch n+1 runs while a helper thread finishes batch n; batch n
+is still committed, on the loop's thread (the consumer is not thread-safe), before batch
+n+1 is finished, so commits stay in order.
 """
 
 from __future__ import annotations
@@ -251,9 +252,8 @@ class StreamWorker(ABC, Generic[M, B]):
                         if pending is not None:
                             self._complete(pending, reader, stop)
                             pending = None
-                        reader.settle_commits(
-                            self._commit_timeout_s()
-                        )  # idle: the group's offsets are current
+                        # idle: the group's committed offsets are current
+                        reader.settle_commits(self._commit_timeout_s())
                         lag.maybe_update(reader.consumer)
                         stop.idle()
                         continue

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.kafka_io import json_bytes
+from pipeline.json_codec import record_bytes
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 
@@ -58,7 +58,7 @@ class DeadLetter(BaseModel):
         )
 
     def to_json_bytes(self) -> bytes:
-        return json_bytes(self.model_dump(mode="json"))
+        return record_bytes(self.model_dump(mode="json"))
 
 
 def send_dead_letter(

@@ -9,7 +9,6 @@ group join waits about session_timeout_ms / 2).
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
@@ -68,11 +67,6 @@ def bootstrap_unreachable(bootstrap: str, timeout_s: float = 3.0) -> str | None:
         except OSError as exc:
             reasons.append(f"{server}: {exc.strerror or exc}")
     return "; ".join(reasons) or "no server given"
-
-
-def json_bytes(value: Any) -> bytes:
-    """Compact UTF-8 JSON, the wire format of every finsent Kafka record."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
 
 
 def make_producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProducer:
